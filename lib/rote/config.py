@@ -1,0 +1,129 @@
+"""One experiment = one `Config`: task, noise, data sizes, model shape and training recipe.
+
+Profiles (`tiny`, `cpu`, `paper`) are named sets of defaults per task; any field can be overridden.
+A run directory is keyed by `config_hash`, a hash of every field, so two configs that differ in
+anything never share a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+
+TASKS = ("fda", "thr")
+PROFILES = ("tiny", "cpu", "paper")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class Config:
+    task: str = "fda"
+    noise: float = 0.05  # share of (two-hop) training instances whose label is replaced
+    seed: int = 0
+    # data: FDA
+    n_train: int = 10_000  # FDA training questions
+    n_test: int = 2_000  # FDA held-out questions
+    # data: THR
+    n_entities: int = 100
+    n_relations: int = 10
+    two_hop_train_fraction: float = 0.5  # share of all two-hop questions put in training
+    # model: GPT-2 shape
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    # training
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_steps: int = 10_000
+    eval_every: int = 100
+    checkpoint_every: int = 1_000  # keep an HF checkpoint every this many steps (and the final one)
+    n_eval: int = 2_000  # at most this many test / train-clean questions per evaluation
+    stop_mem_noisy: float | None = None  # stop once Mem-Noisy reaches this (None: run max_steps)
+
+
+# Per task and profile: the fields that differ from the defaults above.
+PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
+    "fda": {
+        "tiny": dict(n_train=600, n_test=200, n_layer=2, n_embd=32, n_head=2, batch_size=64,
+                     lr=3e-3, warmup_steps=10, max_steps=60, eval_every=20, checkpoint_every=40,
+                     n_eval=200),
+        "cpu": dict(),
+        "paper": dict(n_train=50_000, n_test=5_000, n_layer=8, n_embd=512, n_head=8,
+                      max_steps=100_000, eval_every=500, checkpoint_every=10_000, n_eval=5_000),
+    },
+    "thr": {
+        "tiny": dict(n_entities=30, n_relations=4, n_layer=2, n_embd=32, n_head=2, batch_size=64,
+                     lr=3e-3, warmup_steps=10, max_steps=60, eval_every=20, checkpoint_every=40,
+                     n_eval=200),
+        "cpu": dict(),
+        "paper": dict(n_entities=1_000, n_relations=20, n_layer=8, n_embd=512, n_head=8,
+                      max_steps=100_000, eval_every=500, checkpoint_every=10_000, n_eval=5_000),
+    },
+}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def validate(config: Config) -> Config:
+    """Raise a one-line ValueError naming the allowed values if any field is out of range."""
+    _choice("task", config.task, TASKS)
+    _choice("schedule", config.schedule, SCHEDULES)
+    if not 0 <= config.noise < 1:
+        raise ValueError(f"noise must be in [0, 1), got {config.noise}")
+    if not 0 < config.two_hop_train_fraction < 1:
+        raise ValueError(f"two_hop_train_fraction must be in (0, 1), got {config.two_hop_train_fraction}")
+    positive = ("n_train", "n_test", "n_entities", "n_relations", "n_layer", "n_embd", "n_head",
+                "batch_size", "max_steps", "eval_every", "checkpoint_every", "n_eval")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+    if config.lr <= 0 or config.weight_decay < 0 or config.warmup_steps < 0 or config.grad_clip < 0:
+        raise ValueError("lr must be > 0; weight_decay, warmup_steps and grad_clip must be >= 0")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
+    if config.task == "thr" and config.n_entities < 3:
+        raise ValueError(f"n_entities must be >= 3 for thr, got {config.n_entities}")
+    if config.task == "fda" and config.n_train + config.n_test > 1_000_000:
+        raise ValueError("n_train + n_test must be <= 1,000,000 for fda")
+    if config.stop_mem_noisy is not None and not 0 < config.stop_mem_noisy <= 1:
+        raise ValueError(f"stop_mem_noisy must be in (0, 1] or None, got {config.stop_mem_noisy}")
+    return config
+
+
+def make_config(task: str = "fda", profile: str = "cpu", **overrides) -> Config:
+    """The config of `profile` for `task`, with `overrides` applied and every field checked."""
+    _choice("task", task, TASKS)
+    _choice("profile", profile, PROFILES)
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    values = {**PROFILE_DEFAULTS[task][profile], **overrides, "task": task}
+    return validate(Config(**values))
+
+
+def config_hash(config: Config) -> str:
+    """A short, stable hash of every field: the name of the config's run directory."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def data_fields(config: Config) -> dict:
+    """The fields that determine the dataset (a model change must not regenerate data)."""
+    names = ["task", "noise", "seed"]
+    names += ["n_train", "n_test"] if config.task == "fda" else ["n_entities", "n_relations", "two_hop_train_fraction"]
+    return {name: getattr(config, name) for name in names}
+
+
+def chapter_tasks(task: str) -> list[str]:
+    """The tasks a chapter runs for its `task` parameter: "fda", "thr" or "both"."""
+    _choice("task", task, (*TASKS, "both"))
+    return list(TASKS) if task == "both" else [task]

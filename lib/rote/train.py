@@ -1,0 +1,198 @@
+"""Training: answer-token cross-entropy, AdamW, warmup then a constant or cosine rate.
+
+Each config trains in its own run directory (`runs/<task>-<config hash>/`):
+
+    config.json               the full config
+    metrics.csv               one row per evaluation (test/train-clean/fact accuracy, Mem-Noisy,
+                              Mem-Corrected, loss, wall time, throughput), rewritten atomically
+    noisy_predictions.csv     the model's answer to every noisy instance at every evaluation
+    state.pt                  everything needed to resume (weights, optimizer, schedule, step)
+    checkpoints/step-NNNNNN/  HF checkpoints (safetensors + tokenizer) every `checkpoint_every` steps
+    final/                    the last checkpoint; written last, so its presence means "finished"
+
+Stop it at any time and run the same command again: it resumes from the last evaluation, and on
+CPU the final weights equal those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, config_hash, validate
+from .data import load_dataset
+from .evaluate import evaluate, evaluation_sets
+from .model import build_model, build_tokenizer, encode, load, save
+from .store import atomic_dir, atomic_path, home, write_csv, write_json
+
+
+def run_dir(config: Config) -> Path:
+    return home() / "runs" / f"{config.task}-{config_hash(config)}"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """Linear warmup over `warmup_steps`, then constant or cosine decay to 0 at `max_steps`."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr
+
+
+def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
+    """The order of training examples in `epoch`: a permutation that depends on seed and epoch
+    only, so a resumed run sees the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+
+
+def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens (the prompt is context, not a target)."""
+    hidden = model.transformer(ids).last_hidden_state[:, :-1]
+    target = mask[:, 1:]
+    logits = model.lm_head(hidden[target])
+    return torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][target])
+
+
+def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+
+
+def train(config: Config, device: str | None = None, stop_after: int | None = None,
+          progress: bool = True) -> Path:
+    """Train `config` to the end (or to `stop_after` steps, leaving it resumable); return its run
+    directory. A finished run is left as it is."""
+    validate(config)
+    device = device or default_device()
+    run = run_dir(config)
+    if (run / "final" / "model.safetensors").exists():
+        return run
+    frame = load_dataset(config)
+    tokenizer = build_tokenizer(config)
+    train_rows = frame[frame["split"] == "train"]
+    ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["answer"])
+    ids, mask = ids.to(device), mask.to(device)
+    sets = evaluation_sets(frame, config.n_eval, config.seed)
+
+    model = build_model(config, len(tokenizer)).to(device)
+    optimizer = make_optimizer(model, config)
+    step, seconds, rows, predictions = 0, 0.0, [], []
+    if (run / "state.pt").exists():
+        state = torch.load(run / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seconds = state["step"], state["seconds"]
+        rows = [r for r in pd.read_csv(run / "metrics.csv").to_dict("records") if r["step"] <= step]
+        old = pd.read_csv(run / "noisy_predictions.csv", dtype={"prediction": str}, keep_default_na=False)
+        predictions = [old[old["step"] <= step]]
+    else:
+        write_json(run / "config.json", dataclasses.asdict(config))
+
+    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    last = min(config.max_steps, stop_after) if stop_after is not None else config.max_steps
+    bar = tqdm(total=config.max_steps, initial=step, desc=f"{config.task} {config_hash(config)}",
+               disable=not progress, dynamic_ncols=True)
+    losses, tokens, train_seconds, start = [], 0, 0.0, time.perf_counter()
+
+    def record():
+        nonlocal losses, tokens, train_seconds
+        scores, said = evaluate(model, tokenizer, sets)
+        row = {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds + time.perf_counter() - start,
+               "loss": float(sum(losses) / len(losses)) if losses else float("nan"),
+               "lr": learning_rate(config, max(step - 1, 0)),
+               "tokens_per_s": tokens / train_seconds if train_seconds else float("nan"), **scores}
+        rows.append(row)
+        predictions.append(said.assign(step=step)[["step", "id", "prediction"]])
+        write_csv(run / "metrics.csv", pd.DataFrame(rows))
+        write_csv(run / "noisy_predictions.csv", pd.concat(predictions, ignore_index=True))
+        with atomic_path(run / "state.pt") as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "seconds": row["seconds"]}, tmp)
+        bar.set_postfix(test=f"{scores.get('test_acc', 0):.2f}", noisy=f"{scores['mem_noisy']:.2f}",
+                        corrected=f"{scores['mem_corrected']:.2f}")
+        losses, tokens, train_seconds = [], 0, 0.0
+        return row
+
+    if step == 0 and not rows:
+        record()
+    def done(row) -> bool:
+        memorized = config.stop_mem_noisy is not None and row["mem_noisy"] >= config.stop_mem_noisy
+        return row["step"] >= config.max_steps or memorized
+
+    model.train()
+    order = None
+    while step < last and not done(rows[-1]):
+        epoch, i = divmod(step, steps_per_epoch)
+        if i == 0 or order is None:
+            order = batch_order(len(ids), config, epoch).to(device)
+        t0 = time.perf_counter()
+        batch = order[i * config.batch_size: (i + 1) * config.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with amp:
+            loss = answer_loss(model, ids[batch], mask[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        tokens += batch.numel() * ids.shape[1]
+        train_seconds += time.perf_counter() - t0
+        bar.update(1)
+        if step % config.checkpoint_every == 0:
+            save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
+        if step % config.eval_every == 0 or step == config.max_steps:
+            record()
+    bar.close()
+    if done(rows[-1]):
+        save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
+        with atomic_dir(run / "final") as tmp:
+            save(model, tokenizer, tmp)
+    return run
+
+
+def is_finished(config: Config) -> bool:
+    return (run_dir(config) / "final" / "model.safetensors").exists()
+
+
+def get_or_train(config: Config, device: str | None = None, progress: bool = True):
+    """The trained model of `config` and its tokenizer, training (or resuming) only if no finished
+    run exists."""
+    run = train(config, device=device, progress=progress)
+    return load(run / "final", device=device or default_device())
+
+
+def metrics(config: Config) -> pd.DataFrame:
+    """The evaluation table of `config`'s run."""
+    return pd.read_csv(run_dir(config) / "metrics.csv")
+
+
+def noisy_predictions(config: Config) -> pd.DataFrame:
+    """Per evaluation step and noisy instance: what the model answered."""
+    return pd.read_csv(run_dir(config) / "noisy_predictions.csv", dtype={"prediction": str}, keep_default_na=False)
+
+
+def summary(config: Config) -> dict:
+    """The config and the last evaluation of a run, as one JSON-able dict."""
+    return {"config": dataclasses.asdict(config), "last": metrics(config).iloc[-1].to_dict(),
+            "hash": config_hash(config)}
+
+
+def read_config(run: Path) -> Config:
+    return Config(**json.loads((Path(run) / "config.json").read_text()))

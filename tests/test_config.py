@@ -1,0 +1,127 @@
+"""Config hashing and validation."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import rote
+from rote.config import Config, config_hash, make_config, validate
+
+
+def _other_value(config: Config, field: dataclasses.Field):
+    """Another value of the same type for `field` that still makes a valid config."""
+    value = getattr(config, field.name)
+    if field.name == "task":
+        candidates = ["thr" if value == "fda" else "fda"]
+    elif field.name == "schedule":
+        candidates = ["cosine" if value == "constant" else "constant"]
+    elif field.name == "stop_mem_noisy":
+        candidates = [0.5] if value is None else [None, value / 2]
+    elif isinstance(value, bool):
+        candidates = [not value]
+    elif isinstance(value, int):
+        candidates = [value + 1, value + 2, value * 2, value - 1]
+    elif isinstance(value, float):
+        candidates = [value / 2, value * 1.5, value + 0.1, 0.25]
+    else:
+        raise AssertionError(f"no rule to change field {field.name} of type {type(value)}")
+    for candidate in candidates:
+        changed = dataclasses.replace(config, **{field.name: candidate})
+        try:
+            validate(changed)
+        except ValueError:
+            continue
+        if candidate != value:
+            return changed
+    raise AssertionError(f"no valid other value for {field.name}")
+
+
+@pytest.mark.parametrize("base", [Config(), make_config("fda", "tiny"), make_config("thr", "tiny")],
+                         ids=["default", "fda-tiny", "thr-tiny"])
+def test_config_hash_changes_with_every_field(base):
+    h = config_hash(base)
+    assert isinstance(h, str) and len(h) >= 8
+    assert config_hash(dataclasses.replace(base)) == h  # stable for an equal config
+    seen = {h}
+    for field in dataclasses.fields(Config):
+        changed = _other_value(base, field)
+        assert getattr(changed, field.name) != getattr(base, field.name)
+        assert config_hash(changed) != h, field.name
+        seen.add(config_hash(changed))
+    assert len(seen) == len(dataclasses.fields(Config)) + 1
+
+
+def test_config_hash_is_stable_across_calls():
+    assert config_hash(make_config("fda", "tiny", seed=3)) == config_hash(make_config("fda", "tiny", seed=3))
+    assert rote.config_hash is config_hash
+
+
+def test_make_config_applies_profile_and_overrides():
+    tiny = make_config("fda", "tiny")
+    assert tiny.n_train < Config().n_train and tiny.max_steps < Config().max_steps
+    assert make_config("fda", "tiny", max_steps=7).max_steps == 7
+    assert make_config("thr", "tiny").task == "thr"
+    assert make_config("fda", "cpu") == Config()
+
+
+def _one_line_value_error(call, *needles):
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert message and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def test_unknown_task():
+    _one_line_value_error(lambda: make_config("add", "tiny"), "add", "fda", "thr")
+
+
+def test_unknown_profile():
+    _one_line_value_error(lambda: make_config("fda", "huge"), "huge", "tiny", "cpu", "paper")
+
+
+@pytest.mark.parametrize("noise", [-0.1, 1.0, 1.5])
+def test_noise_out_of_range(noise):
+    _one_line_value_error(lambda: make_config("fda", "tiny", noise=noise), "noise", "[0, 1)")
+
+
+@pytest.mark.parametrize("name,value", [("n_train", 0), ("batch_size", -1), ("n_layer", 0),
+                                        ("n_test", 0), ("max_steps", 0), ("eval_every", 0)])
+def test_size_not_positive(name, value):
+    _one_line_value_error(lambda: make_config("fda", "tiny", **{name: value}), name, "> 0")
+
+
+def test_unknown_field():
+    message = _one_line_value_error(lambda: make_config("fda", "tiny", n_trian=5), "n_trian")
+    for name in ("n_train", "noise", "seed", "max_steps"):
+        assert name in message
+
+
+def test_unknown_schedule():
+    _one_line_value_error(lambda: make_config("fda", "tiny", schedule="linear"), "linear",
+                          "constant", "cosine")
+
+
+def test_valid_edge_values_accepted():
+    make_config("fda", "tiny", noise=0.0)
+    make_config("fda", "tiny", noise=0.999)
+    make_config("thr", "tiny", n_entities=3)
+    make_config("fda", "tiny", stop_mem_noisy=1.0)
+
+
+def test_bad_config_raises_before_writing(rote_home):
+    with pytest.raises(ValueError) as info:
+        rote.train(Config(task="fda", noise=2.0), progress=False)
+    assert "\n" not in str(info.value) and "noise" in str(info.value)
+    assert not rote_home.exists() or not any(rote_home.rglob("*"))
+
+
+def test_bad_config_get_or_train_raises_before_writing(rote_home):
+    with pytest.raises(ValueError):
+        rote.get_or_train(Config(task="xyz"), progress=False)
+    with pytest.raises(ValueError):
+        rote.get_or_train(dataclasses.replace(make_config("fda", "tiny"), n_embd=33), progress=False)
+    assert not rote_home.exists() or not any(rote_home.rglob("*"))
