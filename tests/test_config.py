@@ -125,3 +125,17 @@ def test_bad_config_get_or_train_raises_before_writing(rote_home):
     with pytest.raises(ValueError):
         rote.get_or_train(dataclasses.replace(make_config("fda", "tiny"), n_embd=33), progress=False)
     assert not rote_home.exists() or not any(rote_home.rglob("*"))
+
+
+@pytest.mark.parametrize("name,as_int,as_float", [("noise", 0, 0.0), ("lr", 1, 1.0),
+                                                  ("stop_mem_noisy", 1, 1.0)])
+def test_equal_configs_have_equal_hashes(name, as_int, as_float):
+    a = make_config("fda", "tiny", **{name: as_int})
+    b = make_config("fda", "tiny", **{name: as_float})
+    assert a == b
+    assert config_hash(a) == config_hash(b)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_out_of_range(seed):
+    _one_line_value_error(lambda: make_config("fda", "tiny", seed=seed), "seed")

@@ -19,8 +19,6 @@ from pathlib import Path
 from .config import PROFILES
 from .store import REPO_ROOT
 
-BUILD = REPO_ROOT / "_build"
-
 
 def chapters() -> list[Path]:
     """The notebooks of the table of contents, in order."""
@@ -39,12 +37,14 @@ def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = Fa
     return out
 
 
-def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] | None = None) -> Path:
-    """Run the chapters with `profile` into _build/src and render the book into _build/html."""
+def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] | None = None,
+          root: Path = REPO_ROOT) -> Path:
+    """Run the chapters with `profile` into `root`/_build/src and render the book into
+    `root`/_build/html."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     parameters = {"profile": profile, **(parameters or {})}
-    src = BUILD / "src"
+    src = Path(root) / "_build" / "src"
     if src.exists():
         shutil.rmtree(src)
     (src / "book").mkdir(parents=True)
@@ -59,9 +59,9 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
         print(f"running {notebook.relative_to(REPO_ROOT)} ({parameters})", flush=True)
         run_chapter(notebook, src / "book" / notebook.name, parameters)
     jb = Path(sys.executable).parent / "jupyter-book"
-    subprocess.run([str(jb), "build", str(src), "--path-output", str(REPO_ROOT), "--warningiserror",
+    subprocess.run([str(jb), "build", str(src), "--path-output", str(root), "--warningiserror",
                     "--keep-going"], check=True)
-    return BUILD / "html"
+    return Path(root) / "_build" / "html"
 
 
 def set_repository(url: str) -> None:

@@ -45,6 +45,21 @@ class Config:
     n_eval: int = 2_000  # at most this many test / train-clean questions per evaluation
     stop_mem_noisy: float | None = None  # stop once Mem-Noisy reaches this (None: run max_steps)
 
+    def __post_init__(self):
+        # 0 and 0.0, or 1 and np.int64(1), are the same setting: store every field as its declared
+        # type, so that equal configs hash equally.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                object.__setattr__(self, f.name, _CAST[f.type](value))
+            except (TypeError, ValueError):
+                raise ValueError(f"{f.name} must be of type {f.type}, got {value!r}") from None
+
+
+_CAST = {"int": int, "float": float, "str": str, "float | None": lambda v: v if v is None else float(v)}
+
 
 # Per task and profile: the fields that differ from the defaults above.
 PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
@@ -76,6 +91,8 @@ def validate(config: Config) -> Config:
     """Raise a one-line ValueError naming the allowed values if any field is out of range."""
     _choice("task", config.task, TASKS)
     _choice("schedule", config.schedule, SCHEDULES)
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {config.seed}")
     if not 0 <= config.noise < 1:
         raise ValueError(f"noise must be in [0, 1), got {config.noise}")
     if not 0 < config.two_hop_train_fraction < 1:

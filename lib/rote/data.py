@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, data_fields
+from .config import Config, data_fields, validate
 from .store import DATA_DIR, atomic_dir, home
 
 RELATIONS = ("mother", "father", "neighbor", "debtor", "teacher", "boss", "doctor", "lawyer",
@@ -163,7 +163,7 @@ def counts(frame: pd.DataFrame) -> dict:
 
 def load_dataset(config: Config) -> pd.DataFrame:
     """The dataset of `config`, generated and written (with a manifest) on first use."""
-    path = dataset_dir(config)
+    path = dataset_dir(validate(config))
     if not (path / "manifest.json").exists():
         frame = generate(config)
         with atomic_dir(path) as tmp:

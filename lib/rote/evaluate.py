@@ -18,6 +18,8 @@ BATCH = 2048
 @torch.no_grad()
 def matches(model, tokenizer, prompts, targets) -> torch.Tensor:
     """Per question: does greedy decoding after `prompt` produce exactly `target`?"""
+    if len(prompts) == 0:
+        return torch.zeros(0, dtype=torch.bool)
     ids, mask = encode(tokenizer, prompts, targets)
     device = model.device
     out = []
@@ -34,6 +36,8 @@ def greedy_answers(model, tokenizer, prompts, n_tokens: int) -> list[str]:
     """What the model answers after each prompt: `n_tokens` greedily decoded tokens."""
     prompts = list(prompts)
     answers = [""] * len(prompts)
+    if not prompts:
+        return answers
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     by_length: dict[int, list[int]] = {}
     for i, x in enumerate(ids):

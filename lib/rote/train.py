@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -56,12 +57,30 @@ def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
 
 
-def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens (the prompt is context, not a target)."""
-    hidden = model.transformer(ids).last_hidden_state[:, :-1]
-    target = mask[:, 1:]
-    logits = model.lm_head(hidden[target])
-    return torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][target])
+def answer_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the positions whose next token is an answer token ([N, answer length]; every
+    answer of a task has the same number of tokens)."""
+    rows, cols = mask[:, 1:].nonzero(as_tuple=True)
+    return cols.view(mask.shape[0], -1)
+
+
+def answer_loss(model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens (the prompt is context, not a target). Logits are
+    computed at the answer positions only, with static shapes so that the step compiles."""
+    hidden = model.transformer(ids).last_hidden_state
+    picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    logits = model.lm_head(picked)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.gather(1, positions + 1).flatten())
+
+
+def loss_function(config: Config, device: str, compile: bool | None):
+    """`answer_loss`, compiled with torch.compile on CPU for long runs (2-2.5x faster steps on 2
+    cores; compiling costs about a minute once, so short runs stay eager). `compile` or the
+    ROTE_COMPILE environment variable (0/1) overrides the choice."""
+    if compile is None:
+        env = os.environ.get("ROTE_COMPILE")
+        compile = env == "1" if env is not None else device == "cpu" and config.max_steps >= 1000
+    return torch.compile(answer_loss, dynamic=False) if compile else answer_loss
 
 
 def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
@@ -72,7 +91,7 @@ def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
 
 
 def train(config: Config, device: str | None = None, stop_after: int | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, compile: bool | None = None) -> Path:
     """Train `config` to the end (or to `stop_after` steps, leaving it resumable); return its run
     directory. A finished run is left as it is."""
     validate(config)
@@ -84,10 +103,11 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
     tokenizer = build_tokenizer(config)
     train_rows = frame[frame["split"] == "train"]
     ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["answer"])
-    ids, mask = ids.to(device), mask.to(device)
+    ids, positions = ids.to(device), answer_positions(mask).to(device)
     sets = evaluation_sets(frame, config.n_eval, config.seed)
 
     model = build_model(config, len(tokenizer)).to(device)
+    step_loss = loss_function(config, device, compile)
     optimizer = make_optimizer(model, config)
     step, seconds, rows, predictions = 0, 0.0, [], []
     if (run / "state.pt").exists():
@@ -101,7 +121,8 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
     else:
         write_json(run / "config.json", dataclasses.asdict(config))
 
-    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
+    batch_size = min(config.batch_size, len(ids))
+    steps_per_epoch = len(ids) // batch_size  # full batches only: every step has the same shape
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     last = min(config.max_steps, stop_after) if stop_after is not None else config.max_steps
     bar = tqdm(total=config.max_steps, initial=step, desc=f"{config.task} {config_hash(config)}",
@@ -140,11 +161,11 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
         if i == 0 or order is None:
             order = batch_order(len(ids), config, epoch).to(device)
         t0 = time.perf_counter()
-        batch = order[i * config.batch_size: (i + 1) * config.batch_size]
+        batch = order[i * batch_size: (i + 1) * batch_size]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         with amp:
-            loss = answer_loss(model, ids[batch], mask[batch])
+            loss = step_loss(model, ids[batch], positions[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

@@ -1,0 +1,133 @@
+"""Training speed on this machine: throughput against a naive HF loop, and minutes to the
+milestones of the `cpu` profile.
+
+    python bench/training_speed.py                  # both tasks: throughput, then full cpu runs
+    python bench/training_speed.py --task fda --no-runs
+
+Throughput: the same GPT-2 shape and batches, measured interleaved in this run (median ms per
+step over `--steps` steps each). "naive" is the plain HF loop: GPT-2's default `gelu_new`
+activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits for every
+position). "rote eager" is `rote.train`'s step without compilation: the fused tanh-GELU and logits
+at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long runs
+(torch.compile; its one-off compile time is printed apart).
+
+Milestones: a fresh run of the cpu profile (a temporary ROTE_HOME, nothing reused), minutes of
+wall time (training and evaluations) until test accuracy >= 95% and Mem-Noisy >= 99%.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import rote
+from rote.data import load_dataset
+from rote.dynamics import first_reached
+from rote.model import build_model, build_tokenizer, encode
+from rote.train import answer_loss, answer_positions, make_optimizer
+
+
+def naive_step(model, optimizer, ids, mask, positions):
+    labels = ids.masked_fill(~mask, -100)
+    loss = model(ids, labels=labels).loss
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def rote_step(loss_fn):
+    def step(model, optimizer, ids, mask, positions):
+        loss = loss_fn(model, ids, positions)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+def throughput(config, steps: int) -> dict:
+    """Median seconds per step of the naive and the rote loop, interleaved, same batches."""
+    frame = load_dataset(config)
+    tok = build_tokenizer(config)
+    train = frame[frame["split"] == "train"]
+    ids, mask = encode(tok, train["prompt"], train["answer"])
+    naive = build_model(config, len(tok))
+    naive.config.activation_function = "gelu_new"
+    from transformers.activations import ACT2FN
+    for block in naive.transformer.h:
+        block.mlp.act = ACT2FN["gelu_new"]
+    loops = {"naive": (naive_step, naive), "rote eager": (rote_step(answer_loss), build_model(config, len(tok))),
+             "rote compiled": (rote_step(torch.compile(answer_loss, dynamic=False)), build_model(config, len(tok)))}
+    optimizers = {name: make_optimizer(model, config) for name, (_, model) in loops.items()}
+    positions = answer_positions(mask)
+    times = {name: [] for name in loops}
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    loops["rote compiled"][0](loops["rote compiled"][1], optimizers["rote compiled"], ids[:config.batch_size],
+                              mask[:config.batch_size], positions[:config.batch_size])
+    compile_s = time.perf_counter() - start
+    for i in range(steps + 3):
+        batch = torch.randint(0, len(ids), (config.batch_size,), generator=g)
+        for name, (step, model) in loops.items():
+            t = time.perf_counter()
+            step(model, optimizers[name], ids[batch], mask[batch], positions[batch])
+            if i >= 3:  # warm-up steps are not timed
+                times[name].append(time.perf_counter() - t)
+    tokens = config.batch_size * ids.shape[1]
+    out = {name: {"ms_per_step": 1000 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
+           for name, t in times.items()}
+    return out, compile_s
+
+
+def milestones(config) -> dict:
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["ROTE_HOME"] = home
+        start = time.perf_counter()
+        rote.train(config)
+        wall = time.perf_counter() - start
+        table = rote.metrics(config)
+    last = table.iloc[-1]
+    return {"test_95": first_reached(table, "test_acc", 0.95), "mem_99": first_reached(table, "mem_noisy", 0.99),
+            "wall_min": wall / 60, "steps": int(last["step"]), "test_acc": last["test_acc"],
+            "mem_noisy": last["mem_noisy"], "mem_corrected": last["mem_corrected"]}
+
+
+def minutes(hit) -> str:
+    return "not reached" if hit is None else f"{hit['minutes']:.1f} (step {hit['step']})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["fda", "thr", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
+    parser.add_argument("--no-runs", action="store_true", help="throughput only, no full training runs")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    tasks = ["fda", "thr"] if args.task == "both" else [args.task]
+    for task in tasks:
+        config = rote.make_config(task, "cpu")
+        with tempfile.TemporaryDirectory() as home:
+            os.environ["ROTE_HOME"] = home
+            t, compile_s = throughput(config, args.steps)
+        print(f"\n{task}: {config.n_layer} layers x {config.n_embd}, batch {config.batch_size}")
+        print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
+        for name, r in t.items():
+            print(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} |")
+        for name in ("rote eager", "rote compiled"):
+            print(f"throughput ratio {name} / naive: {t[name]['tokens_per_s'] / t['naive']['tokens_per_s']:.2f}x")
+        print(f"one-off compile time: {compile_s:.0f} s")
+        if not args.no_runs:
+            m = milestones(config)
+            print(f"| task | min to 95% test | min to 99% Mem-Noisy | wall min | steps | final test | final Mem-Noisy | final Mem-Corrected |")
+            print(f"|---|---|---|---|---|---|---|---|")
+            print(f"| {task} | {minutes(m['test_95'])} | {minutes(m['mem_99'])} | {m['wall_min']:.1f} | {m['steps']} | "
+                  f"{m['test_acc']:.3f} | {m['mem_noisy']:.3f} | {m['mem_corrected']:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
