@@ -3,6 +3,7 @@ sums are recomputed from the prompt text, two-hop answers from the fact rows of 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pandas as pd
@@ -227,3 +228,15 @@ def test_dataset_shared_by_model_changes_only():
     other = make_config("fda", "tiny", seed=1, noise=0.1)
     assert manifest(base)["sha256"] == manifest(same)["sha256"]
     assert manifest(base)["sha256"] != manifest(other)["sha256"]
+
+
+@pytest.mark.parametrize("task", ["fda", "thr"])
+@pytest.mark.parametrize("profile", ["tiny", "cpu"])
+def test_dataset_matches_frozen_manifest(task, profile):
+    """The committed manifest (data/manifests) pins config, counts and the checksum of every byte
+    of the default datasets: a change in the generator or in a profile's data shows here
+    (refreeze with `python -m rote.data` when the change is intended)."""
+    from rote.data import frozen_manifest_path
+
+    frozen = json.loads(frozen_manifest_path(task, profile).read_text())
+    assert rote.manifest(make_config(task, profile)) == frozen

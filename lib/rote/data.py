@@ -201,3 +201,27 @@ def partner_counts(frame: pd.DataFrame) -> pd.Series:
     facts = frame[frame["kind"] == "fact"]
     people = pd.unique(pd.concat([facts["subject"], facts["true"]]))
     return facts["true"].value_counts().reindex(people, fill_value=0)
+
+
+def frozen_manifest_path(task: str, profile: str) -> Path:
+    return DATA_DIR / "manifests" / f"{task}-{profile}.json"
+
+
+def freeze_manifests(profiles=("tiny", "cpu")) -> list[Path]:
+    """Write the manifests of each task's default dataset per profile into data/manifests/, so
+    that anyone can check that their generator writes the same bytes (`python -m rote.data`)."""
+    from .config import TASKS, make_config
+    from .store import write_json
+
+    paths = []
+    for task in TASKS:
+        for profile in profiles:
+            path = frozen_manifest_path(task, profile)
+            write_json(path, manifest(make_config(task, profile)))
+            paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for written in freeze_manifests():
+        print(written)
