@@ -51,3 +51,131 @@ def order_bars(first: pd.DataFrame, title: str = "") -> alt.Chart:
     return alt.Chart(counts, title=title).mark_bar().encode(
         x=alt.X("instances:Q"), y=alt.Y("order:N", sort="-x", title=None), tooltip=["order", "instances"],
     ).properties(width=360, height=120)
+
+
+# ---- Observation 1: the layer-by-layer readout -----------------------------------------------------
+
+READOUTS = {"share_correct": "correct label", "share_noisy": "noisy label", "share_bridge": "bridge entity"}
+RANKS = {"mean_rank_correct": "correct label", "mean_rank_noisy": "noisy label", "mean_rank_bridge": "bridge entity"}
+POSITION_NAMES = {"0": "thousands", "1": "hundreds", "2": "tens", "3": "units", "all": "all differing digits"}
+
+
+def _layer_label(layer: int) -> str:
+    return "embed" if layer < 0 else str(layer)
+
+
+def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt.Chart:
+    """Per layer (embed = the embedding output): top, the share of readouts whose top-1 is the
+    correct label, the noisy label or (THR) the bridge; bottom, the mean rank of each (0 = top,
+    symlog axis); memorized noisy instances solid, clean ones dashed. FDA: one column per answer
+    digit that enters, and all of them pooled. Click a legend entry to highlight it."""
+    if shares.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to read out"]}), title=title).mark_text().encode(text="text:N")
+    pick = alt.selection_point(fields=["token"], bind="legend")
+    order = [POSITION_NAMES[k] for k in ("all", "0", "1", "2", "3")] if task == "fda" else ["answer"]
+    rows = []
+    for columns, measure, scale in ((READOUTS, "share of readouts that are top-1", alt.Scale(domain=[0, 1])),
+                                    (RANKS, "mean rank (0 = top)", alt.Scale(type="symlog"))):
+        long = shares.melt(id_vars=["group", "position", "layer", "n"], value_vars=list(columns),
+                           var_name="token", value_name="value").dropna(subset=["value"])
+        long["token"] = long["token"].map(columns)
+        long["position"] = long["position"].astype(str).map(POSITION_NAMES) if task == "fda" else "answer"
+        long["layer name"] = long["layer"].astype(int).map(_layer_label)
+        layers = [_layer_label(x) for x in sorted(shares["layer"].astype(int).unique())]
+        chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
+            x=alt.X("layer name:O", sort=layers, title="layer"),
+            y=alt.Y("value:Q", title=measure, scale=scale),
+            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of"),
+            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances"),
+            opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
+            tooltip=["group", "position", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
+        ).properties(width=150 if task == "fda" else 320, height=160)
+        if not rows:
+            chart = chart.add_params(pick)
+        rows.append(chart.facet(column=alt.Column("position:N", title=None, sort=order,
+                                                  header=alt.Header(labelFontSize=12))))
+    return alt.vconcat(*rows, title=title)
+
+
+def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per checkpoint (x) and layer (y): the share of the final model's memorized noisy readouts
+    whose top-1 is the correct label (left) and the noisy label (right)."""
+    if table.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    long = table.melt(id_vars=["step", "layer", "n"], value_vars=["share_correct", "share_noisy"],
+                      var_name="readout", value_name="share")
+    long["readout"] = long["readout"].map(READOUTS)
+    long["layer name"] = long["layer"].map(_layer_label)
+    layers = [_layer_label(x) for x in sorted(long["layer"].unique(), reverse=True)]
+    return alt.Chart(long).mark_rect().encode(
+        x=alt.X("step:O", title="checkpoint (training step)"),
+        y=alt.Y("layer name:O", sort=layers, title="layer"),
+        color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="share top-1"),
+        tooltip=["step", "layer name", "readout", alt.Tooltip("share:Q", format=".3f"), "n"],
+    ).properties(width=260, height=150).facet(column=alt.Column("readout:N", title=None), title=title)
+
+
+# ---- Observation 2: removing the correct intermediate result ----------------------------------------
+
+def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title: str = "") -> alt.Chart:
+    """Per method (columns), group and measure (rows) and layer (x): the mean change of the label's
+    log-prob (nats per scored token) and of memorization accuracy after removing the target (the
+    correct intermediate result) and the control, with 95% bootstrap intervals. `names`:
+    {(method, "target" or "control"): what is removed}, shown in tooltips."""
+    if sizes.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to intervene on"]}), title=title).mark_text().encode(text="text:N")
+    parts = []
+    short = {"memorized noisy": "noisy", "clean": "clean"}
+    for measure, column in (("Δ log-prob", "delta_logp"), ("Δ accuracy", "acc_change")):
+        part = sizes[["method", "layer", "group", "removed", "n"]].copy()
+        part["value"], part["lo"], part["hi"] = sizes[column], sizes[f"{column}_lo"], sizes[f"{column}_hi"]
+        part["panel"] = part["group"].map(short) + ": " + measure
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    long["what"] = [(names or {}).get((m, r), r) for m, r in zip(long["method"], long["removed"])]
+    long["layer"] = long["layer"].astype(int)
+    pick = alt.selection_point(fields=["removed"], bind="legend")
+    enc = dict(x=alt.X("layer:O"), color=alt.Color("removed:N", sort=["target", "control"],
+                                                   title="removed"),
+               xOffset=alt.XOffset("removed:N", sort=["target", "control"]),
+               opacity=alt.condition(pick, alt.value(1), alt.value(0.15)))
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        y=alt.Y("value:Q", title=None), tooltip=["method", "group", "layer", "what", "n",
+                                                  alt.Tooltip("value:Q", format="+.3f"), alt.Tooltip("lo:Q", format="+.3f"),
+                                                  alt.Tooltip("hi:Q", format="+.3f")], **enc).add_params(pick)
+    bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
+    zero = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(0))
+    order = [f"{g}: {m}" for g in ("noisy", "clean") for m in ("Δ log-prob", "Δ accuracy")]
+    return alt.layer(zero, bars, points, data=long).properties(width=220, height=120).facet(
+        row=alt.Row("panel:N", title=None, sort=order, header=alt.Header(labelAngle=0, labelAlign="left")),
+        column=alt.Column("method:N", title=None), title=title,
+    ).resolve_scale(y="independent")
+
+
+def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
+    """A dropdown over precomputed instances: left, the rank (0 = top) of the correct label, the
+    noisy label and (THR) the bridge at every layer and scored answer position; right, the change
+    of the label's log-prob after each removal (target and control) at every layer."""
+    if readout.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
+    names = list(dict.fromkeys(readout["instance"]))
+    choice = alt.param(name="instance", value=names[0],
+                       bind=alt.binding_select(options=names, name="instance: "))
+    keep = alt.datum.instance == choice
+    readout = readout.assign(**{"layer name": readout["layer"].map(_layer_label)})
+    layers = [_layer_label(x) for x in sorted(readout["layer"].unique())]
+    left = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
+        x=alt.X("layer name:O", sort=layers, title="layer"),
+        y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
+        color=alt.Color("token:N", sort=list(READOUTS.values()), title="token"),
+        strokeDash=alt.StrokeDash("position:N", title="answer position"),
+        tooltip=["instance", "layer name", "position", "token", "text", "rank", "top1"],
+    ).transform_filter(keep).properties(width=300, height=220)
+    right = alt.Chart(effects, title="removal: Δ log-prob of the label").mark_line(point=True).encode(
+        x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
+        color=alt.Color("what:N", title="removed"), strokeDash=alt.StrokeDash("method:N"),
+        tooltip=["instance", "method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
+                 "mem_after"],
+    ).transform_filter(keep).properties(width=300, height=220)
+    return alt.hconcat(left, right, title=title).add_params(choice).resolve_scale(color="independent",
+                                                                                    strokeDash="independent")
