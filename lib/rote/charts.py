@@ -45,14 +45,6 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
     return (diagonal + points).properties(width=360, height=360)
 
 
-def order_bars(first: pd.DataFrame, title: str = "") -> alt.Chart:
-    """How many noisy instances were answered correctly first, memorized first, or never memorized."""
-    counts = first["order"].value_counts().rename_axis("order").rename("instances").reset_index()
-    return alt.Chart(counts, title=title).mark_bar().encode(
-        x=alt.X("instances:Q"), y=alt.Y("order:N", sort="-x", title=None), tooltip=["order", "instances"],
-    ).properties(width=360, height=120)
-
-
 # ---- Observation 1: the layer-by-layer readout -----------------------------------------------------
 
 READOUTS = {"share_correct": "correct label", "share_noisy": "noisy label", "share_bridge": "bridge entity"}
