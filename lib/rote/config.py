@@ -31,6 +31,7 @@ class Config:
     n_entities: int = 100
     n_relations: int = 10
     two_hop_train_fraction: float = 0.5  # share of all two-hop questions put in training
+    fact_repeats: int = 1  # THR: times each one-hop fact appears per epoch of training
     # model: GPT-2 shape
     n_layer: int = 4
     n_embd: int = 128
@@ -104,7 +105,7 @@ def validate(config: Config) -> Config:
         raise ValueError(f"noise must be in [0, 1), got {config.noise}")
     if not 0 < config.two_hop_train_fraction < 1:
         raise ValueError(f"two_hop_train_fraction must be in (0, 1), got {config.two_hop_train_fraction}")
-    positive = ("n_train", "n_test", "n_entities", "n_relations", "n_layer", "n_embd", "n_head",
+    positive = ("n_train", "n_test", "n_entities", "n_relations", "fact_repeats", "n_layer", "n_embd", "n_head",
                 "batch_size", "max_steps", "eval_every", "checkpoint_every", "n_eval")
     for name in positive:
         if getattr(config, name) <= 0:
@@ -158,7 +159,7 @@ def profile_table() -> "pandas.DataFrame":
     gives before overrides."""
     import pandas as pd
 
-    unused = {"fda": ("n_entities", "n_relations", "two_hop_train_fraction"), "thr": ("n_train", "n_test")}
+    unused = {"fda": ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats"), "thr": ("n_train", "n_test")}
     columns = {}
     for task in TASKS:
         for profile in PROFILES:

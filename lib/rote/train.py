@@ -56,6 +56,15 @@ def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
 
 
+def training_rows(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """The questions of one epoch: every training question, then (THR) the one-hop facts
+    `fact_repeats - 1` more times, so that the facts are learned before the two-hop questions
+    are memorized (see the THR regime appendix)."""
+    rows = frame[frame["split"] == "train"]
+    facts = rows[rows["kind"] == "fact"]
+    return pd.concat([rows] + [facts] * (config.fact_repeats - 1), ignore_index=True)
+
+
 def answer_positions(mask: torch.Tensor) -> torch.Tensor:
     """Per sequence, the positions whose next token is an answer token ([N, answer length]; every
     answer of a task has the same number of tokens)."""
@@ -100,7 +109,7 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
         return run
     frame = load_dataset(config)
     tokenizer = build_tokenizer(config)
-    train_rows = frame[frame["split"] == "train"]
+    train_rows = training_rows(frame, config)
     ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["answer"])
     ids, positions = ids.to(device), answer_positions(mask).to(device)
     sets = evaluation_sets(frame, config.n_eval, config.seed)

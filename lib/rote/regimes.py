@@ -1,0 +1,142 @@
+"""Which THR set-ups compose: the regime of a run, and the map of runs made so far.
+
+Trained on two-hop questions with noisy labels, a model can generalize to held-out two-hop
+questions and later memorize the noisy labels (the paper's order), memorize without ever
+composing, compose without memorizing (within its budget of steps), or do neither. `regime` reads
+which from a run's metrics. `bench/thr_map.py` trains set-ups and `record` saves each one's
+configuration, outcome and metrics under `data/thr_map/`, so the map appendix redraws without
+training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Config, config_hash
+from .data import load_dataset
+from .store import DATA_DIR, write_csv, write_json
+
+COMPOSED = 0.90  # held-out two-hop accuracy that counts as composing
+MEMORIZED = 0.90  # Mem-Noisy that counts as having memorized the noise
+STILL_LOW = 0.50  # Mem-Noisy below this when held-out accuracy first reached COMPOSED: "generalized first"
+REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
+MAP_DIR = DATA_DIR / "thr_map"
+VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "n_layer", "n_embd", "n_head", "batch_size",
+          "lr", "warmup_steps", "schedule", "weight_decay", "max_steps", "noise", "seed")
+
+
+def first_row(metrics: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
+    """The first evaluation at which `column` reached `threshold` (None: never)."""
+    hit = metrics[metrics[column] >= threshold]
+    return None if hit.empty else hit.iloc[0]
+
+
+def regime(metrics: pd.DataFrame) -> str:
+    """One of REGIMES: did held-out accuracy reach COMPOSED, did Mem-Noisy reach MEMORIZED, and if
+    both, was Mem-Noisy still below STILL_LOW when held-out accuracy got there?"""
+    composed = first_row(metrics, "test_acc", COMPOSED)
+    memorized = first_row(metrics, "mem_noisy", MEMORIZED)
+    if composed is not None and memorized is not None:
+        return REGIMES[0] if composed["mem_noisy"] < STILL_LOW else REGIMES[1]
+    if composed is not None:
+        return REGIMES[2]
+    return REGIMES[3] if memorized is not None else REGIMES[4]
+
+
+def two_hop_per_fact(config: Config) -> float:
+    """Two-hop training questions per one-hop fact: how often each fact is used as a hop."""
+    frame = load_dataset(config)
+    two_hop = (frame["kind"] == "two_hop") & (frame["split"] == "train")
+    return two_hop.sum() / (frame["kind"] == "fact").sum()
+
+
+def _at(row: pd.Series | None, column: str) -> float:
+    return float("nan") if row is None else float(row[column])
+
+
+def outcome(config: Config, metrics: pd.DataFrame) -> dict:
+    """A run's set-up and what it reached: regime, the minutes and epochs to each milestone, and
+    the final scores."""
+    test_95, test_90 = first_row(metrics, "test_acc", 0.95), first_row(metrics, "test_acc", COMPOSED)
+    mem_99 = first_row(metrics, "mem_noisy", 0.99)
+    last = metrics.iloc[-1]
+    return {
+        "run": config_hash(config), **{k: getattr(config, k) for k in VARIED},
+        "two_hop_per_fact": round(two_hop_per_fact(config), 2), "regime": regime(metrics),
+        "min_to_test_95": _at(test_95, "seconds") / 60, "epoch_to_test_95": _at(test_95, "epoch"),
+        "mem_noisy_at_test_95": _at(test_95, "mem_noisy"), "min_to_test_90": _at(test_90, "seconds") / 60,
+        "min_to_mem_99": _at(mem_99, "seconds") / 60, "epoch_to_mem_99": _at(mem_99, "epoch"),
+        "test_at_mem_99": _at(mem_99, "test_acc"), "peak_test": float(metrics["test_acc"].max()),
+        "final_test": float(last["test_acc"]), "final_mem_noisy": float(last["mem_noisy"]),
+        "final_facts": float(last["facts_acc"]), "steps": int(last["step"]), "epochs": float(last["epoch"]),
+        "minutes": float(last["seconds"]) / 60,
+    }
+
+
+def record(config: Config, metrics: pd.DataFrame, note: str = "", root: Path = MAP_DIR) -> dict:
+    """Save `config`'s outcome (a row of runs.csv, replacing an earlier one of the same run), its
+    whole config and its metrics (<run>/config.json, <run>/metrics.csv) under `root`."""
+    row = {**outcome(config, metrics), "note": note}
+    write_json(root / row["run"] / "config.json", dataclasses.asdict(config))
+    write_csv(root / row["run"] / "metrics.csv", metrics)
+    path = root / "runs.csv"
+    runs = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if len(runs):
+        runs = runs[runs["run"] != row["run"]]
+    write_csv(path, pd.concat([runs, pd.DataFrame([row])], ignore_index=True))
+    return row
+
+
+def runs_map(root: Path = MAP_DIR) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every recorded run (one row each) and their metrics (one row per evaluation, with `run`)."""
+    runs = pd.read_csv(root / "runs.csv")
+    curves = pd.concat([pd.read_csv(root / r / "metrics.csv").assign(run=r) for r in runs["run"]],
+                       ignore_index=True)
+    return runs, curves
+
+
+def recorded_config(run: str, root: Path = MAP_DIR) -> Config:
+    """The whole config of a recorded run: train it again with `rote.train(recorded_config(run))`."""
+    return Config(**json.loads((root / run / "config.json").read_text()))
+
+
+def thresholds_text() -> str:
+    return (f"Composed: held-out two-hop accuracy >= {COMPOSED:.0%}. Memorized: Mem-Noisy >= {MEMORIZED:.0%}. "
+            f"Generalized first: Mem-Noisy < {STILL_LOW:.0%} when held-out accuracy first reached {COMPOSED:.0%}. "
+            f"The regimes: {', '.join(REGIMES)}.")
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The map's runs for reading: set-up, regime, milestones, final scores."""
+    columns = ["run", "n_entities", "n_relations", "two_hop_per_fact", "n_layer", "n_embd", "batch_size", "lr",
+               "schedule", "weight_decay", "regime", "min_to_test_95", "mem_noisy_at_test_95", "min_to_mem_99",
+               "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
+    return runs[[c for c in columns if c in runs]].round(3).set_index("run")
+
+
+def _minutes(value: float) -> str:
+    return "never" if pd.isna(value) else f"after {value:.1f} min"
+
+
+def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
+    """The map in sentences: how many set-ups fell in each regime, the one that came closest to
+    composing, and where `config` (this build's THR set-up) stands if it is on the map."""
+    counts = runs["regime"].value_counts()
+    parts = [f"{len(runs)} set-ups: " + ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts) + "."]
+    best = runs.sort_values(["peak_test", "final_test"], ascending=False).iloc[0]
+    parts.append(f"Highest held-out two-hop accuracy: {best['peak_test']:.1%} (run {best['run']}, "
+                 f"{best['n_entities']} people x {best['n_relations']} relations, {best['two_hop_per_fact']:g} two-hop "
+                 f"questions per fact, {best['n_layer']} layers x {best['n_embd']}; {best['regime']}).")
+    if config is not None:
+        mine = runs[runs["run"] == config_hash(config)]
+        if mine.empty:
+            parts.append(f"This build's THR set-up (run {config_hash(config)}) is not on the map.")
+        else:
+            r = mine.iloc[0]
+            parts.append(f"This build's THR set-up (run {r['run']}) is '{r['regime']}': 95% held-out accuracy "
+                         f"{_minutes(r['min_to_test_95'])} (Mem-Noisy then {r['mem_noisy_at_test_95']:.1%}), 99% "
+                         f"Mem-Noisy {_minutes(r['min_to_mem_99'])} (held-out accuracy then {r['test_at_mem_99']:.1%}).")
+    return " ".join(parts)

@@ -1,0 +1,82 @@
+"""The THR regime map: fact repeats in the training epoch, the regime read from metrics, and the
+record of runs that the appendix draws."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import rote
+from rote import regimes
+from rote.data import load_dataset
+from rote.train import training_rows
+
+
+def curves(test, mem, facts=None):
+    """A metrics table from lists of held-out accuracy and Mem-Noisy, one evaluation per minute."""
+    n = len(test)
+    return pd.DataFrame({"step": np.arange(n) * 100, "epoch": np.arange(n) * 1.0, "seconds": np.arange(n) * 60.0,
+                         "test_acc": test, "mem_noisy": mem, "facts_acc": facts or [1.0] * n,
+                         "train_clean_acc": [0.5] * n, "mem_corrected": [0.0] * n})
+
+
+@pytest.mark.parametrize("test,mem,expected", [
+    ([0.0, 0.5, 0.95, 0.96, 0.93], [0.0, 0.0, 0.1, 0.6, 0.99], "generalize, then memorize"),
+    ([0.0, 0.3, 0.5, 0.92], [0.0, 0.6, 0.95, 1.0], "memorize, then generalize"),
+    ([0.0, 0.5, 0.95], [0.0, 0.0, 0.2], "generalize only"),
+    ([0.0, 0.02, 0.03], [0.0, 0.5, 0.99], "memorize only"),
+    ([0.0, 0.02, 0.03], [0.0, 0.1, 0.2], "neither"),
+])
+def test_regime(test, mem, expected):
+    assert regimes.regime(curves(test, mem)) == expected
+
+
+def test_regime_threshold_edges():
+    # held-out accuracy exactly at the threshold counts; Mem-Noisy exactly at STILL_LOW is not "still low"
+    m = curves([0.0, regimes.COMPOSED, 0.5], [0.0, regimes.STILL_LOW - 0.01, regimes.MEMORIZED])
+    assert regimes.regime(m) == "generalize, then memorize"
+    m = curves([0.0, regimes.COMPOSED, 1.0], [0.0, regimes.STILL_LOW, 1.0])
+    assert regimes.regime(m) == "memorize, then generalize"
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_training_rows_repeat_facts(repeats):
+    config = rote.make_config("thr", "tiny", fact_repeats=repeats)
+    frame = load_dataset(config)
+    rows = training_rows(frame, config)
+    train = frame[frame["split"] == "train"]
+    n_facts = (train["kind"] == "fact").sum()
+    assert len(rows) == len(train) + (repeats - 1) * n_facts
+    assert rows["id"].value_counts()[train[train["kind"] == "fact"]["id"]].eq(repeats).all()
+    assert rows["id"].value_counts()[train[train["kind"] == "two_hop"]["id"]].eq(1).all()
+    assert (rows.iloc[: len(train)]["id"].to_numpy() == train["id"].to_numpy()).all()  # the epoch starts as before
+
+
+def test_fact_repeats_is_validated_and_does_not_change_the_data():
+    with pytest.raises(ValueError, match="fact_repeats must be > 0"):
+        rote.make_config("thr", "tiny", fact_repeats=0)
+    a, b = rote.make_config("thr", "tiny"), rote.make_config("thr", "tiny", fact_repeats=4)
+    assert rote.config_hash(a) != rote.config_hash(b)
+    assert rote.data.dataset_dir(a) == rote.data.dataset_dir(b)
+
+
+def test_record_and_redraw(tmp_path):
+    config = rote.make_config("thr", "tiny", fact_repeats=2)
+    m = curves([0.0, 0.95, 0.94], [0.0, 0.2, 0.995])
+    row = regimes.record(config, m, note="synthetic", root=tmp_path)
+    assert row["regime"] == "generalize, then memorize" and row["run"] == rote.config_hash(config)
+    assert row["min_to_test_95"] == 1.0 and row["mem_noisy_at_test_95"] == 0.2
+    assert row["min_to_mem_99"] == 2.0 and row["test_at_mem_99"] == 0.94
+    frame = load_dataset(config)
+    per_fact = ((frame["kind"] == "two_hop") & (frame["split"] == "train")).sum() / (frame["kind"] == "fact").sum()
+    assert row["two_hop_per_fact"] == pytest.approx(per_fact, abs=0.005)
+    regimes.record(config, m, note="again", root=tmp_path)  # the same run replaces its row
+    other = rote.make_config("thr", "tiny", seed=1)
+    regimes.record(other, curves([0.0, 0.01], [0.0, 0.0]), root=tmp_path)
+    runs, all_curves = regimes.runs_map(tmp_path)
+    assert list(runs["run"]) == [rote.config_hash(config), rote.config_hash(other)]
+    assert runs["note"].iloc[0] == "again" and len(all_curves) == 5
+    assert regimes.recorded_config(row["run"], tmp_path) == config
+    text = regimes.summary(runs, config)
+    assert "2 set-ups: 1 generalize, then memorize, 1 neither" in text and "after 1.0 min" in text
+    assert "not on the map" in regimes.summary(runs, rote.make_config("thr", "tiny", seed=5))
+    charts = pytest.importorskip("rote.charts")
+    assert charts.regime_map_chart(runs).to_dict() and charts.regime_curves_chart(runs, all_curves).to_dict()
