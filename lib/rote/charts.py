@@ -171,3 +171,130 @@ def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = ""
     ).transform_filter(keep).properties(width=300, height=220)
     return alt.hconcat(left, right, title=title).add_params(choice).resolve_scale(color="independent",
                                                                                     strokeDash="independent")
+
+
+def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
+    """One point per THR set-up: two-hop training questions per fact (x) against the size of the
+    knowledge graph (y), coloured by regime, one panel per model shape; tooltips hold the rest."""
+    from .regimes import REGIMES
+
+    runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
+                       facts=runs["n_entities"] * runs["n_relations"])
+    tooltip = ["run", "regime", "n_entities", "n_relations", "two_hop_per_fact", "batch_size", "lr", "schedule",
+               "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"), alt.Tooltip("final_mem_noisy:Q", format=".3f"),
+               alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
+               "epochs", "note"]
+    return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
+        x=alt.X("two_hop_per_fact:Q", title="two-hop training questions per one-hop fact", scale=alt.Scale(type="log")),
+        y=alt.Y("facts:Q", title="one-hop facts (people x relations)", scale=alt.Scale(type="log")),
+        color=alt.Color("regime:N", scale=alt.Scale(domain=list(REGIMES)), title=None),
+        shape=alt.Shape("weight_decay:N", title="weight decay"),
+        column=alt.Column("model:N", title=None),
+        tooltip=tooltip,
+    ).properties(width=260, height=220)
+
+
+def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each."""
+    labels = runs.set_index("run").apply(
+        lambda r: f"{r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, {r['n_layer']}x{r['n_embd']}, "
+                  f"b{r['batch_size']}, wd {r['weight_decay']:g}", axis=1)
+    long = curves.melt(id_vars=["run", "epoch", "seconds"], value_vars=["test_acc", "mem_noisy", "facts_acc"],
+                       var_name="measure", value_name="share")
+    long["measure"] = long["measure"].map(MEASURES)
+    long["set-up"] = long["run"].map(labels)
+    long["minutes"] = long["seconds"] / 60
+    return alt.Chart(long, title=title).mark_line().encode(
+        x=alt.X("epoch:Q"), y=alt.Y("share:Q", title=None, scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("measure:N", title=None),
+        tooltip=["set-up", "measure", alt.Tooltip("epoch:Q", format=".0f"), alt.Tooltip("minutes:Q", format=".1f"),
+                 alt.Tooltip("share:Q", format=".3f")],
+    ).properties(width=200, height=120).facet(facet=alt.Facet("set-up:N", title=None), columns=3)
+
+
+# ---- Observation 4: changing one input at a time ---------------------------------------------------
+
+def single_change_chart(survival: pd.DataFrame, inputs=None, title: str = "") -> alt.Chart:
+    """Per changed input (x) and group (color: memorized noisy, clean, the look-up baselines): top,
+    the share of single-input changes after which the model still writes the label; bottom, the
+    share answered with the changed question's true answer; 95% intervals over instances."""
+    if survival.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no changes to show"]}), title=title).mark_text().encode(text="text:N")
+    parts = []
+    for measure, column in (("label kept", "kept"), ("changed question answered correctly", "correct")):
+        part = survival[["group", "input", "instances", "changes"]].copy()
+        part["value"], part["lo"], part["hi"] = survival[column], survival[f"{column}_lo"], survival[f"{column}_hi"]
+        part["measure"] = measure
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    groups = list(dict.fromkeys(long["group"]))
+    order = list(inputs) if inputs is not None else list(dict.fromkeys(long["input"]))
+    pick = alt.selection_point(fields=["group"], bind="legend")
+    enc = dict(x=alt.X("input:N", sort=order, title="changed input"),
+               color=alt.Color("group:N", sort=groups, title=None),
+               xOffset=alt.XOffset("group:N", sort=groups),
+               opacity=alt.condition(pick, alt.value(1), alt.value(0.15)))
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        y=alt.Y("value:Q", title="share of changes", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["group", "input", "measure", "instances", "changes", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")], **enc).add_params(pick)
+    bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
+    return alt.layer(bars, points, data=long).properties(width=60 * len(order), height=150).facet(
+        row=alt.Row("measure:N", title=None, sort=["label kept", "changed question answered correctly"],
+                    header=alt.Header(labelAngle=0, labelAlign="left")), title=title)
+
+
+# ---- Observation 3: outlier heuristics ---------------------------------------------------------------
+
+def neuron_heatmap_chart(cells: pd.DataFrame, marks: pd.DataFrame, title: str = "") -> alt.Chart:
+    """One neuron's mean activation over the clean grid per (a digit, b digit) (`cells`), with the
+    noisy instance (`marks`) drawn as a circle in its cell, filled with its own activation on the
+    same colour scale: the shift is the contrast between circle and cell."""
+    if cells is None or cells.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no driving neuron to show"]}), title=title).mark_text().encode(text="text:N")
+    lo = float(min(cells["activation"].min(), marks["activation"].min()))
+    hi = float(max(cells["activation"].max(), marks["activation"].max()))
+    scale = alt.Scale(scheme="viridis", domain=[lo, hi])
+    axis = dict(sort=list(range(10)))
+    heat = alt.Chart(cells).mark_rect().encode(
+        x=alt.X("b digit:O", title="digit of b", **axis), y=alt.Y("a digit:O", title="digit of a", **axis),
+        color=alt.Color("activation:Q", scale=scale, title="activation"),
+        tooltip=["a digit", "b digit", alt.Tooltip("activation:Q", format=".2f"), "n"])
+    point = alt.Chart(marks).mark_point(shape="circle", size=420, filled=True, stroke="red", strokeWidth=3).encode(
+        x=alt.X("b digit:O", **axis), y=alt.Y("a digit:O", **axis), color=alt.Color("activation:Q", scale=scale),
+        tooltip=["instance", alt.Tooltip("activation:Q", format=".2f"), alt.Tooltip("neighbour mean:Q", format=".2f"),
+                 alt.Tooltip("z:Q", format=".2f")])
+    return (heat + point).properties(width=300, height=300, title=title)
+
+
+def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Share of memorized noisy instances rescued (greedy answer = true sum) against the number of
+    neurons patched to their clean neighbours' means: the top driving neurons and random neurons of
+    the same layers, with 95% Wilson intervals."""
+    if curve.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    long = pd.concat([pd.DataFrame({"k": curve["k"], "patched": name, "rescued": curve[f"rescue_{key}"],
+                                    "lo": curve[f"{key}_lo"], "hi": curve[f"{key}_hi"]})
+                      for name, key in (("top driving neurons", "driving"), ("random neurons, same layers", "control"))])
+    enc = dict(x=alt.X("k:Q", scale=alt.Scale(type="log"), title="neurons patched per instance"),
+               color=alt.Color("patched:N", title=None))
+    line = alt.Chart(long).mark_line(point=True).encode(
+        y=alt.Y("rescued:Q", scale=alt.Scale(domain=[0, 1]), title="share rescued (true sum written)"),
+        tooltip=["patched", "k", alt.Tooltip("rescued:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f")], **enc)
+    band = alt.Chart(long).mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q", **enc)
+    return (band + line).properties(width=360, height=220, title=title)
+
+
+def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Histogram of the shift z (noisy instance against its clean neighbours) of the driving
+    neurons and of the random control neurons, clipped to [-6, 6]."""
+    if neurons.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    both = pd.concat([pd.DataFrame({"z": neurons["z"], "neurons": "driving"}),
+                      pd.DataFrame({"z": control["z"], "neurons": "random, same layers"})]).dropna()
+    both["z"] = both["z"].clip(-6, 6)
+    return alt.Chart(both).mark_bar(opacity=0.6, binSpacing=0).encode(
+        x=alt.X("z:Q", bin=alt.Bin(step=0.25), title="shift z against clean neighbours"),
+        y=alt.Y("count():Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
+        tooltip=["neurons", "count()"]).properties(width=360, height=200, title=title)
