@@ -32,11 +32,11 @@ def _ordered(edits: dict) -> list:
     return sorted(edits.items(), key=lambda item: (item[0][0], POINTS.index(item[0][1])))
 
 
-@torch.no_grad()
-def run_edited(model, ids: torch.Tensor, edits: dict) -> torch.Tensor:
-    """Logits [B, T, V] of the model on `ids` with `edits` applied (nnsight, one trace)."""
+def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
+    """Logits [B, T, V] of the model on `ids` with `edits` applied (nnsight, one trace); with
+    `grad`, differentiable (for attributions)."""
     nm = traced(model)
-    with nm.trace(ids):
+    with torch.set_grad_enabled(grad), nm.trace(ids):
         for (layer, point), fn in _ordered(edits):
             block = nm.transformer.h[layer]
             if point == "head":
@@ -49,8 +49,7 @@ def run_edited(model, ids: torch.Tensor, edits: dict) -> torch.Tensor:
     return logits
 
 
-@torch.no_grad()
-def run_edited_hooks(model, ids: torch.Tensor, edits: dict) -> torch.Tensor:
+def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
     """Plain torch twin of `run_edited`: forward (pre-)hooks that replace the tensors."""
     model, handles = hf(model), []
     for (layer, point), fn in edits.items():
@@ -62,7 +61,8 @@ def run_edited_hooks(model, ids: torch.Tensor, edits: dict) -> torch.Tensor:
             module = block.mlp.act if point == "neuron" else block
             handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: fn(out)))
     try:
-        return model(ids).logits
+        with torch.set_grad_enabled(grad):
+            return model(ids).logits
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,611 @@
+"""Observation 4: memorization is distributed, not a look-up from one input key.
+
+We change ONE input of a question at a time and ask the model again:
+
+- FDA: one of the 8 operand digits (a thousands .. a units, b thousands .. b units) is replaced by
+  another digit, keeping both operands four-digit and a + b <= 9999; several replacements per
+  position (seeded).
+- THR: the subject is replaced by another person, or the first relation r1 or the second relation
+  r2 by another relation; the bridge and the true answer are recomputed from the knowledge graph
+  (the one-hop facts).
+
+A changed question whose true answer equals the label (noisy: the noisy label; clean: the true
+answer of the original) is left out, so that "the label survives" and "the changed question is
+answered correctly" never coincide; so is a changed question that is itself a noisy training
+instance (its own noisy label would be the right thing for the model to say).
+
+Per change we measure (a) whether the label survives: greedy output equals the original label
+("kept") and the change of the label's teacher-forced log-prob (mean over the scored tokens as in
+`rote.reliance`: FDA noisy instances the digits where label and true sum differ, clean ones all
+four); FDA also per answer digit: of the noisy label's digits that differ from the original true
+sum and from the changed question's true sum, the share the changed question's output still
+writes ("noisy digit persists"); and whether the output is the changed question's true answer
+("correct"); (b) whether the intermediate result moves with the input: the logit-lens readout at
+an intermediate block layer (`readout_layer`) of the changed question ranks the *new* intermediate
+result above the *old* one (THR: the new bridge over the old, where the bridge changes; FDA: the
+changed question's correct digit over the original's, at the answer digits where they differ;
+teacher-forced on the label).
+
+(c) Dependence, per instance. A change or a removal *harms* the label when the label is lost
+(greedy decoding no longer writes it) or its log-prob falls by more than `threshold` nats per
+scored token. The label depends on an input when at least half of that input's replacements harm
+it; on an intermediate result when the Observation 2 removal of it (`rote.reliance`: THR the
+bridge by projection or LEACE; FDA the correct digits by projection, the carries by LEACE) harms
+it at some layer while the control removal there does not.
+
+Two explicit look-ups give the reference, computed on the same changes by `lookup_effects`:
+(i) keyed on the whole input: every change loses the label, the changed question is answered
+correctly (a clean model's answer), and no intermediate result matters; (ii) keyed on one input
+(FDA operand a, THR the subject): the label survives every change of the other inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config
+from .data import load_dataset, two_hop_prompt
+from .evaluate import answer_length, greedy_answers
+from .interventions import answer_logprobs, prompt_batch
+from .lens import hf, logit_lens, logit_lens_hooks
+from .override import final_test_accuracy, reasoning_caveat, wilson_interval
+from .reliance import Reliance, bootstrap_ci, bootstrap_diff_ci, reliance_of, scored_positions
+from .train import get_or_train
+
+PLACES = ("thousands", "hundreds", "tens", "units")
+INPUTS = {"fda": tuple(f"{op} {p}" for op in "ab" for p in PLACES), "thr": ("subject", "r1", "r2")}
+INTERMEDIATES = {"fda": ("correct digits", "carries"), "thr": ("bridge",)}
+METHOD_RESULT = {("fda", "projection"): "correct digits", ("fda", "LEACE carry"): "carries",
+                 ("thr", "projection"): "bridge", ("thr", "LEACE"): "bridge"}
+LOOKUP_KEYS = {"fda": ("whole input", "operand a"), "thr": ("whole input", "subject")}
+GROUPS = ("memorized noisy", "clean")
+
+
+def lookup_name(key: str) -> str:
+    """The group name of a look-up baseline keyed on `key`."""
+    return "look-up on " + {"whole input": "the whole input", "subject": "the subject"}.get(key, key)
+
+
+def key_inputs(task: str, key: str) -> tuple:
+    """The inputs a look-up keyed on `key` reads: "whole input" all of them, "operand a" (FDA) its
+    four digits, "subject" (THR) the subject."""
+    keys = {"whole input": INPUTS[task], "operand a": INPUTS["fda"][:4], "subject": ("subject",)}
+    if key not in LOOKUP_KEYS[task]:
+        raise ValueError(f"unknown look-up key {key!r} for {task}; allowed: {', '.join(LOOKUP_KEYS[task])}")
+    return keys[key]
+
+
+# ---- the single-input changes --------------------------------------------------------------------
+
+def knowledge_graph_of(frame: pd.DataFrame) -> dict:
+    """THR: {(person, relation): partner} from the one-hop facts of `frame`."""
+    facts = frame[frame["kind"] == "fact"]
+    return dict(zip(zip(facts["subject"], facts["r1"]), facts["true"]))
+
+
+def _question_status(frame: pd.DataFrame) -> dict:
+    """{prompt: "train noisy", "train" or "test"} of every question in `frame`."""
+    q = frame[frame["kind"] != "fact"]
+    status = np.where(q["split"] == "train", np.where(q["noisy"], "train noisy", "train"), "test")
+    return dict(zip(q["prompt"], status))
+
+
+def fda_changes(instances: pd.DataFrame, n_replacements: int = 3, seed: int = 0) -> pd.DataFrame:
+    """FDA: per instance and operand digit, up to `n_replacements` other digits (seeded) that keep
+    both operands four-digit and a + b <= 9999. One row per change: id, input, the new digit
+    ("replacement"), the changed a, b, prompt and true sum, and the original label ("answer")."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for inst in instances.itertuples(index=False):
+        a, b = int(inst.a), int(inst.b)
+        for k, name in enumerate(INPUTS["fda"]):
+            unit = 10 ** (3 - k % 4)
+            x, y = (a, b) if k < 4 else (b, a)
+            old = x // unit % 10
+            allowed = [d for d in range(1 if unit == 1000 else 0, 10)
+                       if d != old and x + (d - old) * unit + y <= 9999]
+            for d in rng.permutation(allowed)[:n_replacements]:
+                x2 = x + (int(d) - old) * unit
+                a2, b2 = (x2, y) if k < 4 else (y, x2)
+                rows.append({"id": inst.id, "input": name, "replacement": str(d), "a": a2, "b": b2,
+                             "prompt": f"{a2}+{b2}=", "true": f"{a2 + b2:04d}", "answer": inst.answer,
+                             "orig_true": inst.true, "noisy": inst.noisy})
+    return pd.DataFrame(rows, columns=["id", "input", "replacement", "a", "b", "prompt", "true", "answer",
+                                       "orig_true", "noisy"])
+
+
+def thr_changes(instances: pd.DataFrame, graph: dict, n_replacements: int = 3, seed: int = 0) -> pd.DataFrame:
+    """THR: per instance, up to `n_replacements` other subjects, first relations and second
+    relations (seeded), the bridge and true answer recomputed from `graph`
+    (`knowledge_graph_of`). One row per change, with the original label ("answer") and bridge."""
+    people = sorted({s for s, _ in graph})
+    relations = sorted({r for _, r in graph})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for inst in instances.itertuples(index=False):
+        for name, pool, old in (("subject", people, inst.subject), ("r1", relations, inst.r1),
+                                ("r2", relations, inst.r2)):
+            others = [x for x in pool if x != old]
+            for new in rng.permutation(others)[:n_replacements]:
+                s, r1, r2 = (str(new) if name == "subject" else inst.subject, str(new) if name == "r1" else inst.r1,
+                             str(new) if name == "r2" else inst.r2)
+                bridge = graph[(s, r1)]
+                rows.append({"id": inst.id, "input": name, "replacement": str(new), "subject": s, "r1": r1,
+                             "r2": r2, "prompt": two_hop_prompt(r1, r2, s), "true": graph[(bridge, r2)],
+                             "bridge": bridge, "answer": inst.answer, "orig_true": inst.true,
+                             "orig_bridge": inst.bridge, "noisy": inst.noisy})
+    return pd.DataFrame(rows, columns=["id", "input", "replacement", "subject", "r1", "r2", "prompt", "true",
+                                       "bridge", "answer", "orig_true", "orig_bridge", "noisy"])
+
+
+def single_input_changes(instances: pd.DataFrame, frame: pd.DataFrame, task: str, n_replacements: int = 3,
+                         seed: int = 0) -> pd.DataFrame:
+    """The changes of `fda_changes` / `thr_changes`, with "status" (the changed question is a
+    "train" or "test" question of `frame`, or "unseen"), leaving out those whose true answer is the
+    label and those that are noisy training instances (see the module docstring)."""
+    if task not in INPUTS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(INPUTS)}")
+    changes = (fda_changes(instances, n_replacements, seed) if task == "fda"
+               else thr_changes(instances, knowledge_graph_of(frame), n_replacements, seed))
+    status = _question_status(frame)
+    changes["status"] = [status.get(p, "unseen") for p in changes["prompt"]]
+    keep = (changes["true"] != changes["answer"]) & (changes["status"] != "train noisy")
+    return changes[keep].reset_index(drop=True)
+
+
+# ---- measuring the changes -----------------------------------------------------------------------
+
+@torch.no_grad()
+def label_logprob(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Mean teacher-forced log-prob of the `answer` tokens after `prompt`, over the tokens where
+    `scored` [N, K] is set (plain forward pass)."""
+    model_hf, out = hf(model), []
+    for start in range(0, len(rows), batch_size):
+        ids, mask, _ = prompt_batch(tokenizer, rows.iloc[start: start + batch_size], "answer")
+        lp = answer_logprobs(model_hf(ids.to(model_hf.device)).logits, ids, mask.to(model_hf.device)).double().cpu()
+        sel = scored[start: start + batch_size].double()
+        out.append(((lp * sel).sum(1) / sel.sum(1).clamp(min=1)).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def persisting_digits(changes: pd.DataFrame, predictions) -> tuple[np.ndarray, np.ndarray]:
+    """FDA: per change, how many of the label's digits differ from both the original and the
+    changed true sum (eligible), and how many of those the changed question's output still writes."""
+    eligible, persist = [], []
+    for label, orig, new, said in zip(changes["answer"], changes["orig_true"], changes["true"], predictions):
+        ok = [k for k in range(len(label)) if label[k] != orig[k] and label[k] != new[k]]
+        eligible.append(len(ok))
+        persist.append(sum(said[k] == label[k] for k in ok))
+    return np.array(eligible, dtype=int), np.array(persist, dtype=int)
+
+
+def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str, hooks: bool = False) -> pd.DataFrame:
+    """Per change and layer (-1: embedding, 0..: blocks): at the readout positions where the
+    intermediate result changes (THR the bridge, at the answer position; FDA the correct digit, at
+    each digit where the changed true sum differs from the original), the share where the logit lens
+    ranks the new value above the old one ("moved"). Teacher-forced on the label. Changes without
+    such a position are left out."""
+    columns = ["change", "layer", "n_positions", "moved"]
+    if changes.empty:
+        return pd.DataFrame(columns=columns)
+    lens = logit_lens_hooks if hooks else logit_lens
+    base = changes.assign(id=np.arange(len(changes)))
+    old = "orig_bridge" if task == "thr" else "orig_true"
+    new_lens = lens(model, tokenizer, base, teacher_forcing="answer")
+    old_lens = lens(model, tokenizer, base.assign(true=base["orig_true"], bridge=base.get(old)),
+                    teacher_forcing="answer")
+    rank = "bridge_rank" if task == "thr" else "true_rank"
+    both = new_lens[["id", "layer", "position", rank]].merge(
+        old_lens[["id", "layer", "position", rank]], on=["id", "layer", "position"], suffixes=("_new", "_old"))
+    if task == "thr":
+        differs = pd.Series(changes["bridge"].to_numpy() != changes["orig_bridge"].to_numpy())
+        both = both[differs.to_numpy()[both["id"].to_numpy()]]
+    else:
+        k = both["position"].to_numpy()
+        new_d = np.array([t[p] for t, p in zip(changes["true"].to_numpy()[both["id"]], k)])
+        old_d = np.array([t[p] for t, p in zip(changes["orig_true"].to_numpy()[both["id"]], k)])
+        both = both[new_d != old_d]
+    both = both.assign(moved=(both[f"{rank}_new"] < both[f"{rank}_old"]).astype(float))
+    out = both.groupby(["id", "layer"]).agg(n_positions=("moved", "size"), moved=("moved", "mean")).reset_index()
+    return out.rename(columns={"id": "change"})[columns]
+
+
+def change_effects(model, tokenizer, instances: pd.DataFrame, changes: pd.DataFrame, task: str,
+                   group: str = "memorized noisy", batch_size: int = 512) -> pd.DataFrame:
+    """Every change of `changes` measured (see the module docstring): logp_before (the label on the
+    original question), logp_after (on the changed one), delta_logp, prediction, kept, correct,
+    and FDA digits_eligible / digits_persist. `instances` are the originals (for the scored tokens
+    and logp_before)."""
+    out = changes.copy()
+    out["group"] = group
+    if changes.empty:
+        for c in ("logp_before", "logp_after", "delta_logp", "digits_eligible", "digits_persist"):
+            out[c] = pd.Series(dtype=float)
+        out["prediction"] = pd.Series(dtype=object)
+        out["kept"], out["correct"] = pd.Series(dtype=bool), pd.Series(dtype=bool)
+        return out
+    scored = scored_positions(instances, task)
+    row = {i: n for n, i in enumerate(instances["id"])}
+    index = torch.tensor([row[i] for i in changes["id"]])
+    before = label_logprob(model, tokenizer, instances, scored, batch_size)
+    out["logp_before"] = before[index.numpy()]
+    out["logp_after"] = label_logprob(model, tokenizer, changes, scored[index], batch_size)
+    out["delta_logp"] = out["logp_after"] - out["logp_before"]
+    n = answer_length(tokenizer, changes["answer"].iloc[0])
+    out["prediction"] = greedy_answers(hf(model), tokenizer, changes["prompt"], n)
+    out["kept"] = out["prediction"] == out["answer"]
+    out["correct"] = out["prediction"] == out["true"]
+    if task == "fda":
+        out["digits_eligible"], out["digits_persist"] = persisting_digits(changes, out["prediction"])
+    else:
+        out["digits_eligible"], out["digits_persist"] = 0, 0
+    return out
+
+
+def lookup_effects(changes: pd.DataFrame, task: str, key: str) -> pd.DataFrame:
+    """What an explicit look-up keyed on `key` (`key_inputs`) would do on `changes` of memorized
+    noisy instances: the label where the key is unchanged, else the changed question's true answer
+    (a clean model's answer). Log-prob change 0 where the label is kept, -inf where it is lost."""
+    key_set = set(key_inputs(task, key))
+    out = changes.copy()
+    out["group"] = lookup_name(key)
+    kept = ~out["input"].isin(key_set).to_numpy()
+    out["prediction"] = np.where(kept, out["answer"], out["true"])
+    out["kept"], out["correct"] = kept, ~kept
+    out["logp_before"] = 0.0
+    out["logp_after"] = out["delta_logp"] = np.where(kept, 0.0, -np.inf)
+    if task == "fda":
+        out["digits_eligible"], out["digits_persist"] = persisting_digits(changes, out["prediction"])
+    else:
+        out["digits_eligible"], out["digits_persist"] = 0, 0
+    return out
+
+
+# ---- dependence -------------------------------------------------------------------------------------
+
+def harmed(lost, delta_logp, threshold: float):
+    """A change or removal harms the label: it is lost, or its log-prob falls by more than
+    `threshold` nats per scored token."""
+    return np.asarray(lost, dtype=bool) | (np.asarray(delta_logp, dtype=float) < -threshold)
+
+
+def input_dependence(effects: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """Per (group, id, input): replacements, the share that harm the label, and whether the label
+    depends on that input (at least half of its replacements harm it)."""
+    columns = ["group", "id", "input", "n_changes", "share_harmed", "depends"]
+    if effects.empty:
+        return pd.DataFrame(columns=columns)
+    e = effects.assign(harmed=harmed(~effects["kept"].astype(bool), effects["delta_logp"], threshold))
+    out = e.groupby(["group", "id", "input"], sort=False).agg(
+        n_changes=("harmed", "size"), share_harmed=("harmed", "mean")).reset_index()
+    out["depends"] = out["share_harmed"] >= 0.5
+    return out[columns]
+
+
+def intermediate_dependence(removals: pd.DataFrame, task: str, threshold: float = 1.0) -> pd.DataFrame:
+    """Per (group, id, intermediate result) from Observation 2's removal table
+    (`Reliance.effects`): whether at some layer the target removal harms the label and the control
+    removal there does not (`depends`), and at how many layers."""
+    columns = ["group", "id", "intermediate", "n_layers", "depends"]
+    if removals.empty:
+        return pd.DataFrame(columns=columns)
+    r = removals.assign(harmed=harmed(removals["mem_before"].astype(bool) & ~removals["mem_after"].astype(bool),
+                                      removals["delta_logp"], threshold))
+    wide = r.pivot_table(index=["group", "id", "method", "layer"], columns="removed", values="harmed",
+                         aggfunc="max").reset_index()
+    wide["hit"] = wide["target"].astype(bool) & ~wide["control"].astype(bool)
+    wide["intermediate"] = [METHOD_RESULT[(task, m)] for m in wide["method"]]
+    per_layer = wide.groupby(["group", "id", "intermediate", "layer"]).agg(hit=("hit", "max")).reset_index()
+    out = per_layer.groupby(["group", "id", "intermediate"]).agg(n_layers=("hit", "sum")).reset_index()
+    out["depends"] = out["n_layers"] > 0
+    return out[columns]
+
+
+def dependence_counts(inputs: pd.DataFrame, intermediates: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Per (group, id): how many inputs were changed (those with at least one valid replacement),
+    how many inputs and intermediate results the label depends on, and which pattern the instance
+    shows: "distributed" (two or more inputs and at least one intermediate result), "like
+    whole-input look-up" (every changed input and no intermediate result), "like one-input look-up"
+    (only the inputs of one key, FDA the digits of one operand, THR one input, and no intermediate
+    result). Whether changed questions are answered as a clean model would is compared per group
+    (`answer_gap`), not per instance."""
+    columns = ["group", "id", "n_changed", "n_inputs", "n_intermediate", "distributed",
+               "like_whole_lookup", "like_one_lookup"]
+    if inputs.empty:
+        return pd.DataFrame(columns=columns)
+    dep = inputs[inputs["depends"]]
+    which = dep.groupby(["group", "id"])["input"].agg(set)
+    rows = inputs.groupby(["group", "id"], sort=False).size().rename("n_changed").reset_index()
+    sets = [which.get((g, i), set()) for g, i in zip(rows["group"], rows["id"])]
+    rows["n_inputs"] = [len(s) for s in sets]
+    mids = (intermediates[intermediates["depends"]].groupby(["group", "id"]).size() if len(intermediates)
+            else pd.Series(dtype=int))
+    rows["n_intermediate"] = [int(mids.get((g, i), 0)) for g, i in zip(rows["group"], rows["id"])]
+    keys = [set(INPUTS["fda"][:4]), set(INPUTS["fda"][4:])] if task == "fda" else [{x} for x in INPUTS["thr"]]
+    rows["distributed"] = (rows["n_inputs"] >= 2) & (rows["n_intermediate"] >= 1)
+    rows["like_whole_lookup"] = (rows["n_inputs"] == rows["n_changed"]) & (rows["n_intermediate"] == 0)
+    rows["like_one_lookup"] = [bool(s) and any(s <= k for k in keys) and m == 0
+                               for s, m in zip(sets, rows["n_intermediate"])]
+    return rows[columns]
+
+
+# ---- summaries ---------------------------------------------------------------------------------------
+
+def survival(effects: pd.DataFrame, moves: pd.DataFrame, layer: int | None, n_resamples: int = 1000,
+             seed: int = 0) -> pd.DataFrame:
+    """Per (group, input): instances, changes, the share of changes that keep the label, that are
+    answered correctly, FDA the share of eligible noisy digits that persist, the mean log-prob
+    change, and the share where the intermediate result moves at `layer`; each a mean over
+    instances of the per-instance mean, with a 95% bootstrap interval over instances."""
+    rows = []
+    if effects.empty:
+        return pd.DataFrame(rows)
+    e = effects.reset_index(drop=True)
+    moved = moves[moves["layer"] == layer].set_index("change")["moved"] if layer is not None and len(moves) else {}
+    e["moved"] = pd.Series(np.arange(len(e))).map(moved).astype(float)
+    e["digit_share"] = np.where(e["digits_eligible"] > 0,
+                                e["digits_persist"] / e["digits_eligible"].clip(lower=1), np.nan)
+    measures = {"kept": "kept", "correct": "correct", "noisy_digit_persists": "digit_share",
+                "delta_logp": "delta_logp", "moved": "moved"}
+    for (group, name), g in e.groupby(["group", "input"], sort=False):
+        row = {"group": group, "input": name, "instances": g["id"].nunique(), "changes": len(g)}
+        for out, column in measures.items():
+            per = g.assign(v=g[column].astype(float)).groupby("id")["v"].mean().dropna().to_numpy()
+            if len(per) and not np.isfinite(per).all():  # a look-up: the label is lost (log-prob -inf)
+                m = lo = hi = float(per.mean())
+            else:
+                m, lo, hi = bootstrap_ci(per, n_resamples, seed)
+            row.update({out: m, f"{out}_lo": lo, f"{out}_hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def dependence_summary(counts: pd.DataFrame) -> pd.DataFrame:
+    """Per group: instances, mean number of inputs changed, of inputs and of intermediate results
+    the label depends on,
+    and the share of instances of each pattern with a 95% Wilson interval."""
+    rows = []
+    for group, g in counts.groupby("group", sort=False):
+        row = {"group": group, "instances": len(g), "mean_changed": float(g["n_changed"].mean()),
+               "mean_inputs": float(g["n_inputs"].mean()),
+               "mean_intermediate": float(g["n_intermediate"].mean())}
+        for column in ("distributed", "like_whole_lookup", "like_one_lookup"):
+            share = float(g[column].mean())
+            lo, hi = wilson_interval(share, len(g))
+            row.update({column: share, f"{column}_lo": lo, f"{column}_hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def readout_layer(model, tokenizer, clean: pd.DataFrame, task: str, hooks: bool = False) -> int | None:
+    """The intermediate block layer (0 .. n_layer - 2; 0 for one block) where the clean reference
+    questions' intermediate result (THR the bridge; FDA the correct digit) is most often the top-1
+    logit-lens readout: where `intermediate_moves` is summarized. None without clean questions."""
+    if clean.empty:
+        return None
+    n_layer = hf(model).config.n_layer
+    lens = (logit_lens_hooks if hooks else logit_lens)(model, tokenizer, clean, teacher_forcing="answer")
+    rank = "bridge_rank" if task == "thr" else "true_rank"
+    blocks = lens[(lens["layer"] >= 0) & (lens["layer"] <= max(n_layer - 2, 0))]
+    share = blocks.assign(top=blocks[rank].eq(0).astype(float)).groupby("layer")["top"].mean()
+    return int(share.idxmax())
+
+
+# ---- one call per model -----------------------------------------------------------------------------
+
+@dataclass
+class Distributed:
+    """Observation 4 for one model."""
+    task: str
+    n_layer: int
+    reliance: Reliance  # Observation 2's removals on the same instances
+    changes: pd.DataFrame  # per change, measured, model groups and look-ups (`change_effects`, `lookup_effects`)
+    moves: pd.DataFrame  # `intermediate_moves` of the model groups' changes (index = row of `changes`)
+    layer: int | None  # `readout_layer`
+    inputs: pd.DataFrame  # `input_dependence`
+    intermediates: pd.DataFrame  # `intermediate_dependence`
+    counts: pd.DataFrame  # `dependence_counts`
+    survival: pd.DataFrame  # `survival`
+    dependence: pd.DataFrame  # `dependence_summary`
+    threshold: float = 1.0
+    config: Config | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def memorized(self) -> pd.DataFrame:
+        return self.reliance.memorized
+
+
+def distributed_encoding_of(model, tokenizer, frame: pd.DataFrame, task: str, n_replacements: int = 3,
+                            threshold: float = 1.0, n_clean: int = 200, n_fit: int = 2000, seed: int = 0,
+                            n_resamples: int = 1000, hooks: bool = False, config: Config | None = None) -> Distributed:
+    """`distributed_encoding` for a given model, tokenizer and instance table (no training)."""
+    if task not in INPUTS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(INPUTS)}")
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0 (nats per scored token), got {threshold}")
+    rel = reliance_of(model, tokenizer, frame, task, n_clean, n_fit, seed, n_resamples, hooks, config)
+    parts = []
+    for group, rows in (("memorized noisy", rel.memorized.reset_index(drop=True)), ("clean", rel.clean)):
+        changes = single_input_changes(rows, frame, task, n_replacements, seed)
+        parts.append(change_effects(model, tokenizer, rows, changes, task, group))
+    measured = pd.concat(parts, ignore_index=True)
+    moves = intermediate_moves(model, tokenizer, measured, task, hooks)
+    layer = readout_layer(model, tokenizer, rel.clean, task, hooks)
+    noisy_changes = measured[measured["group"] == "memorized noisy"]
+    lookups = [lookup_effects(noisy_changes, task, key) for key in LOOKUP_KEYS[task]]
+    effects = pd.concat([measured, *lookups], ignore_index=True)
+    inputs = input_dependence(effects, threshold)
+    intermediates = intermediate_dependence(rel.effects, task, threshold)
+    counts = dependence_counts(inputs, intermediates, task)
+    return Distributed(task, hf(model).config.n_layer, rel, effects, moves, layer, inputs, intermediates, counts,
+                       survival(effects, moves, layer, n_resamples, seed), dependence_summary(counts), threshold,
+                       config)
+
+
+def distributed_encoding(config: Config, n_replacements: int = 3, threshold: float = 1.0, n_clean: int = 200,
+                         n_fit: int = 2000, device: str | None = None, progress: bool = True) -> Distributed:
+    """Train `config` (or load its finished run), change one input at a time of its memorized noisy
+    instances and of up to `n_clean` correctly answered clean questions, and combine with
+    Observation 2's removals into how many inputs and intermediate results each label depends on."""
+    model, tokenizer = get_or_train(config, device=device, progress=progress)
+    result = distributed_encoding_of(model, tokenizer, load_dataset(config), config.task, n_replacements, threshold,
+                                     n_clean, n_fit, config.seed, config=config)
+    result.extra["test_acc"] = final_test_accuracy(config)
+    return result
+
+
+# ---- in words ---------------------------------------------------------------------------------------
+
+def _pct(m, lo, hi) -> str:
+    return f"{m:.0%} (95% CI {lo:.0%} to {hi:.0%})"
+
+
+def _per_instance(result: Distributed, group: str, column: str) -> np.ndarray:
+    """Per instance of `group`: the mean of `column` over its changes (FDA "noisy_digit_persists":
+    over the eligible digits of all its changes)."""
+    g = result.changes[result.changes["group"] == group]
+    if column == "noisy_digit_persists":
+        g = g[g["digits_eligible"] > 0]
+        g = g.assign(noisy_digit_persists=g["digits_persist"] / g["digits_eligible"])
+    return g.assign(v=g[column].astype(float)).groupby("id")["v"].mean().to_numpy()
+
+
+def overall(result: Distributed, group: str, column: str, n_resamples: int = 1000) -> tuple[float, float, float]:
+    """Mean over the instances of `group` of each instance's mean of `column` over all its changes,
+    with a 95% bootstrap interval over instances."""
+    seed = result.config.seed if result.config else 0
+    return bootstrap_ci(_per_instance(result, group, column), n_resamples, seed)
+
+
+def answer_gap(result: Distributed, n_resamples: int = 1000) -> tuple[float, float, float]:
+    """Share of changed memorized noisy questions answered with their own true answer minus that of
+    changed clean questions (per-instance means; 95% bootstrap interval). A look-up on the whole
+    input, with the clean computation for everything else, would give 0."""
+    seed = result.config.seed if result.config else 0
+    return bootstrap_diff_ci(_per_instance(result, "memorized noisy", "correct"),
+                             _per_instance(result, "clean", "correct"), n_resamples, seed)
+
+
+def _by_status(result: Distributed, min_changes: int = 20) -> str:
+    """The changed noisy questions' correct answers split by what they are in the data (training,
+    test or unseen questions), when at least two kinds have `min_changes` changes or more."""
+    g = result.changes[result.changes["group"] == "memorized noisy"]
+    table = g.groupby("status")["correct"].agg(["size", "mean"])
+    table = table[table["size"] >= min_changes]
+    if len(table) < 2:
+        return ""
+    names = {"train": "training", "test": "held-out test", "unseen": "unseen"}
+    parts = [f"{share:.0%} of the {n:,} that are {names[status]} questions" for status, n, share in table.itertuples()]
+    return "By kind of changed question: " + "; ".join(parts) + ". "
+
+
+def _intermediate_shares(result: Distributed) -> str:
+    """" (the bridge on 4% of the instances, ...)": how often each intermediate result matters."""
+    i = result.intermediates
+    i = i[i["group"] == "memorized noisy"] if len(i) else i
+    if i.empty:
+        return ""
+    shares = i.groupby("intermediate", sort=False)["depends"].mean()
+    return " (" + ", ".join(f"the {name} on {share:.0%}" for name, share in shares.items()) + " of the instances)"
+
+
+def verdict(result: Distributed) -> str:
+    """Observation 4 for this run, in plain words (see `_verdict`), with a caveat when the model has
+    hardly learned the task (test accuracy below 50%)."""
+    return _verdict(result) + reasoning_caveat(result.extra.get("test_acc"), result.task)
+
+
+def _verdict(result: Distributed) -> str:
+    """Observation 4 for this run, computed from the dependence counts: it holds when the share of
+    memorized noisy instances whose label depends on two or more inputs and on at least one
+    intermediate result ("distributed") has a 95% Wilson interval above one half; it does not hold
+    when that interval is below one half; otherwise it holds only in part."""
+    task, c, rel = result.task, result.config, result.reliance
+    where = f"In this {task.upper()} run" + (f" ({c.noise:.0%} noise, seed {c.seed})" if c else "")
+    n_mem, n_clean = len(rel.memorized), len(rel.clean)
+    head = (f"{where}, {n_mem:,} of {len(rel.noisy):,} noisy training instances are memorized; "
+            + (f"{n_clean:,} correctly answered clean questions are the reference. " if n_clean != 1
+               else "1 correctly answered clean question is the reference. "))
+    clean = ""
+    if n_clean and (result.changes["group"] == "clean").any():
+        clean = ("Changing one input of a clean question gives the changed question's true answer on "
+                 + _pct(*overall(result, "clean", "correct")) + " of the changes. ")
+    if len(rel.noisy) == 0:
+        return head + clean + "Without noisy instances Observation 4 cannot be tested."
+    if n_mem == 0:
+        return head + clean + "With no memorized noisy label, Observation 4 cannot be tested in this run: train longer."
+    s = result.survival[result.survival["group"] == "memorized noisy"]
+    lo_in, hi_in = s.loc[s["kept"].idxmin()], s.loc[s["kept"].idxmax()]
+    body = ("Changing one input of a memorized noisy question keeps the noisy label on "
+            + _pct(*overall(result, "memorized noisy", "kept"))
+            + f" of the changes (per input from {lo_in['kept']:.0%} for {lo_in['input']} to {hi_in['kept']:.0%} for "
+            f"{hi_in['input']}), and the changed question gets its own true answer on "
+            + _pct(*overall(result, "memorized noisy", "correct")) + ". ")
+    if clean:
+        gap = answer_gap(result)
+        points, side = round(abs(gap[0]) * 100), "below" if gap[0] < 0 else "above"
+        body += (f"That is {points} percentage point{'' if points == 1 else 's'} {side} the changed clean questions "
+                 f"(difference {gap[0] * 100:+.0f}, 95% CI {gap[1] * 100:+.0f} to {gap[2] * 100:+.0f}); "
+                 "a look-up on the whole input, with the clean computation for every other question, would show no "
+                 "difference. ")
+    body += _by_status(result)
+    if task == "fda":
+        d = overall(result, "memorized noisy", "noisy_digit_persists")
+        if d[0] == d[0]:
+            body += ("Of the noisy label's digits that differ from both true sums, " + _pct(*d)
+                     + " still appear in the changed question's output. ")
+    mid = "bridge" if task == "thr" else "correct digit"
+    if result.layer is not None and s["moved"].notna().any():
+        moved = s.dropna(subset=["moved"])
+        body += (f"At layer {result.layer} the logit lens ranks the changed question's {mid} above the original's "
+                 f"on {moved['moved'].min():.0%} to {moved['moved'].max():.0%} of the changes per input. ")
+    d = result.dependence.set_index("group")
+    m = d.loc["memorized noisy"]
+    n_mid, nats = len(INTERMEDIATES[task]), f"{result.threshold:g} nat" + ("" if result.threshold == 1 else "s")
+    body += (f"Counting a change or removal as harmful when the label is lost or its log-prob falls by more than "
+             f"{nats}, the noisy label depends on {m['mean_inputs']:.1f} of the "
+             f"{m['mean_changed']:.1f} inputs changed and on {m['mean_intermediate']:.1f} of {n_mid} intermediate "
+             "result" + ("s" if n_mid > 1 else "") + " on average" + _intermediate_shares(result)
+             + "; it depends on two or more inputs and at least one "
+             "intermediate result (distributed) on " + _pct(m["distributed"], m["distributed_lo"], m["distributed_hi"])
+             + f" of the instances, looks like a look-up on the whole input on {m['like_whole_lookup']:.0%} and like "
+             f"a look-up on one input on {m['like_one_lookup']:.0%}. ")
+    whole, one = lookup_name("whole input"), lookup_name(LOOKUP_KEYS[task][1])
+    if whole in d.index and one in d.index:
+        body += (f"For reference, on the same changes a {whole} would keep no noisy label, answer every changed "
+                 f"question as a clean model does and depend on all {d.loc[whole, 'mean_inputs']:.1f} inputs changed; "
+                 f"a {one} "
+                 f"would keep the label under every change of the other inputs and depend on "
+                 f"{d.loc[one, 'mean_inputs']:.1f}; neither depends on an intermediate result. ")
+    if m["distributed_lo"] > 0.5:
+        end = ("The paper's Observation 4 holds in this run: the noisy label is produced from many inputs and "
+               "intermediate results, not looked up from one input key.")
+    elif m["distributed_hi"] < 0.5:
+        end = ("The paper's Observation 4 does not hold in this run: most noisy labels do not depend on several "
+               "inputs and an intermediate result together"
+               + ("; they behave like look-ups keyed on the whole question." if m["like_whole_lookup_lo"] > 0.5
+                  else "."))
+    else:
+        end = ("The paper's Observation 4 holds only in part here: the distributed pattern is neither clearly the "
+               "rule nor clearly the exception.")
+    return head + clean + body + end
+
+
+# ---- tables for reading -----------------------------------------------------------------------------
+
+def survival_table(result: Distributed, digits: int = 3) -> pd.DataFrame:
+    """`result.survival` for reading, rounded; columns empty for this task left out."""
+    if result.survival.empty:
+        return pd.DataFrame({"note": ["no changes: no memorized noisy instance and no clean reference"]})
+    return result.survival.dropna(axis=1, how="all").round(digits)
+
+
+def dependence_table(result: Distributed, digits: int = 3) -> pd.DataFrame:
+    """`result.dependence` for reading, rounded."""
+    if result.dependence.empty:
+        return pd.DataFrame({"note": ["no instances to count dependences on"]})
+    return result.dependence.round(digits)

@@ -1,0 +1,250 @@
+"""Observation 3: neighbours, attribution and neuron patching against plain torch, the shift z
+against a hand computation, and the whole analysis on a model whose "noisy labels" are its own
+answers."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rote.config import make_config
+from rote.data import generate
+from rote.evaluate import greedy_answers
+from rote.heuristics import digits, fda_rows
+from rote.interventions import prompt_batch
+from rote.model import build_model, build_tokenizer
+from rote.outliers import (_control_picks, analysis_position, cluster_median_ci, neighbour_stats, neighbours,
+                           neuron_attribution, outlier_heuristics, outlier_heuristics_of, patched_greedy,
+                           rescue_curve, set_neurons, summary, summary_table, verdict, heatmap_data)
+
+
+@lru_cache
+def setup():
+    """A random-init tiny FDA model whose unembedding only scores digits (so that it answers with
+    four digits), and a frame whose 12 noisy training labels are the model's own answers: every
+    noisy label is "memorized"."""
+    config = make_config("fda", "tiny", noise=0.2, seed=1)
+    tok = build_tokenizer(config)
+    model = build_model(config, len(tok)).eval()
+    w = model.lm_head.weight.detach().clone()
+    digit = torch.zeros(len(w), dtype=torch.bool)
+    digit[tok.convert_tokens_to_ids(list("0123456789"))] = True
+    w[~digit] = 0
+    model.lm_head.weight = torch.nn.Parameter(w * torch.linspace(3, 6, len(w))[:, None])
+    frame = generate(config)
+    noisy = frame[(frame["split"] == "train") & frame["noisy"]].head(12).copy()
+    noisy["answer"] = greedy_answers(model, tok, noisy["prompt"], 4)
+    noisy = noisy[noisy["answer"] != noisy["true"]]
+    frame = pd.concat([frame[~frame["noisy"]].head(100), noisy]).reset_index(drop=True)
+    return config, model, tok, frame, noisy.reset_index(drop=True)
+
+
+def hooked_attribution(model, ids, cols, plus, minus):
+    """Plain torch: forward hooks keep every mlp.act output; autograd gives the gradient of
+    logit(plus) - logit(minus) at each row's column."""
+    kept = []
+    handles = [b.mlp.act.register_forward_hook(lambda m, a, o: kept.append(o)) for b in model.transformer.h]
+    try:
+        logits = model(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    rows = torch.arange(len(ids))
+    diff = logits[rows, cols, plus] - logits[rows, cols, minus]
+    grads = torch.autograd.grad(diff.sum(), kept)
+    acts = torch.stack([k[rows, cols] for k in kept], 1).detach()
+    return acts, torch.stack([g[rows, cols] for g in grads], 1), diff.detach()
+
+
+def hooked_acts(model, ids, cols):
+    kept = []
+    handles = [b.mlp.act.register_forward_hook(lambda m, a, o: kept.append(o.detach())) for b in model.transformer.h]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([k[torch.arange(len(ids)), cols] for k in kept], 1)
+
+
+# ---- neighbours and positions ----
+
+def test_neighbours_by_hand():
+    nb = neighbours(1234, 5678)
+    # a <= 4321 (sum <= 9999): thousands 2, 3, 4 and 9 values at each other place; b <= 8765: thousands
+    # 1, 2, 3, 4, 6, 7, 8 and 9 values at each other place
+    assert len(nb) == 30 + 34
+    assert ((nb["a"] + nb["b"]) <= 9999).all() and nb["a"].between(1000, 8999).all() and nb["b"].between(1000, 8999).all()
+    for row in nb.itertuples():
+        changed = [(x, d) for x, old in (("a", 1234), ("b", 5678)) for d in range(4)
+                   if digits(getattr(row, x), d) != digits(old, d)]
+        assert changed == [(row.operand, row.place)]
+    assert len(neighbours(1234, 5678, {(1234, 5679)})) == 63
+
+
+def test_analysis_position():
+    rows = pd.DataFrame({"answer": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
+    assert list(analysis_position(rows)) == [0, 2, 3]
+    with pytest.raises(ValueError):
+        analysis_position(pd.DataFrame({"answer": ["1234"], "true": ["1234"]}))
+
+
+# ---- attribution and patching against plain torch ----
+
+def batch():
+    _, model, tok, _, noisy = setup()
+    ids, _, plen = prompt_batch(tok, noisy, "answer")
+    pos = analysis_position(noisy)
+    cols = torch.as_tensor(int(plen[0]) - 1 + pos)
+    plus = ids[torch.arange(len(ids)), cols + 1]
+    minus = torch.tensor(tok.convert_tokens_to_ids([t[k] for t, k in zip(noisy["true"], pos)]))
+    return model, tok, ids, cols, plus, minus
+
+
+def test_attribution_against_plain_torch():
+    model, _, ids, cols, plus, minus = batch()
+    ref = hooked_attribution(model, ids, cols, plus, minus)
+    for hooks in (False, True):
+        got = neuron_attribution(model, ids, cols, plus, minus, hooks=hooks)
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    acts, grad, diff = ref
+    assert acts.shape == (len(ids), 2, 128) and grad.abs().max() > 1e-3
+    assert torch.all(plus != minus) and torch.all(diff != 0)
+
+
+def test_set_neurons_with_own_values_changes_nothing_and_others_match_hooks():
+    model, _, ids, cols, plus, minus = batch()
+    acts, _, _ = neuron_attribution(model, ids, cols, plus, minus)
+    with torch.no_grad():
+        clean = model(ids).logits
+    every = torch.ones(acts.shape, dtype=torch.bool)
+    for hooks in (False, True):
+        assert torch.allclose(set_neurons(model, ids, cols, every, acts, hooks), clean, atol=1e-5)
+    mask = torch.zeros(acts.shape, dtype=torch.bool)
+    mask[:, 0, :7], mask[:, 1, 50] = True, True
+    values = torch.randn(acts.shape) * 3
+    got = set_neurons(model, ids, cols, mask, values)
+    assert torch.allclose(got, set_neurons(model, ids, cols, mask, values, hooks=True), atol=1e-5)
+    assert not torch.allclose(got, clean, atol=1e-3)
+
+    def hook(layer):
+        def fn(m, a, out):
+            out = out.clone()
+            for i in range(len(out)):
+                out[i, cols[i]] = torch.where(mask[i, layer], values[i, layer], out[i, cols[i]])
+            return out
+        return fn
+    handles = [b.mlp.act.register_forward_hook(hook(layer)) for layer, b in enumerate(model.transformer.h)]
+    try:
+        with torch.no_grad():
+            ref = model(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_patched_greedy_without_edits_is_greedy_decoding():
+    model, tok, ids, cols, _, _ = batch()
+    _, _, _, _, noisy = setup()
+    none = torch.zeros(len(ids), 2, 128, dtype=torch.bool)
+    gen = patched_greedy(model, ids[:, :10], cols, none, torch.zeros(none.shape))
+    assert [tok.decode(g) for g in gen.tolist()] == greedy_answers(model, tok, noisy["prompt"], 4)
+
+
+def test_control_picks_same_layer_other_neurons():
+    picks = np.array([[[0, 1], [1, 2], [0, 3]], [[1, 0], [1, 1], [1, 2]]])
+    ctrl = _control_picks(picks, 8, seed=0)
+    assert (ctrl[..., 0] == picks[..., 0]).all()
+    for i in range(2):
+        for layer in (0, 1):
+            chosen = ctrl[i, ctrl[i, :, 0] == layer, 1]
+            assert len(set(chosen)) == len(chosen)
+            assert not set(chosen) & set(picks[i, picks[i, :, 0] == layer, 1])
+    assert (ctrl == _control_picks(picks, 8, seed=0)).all()
+
+
+def test_cluster_median_ci():
+    t = pd.DataFrame({"id": [0, 0, 1, 1, 2], "x": [1.0, 2.0, 3.0, np.nan, 5.0]})
+    m, lo, hi = cluster_median_ci(t, "x")
+    assert m == 2.5 and 1.0 <= lo <= m <= hi <= 5.0
+
+
+# ---- the whole analysis ----
+
+@lru_cache
+def analysed():
+    config, model, tok, frame, _ = setup()
+    return outlier_heuristics_of(model, tok, frame, k=3, n_grid=150, n_ablate=2, ks=(2, 5), config=config)
+
+
+def test_outliers_shapes_and_z_by_hand():
+    _, model, tok, frame, noisy = setup()
+    r = analysed()
+    n = len(noisy)
+    assert n >= 5 and len(r.instances) == n and len(r.neurons) == 3 * n == len(r.control)
+    assert sorted(r.curve["k"].unique()) == [2, 3, 5] and len(r.curve) == 3 * 2 * n
+    assert (r.neurons["attribution"] == r.neurons["act"] * r.neurons["grad"]).all()
+    # hand computation of one driving neuron's shift
+    row = r.neurons.iloc[4]
+    inst = noisy.set_index("id").loc[row["id"]]
+    excluded = {(int(a), int(b)) for a, b in zip(frame.loc[frame["noisy"], "a"], frame.loc[frame["noisy"], "b"])}
+    excluded |= {(b, a) for a, b in excluded}
+    nb = neighbours(int(inst["a"]), int(inst["b"]), excluded)
+    ids, _, _ = prompt_batch(tok, fda_rows(nb["a"], nb["b"]), "true")
+    col = 9 + int(row["position"])
+    x = hooked_acts(model, ids, torch.full((len(ids),), col))[:, int(row["layer"]), int(row["neuron"])].double().numpy()
+    own_ids, _, _ = prompt_batch(tok, noisy[noisy["id"] == row["id"]], "answer")
+    a = float(hooked_acts(model, own_ids, torch.tensor([col]))[0, int(row["layer"]), int(row["neuron"])])
+    assert row["act"] == pytest.approx(a, abs=1e-5)
+    assert row["nbr_mean"] == pytest.approx(x.mean(), abs=1e-5) and row["nbr_std"] == pytest.approx(x.std(ddof=1), abs=1e-5)
+    assert row["z"] == pytest.approx((a - x.mean()) / x.std(ddof=1), rel=1e-4, abs=1e-4)
+    assert row["toward_noisy"] == ((a - x.mean()) * row["grad"] > 0)
+    # the categories follow their definitions
+    grid = r.heuristics.acts
+    for t in r.neurons.itertuples():
+        g = grid[:, t.position, t.layer, t.neuron].numpy()
+        high = (g >= t.act / 2).mean() if t.act > 0 else np.nan
+        expected = "dedicated" if t.act > 0 and high < 0.01 else (
+            "heuristic" if r.heuristics.unit(t.position, t.layer, t.neuron)["type"] in
+            ("operand digit", "result digit", "digit sum mod 10", "carry", "operand range", "result range",
+             "same digit") else "other")
+        assert t.category == expected
+
+
+def test_neighbour_stats_nnsight_equals_hooks():
+    _, model, tok, frame, noisy = setup()
+    pos = analysis_position(noisy.head(3))
+    m1, s1, c1 = neighbour_stats(model, tok, noisy.head(3), pos)
+    m2, s2, c2 = neighbour_stats(model, tok, noisy.head(3), pos, hooks=True, chunk=2)
+    assert (c1 == c2).all() and torch.allclose(m1, m2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5)
+
+
+def test_summary_verdict_and_tables():
+    r = analysed()
+    s = summary(r, n_resamples=200)
+    assert s["n_memorized"] == len(r.instances)
+    assert s["heuristic"] + s["dedicated"] + s["other"] == pytest.approx(1.0)
+    assert 0 <= s["rescue_driving_lo"] <= s["rescue_driving"] <= s["rescue_driving_hi"] <= 1
+    curve = rescue_curve(r, n_resamples=200)
+    assert list(curve["k"]) == [2, 3, 5]
+    text = verdict(r)
+    assert text.startswith("In this FDA run (20% noise, seed 1)") and "Observation 3" in text
+    assert len(summary_table(r)) > 10
+    cells, marks, desc = heatmap_data(r)
+    assert len(marks) == 1 and cells["n"].sum() == 150 and "layer" in desc
+
+
+def test_no_memorized_instance_and_bad_task():
+    config, model, tok, frame, _ = setup()
+    clean = frame[~frame["noisy"]]
+    r = outlier_heuristics_of(model, tok, clean, k=3, n_grid=50, n_ablate=1, ks=(2,), config=config)
+    assert r.neurons.empty and "cannot be tested" in verdict(r)
+    assert "note" in summary_table(r)
+    with pytest.raises(ValueError, match="task must be 'fda'"):
+        outlier_heuristics(make_config("thr", "tiny"))
