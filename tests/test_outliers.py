@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rote.config import make_config
+from test_heuristics import hook_activations
 from rote.data import generate
 from rote.evaluate import greedy_answers
 from rote.heuristics import digits, fda_rows
@@ -60,15 +61,8 @@ def hooked_attribution(model, ids, cols, plus, minus):
 
 
 def hooked_acts(model, ids, cols):
-    kept = []
-    handles = [b.mlp.act.register_forward_hook(lambda m, a, o: kept.append(o.detach())) for b in model.transformer.h]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack([k[torch.arange(len(ids)), cols] for k in kept], 1)
+    """Plain torch: every layer's neuron activations at column cols[i] of row i [N, n_layer, M]."""
+    return hook_activations(model, ids)[torch.arange(len(ids)), cols]
 
 
 # ---- neighbours and positions ----

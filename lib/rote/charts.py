@@ -175,20 +175,21 @@ def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = ""
 
 def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
     """One point per THR set-up: two-hop training questions per fact (x) against the size of the
-    knowledge graph (y), coloured by regime, one panel per model shape; tooltips hold the rest."""
+    knowledge graph (y), coloured by regime, shaped by how often each fact repeats per epoch, one
+    panel per model shape; tooltips hold the rest."""
     from .regimes import REGIMES
 
     runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
                        facts=runs["n_entities"] * runs["n_relations"])
-    tooltip = ["run", "regime", "n_entities", "n_relations", "two_hop_per_fact", "batch_size", "lr", "schedule",
-               "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"), alt.Tooltip("final_mem_noisy:Q", format=".3f"),
+    tooltip = ["run", "regime", "n_entities", "n_relations", "two_hop_per_fact", "fact_repeats", "batch_size", "lr",
+               "schedule", "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"), alt.Tooltip("final_mem_noisy:Q", format=".3f"),
                alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
                "epochs", "note"]
     return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
         x=alt.X("two_hop_per_fact:Q", title="two-hop training questions per one-hop fact", scale=alt.Scale(type="log")),
         y=alt.Y("facts:Q", title="one-hop facts (people x relations)", scale=alt.Scale(type="log")),
         color=alt.Color("regime:N", scale=alt.Scale(domain=list(REGIMES)), title=None),
-        shape=alt.Shape("weight_decay:N", title="weight decay"),
+        shape=alt.Shape("fact_repeats:O", title="fact repeats"),
         column=alt.Column("model:N", title=None),
         tooltip=tooltip,
     ).properties(width=260, height=220)
@@ -197,8 +198,9 @@ def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
 def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
     """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each."""
     labels = runs.set_index("run").apply(
-        lambda r: f"{r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, {r['n_layer']}x{r['n_embd']}, "
-                  f"b{r['batch_size']}, wd {r['weight_decay']:g}", axis=1)
+        lambda r: f"{r.name}: {r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
+                  f"facts x{r['fact_repeats']}, {r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
+                  f"{r['schedule']}, wd {r['weight_decay']:g}", axis=1)
     long = curves.melt(id_vars=["run", "epoch", "seconds"], value_vars=["test_acc", "mem_noisy", "facts_acc"],
                        var_name="measure", value_name="share")
     long["measure"] = long["measure"].map(MEASURES)

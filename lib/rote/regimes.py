@@ -121,6 +121,10 @@ def _minutes(value: float) -> str:
     return "never" if pd.isna(value) else f"after {value:.1f} min"
 
 
+def _then(name: str, value: float) -> str:
+    return "" if pd.isna(value) else f" ({name} then {value:.1%})"
+
+
 def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
     """The map in sentences: how many set-ups fell in each regime, the one that came closest to
     composing, and where `config` (this build's THR set-up) stands if it is on the map."""
@@ -137,6 +141,6 @@ def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
         else:
             r = mine.iloc[0]
             parts.append(f"This build's THR set-up (run {r['run']}) is '{r['regime']}': 95% held-out accuracy "
-                         f"{_minutes(r['min_to_test_95'])} (Mem-Noisy then {r['mem_noisy_at_test_95']:.1%}), 99% "
-                         f"Mem-Noisy {_minutes(r['min_to_mem_99'])} (held-out accuracy then {r['test_at_mem_99']:.1%}).")
+                         f"{_minutes(r['min_to_test_95'])}{_then('Mem-Noisy', r['mem_noisy_at_test_95'])}, 99% "
+                         f"Mem-Noisy {_minutes(r['min_to_mem_99'])}{_then('held-out accuracy', r['test_at_mem_99'])}.")
     return " ".join(parts)
