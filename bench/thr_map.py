@@ -1,8 +1,9 @@
 """The THR regime map: train two-hop set-ups and record which compose, memorize, both or neither.
 
-    python bench/thr_map.py --set n_entities=50 n_relations=20 weight_decay=0.1   # one set-up
-    python bench/thr_map.py --grid                  # every set-up of GRID not yet in the map
-    python bench/thr_map.py --grid --threads 1 --part 0/2 & python bench/thr_map.py --grid --threads 1 --part 1/2
+    python bench/thr_map.py --set n_entities=100 n_relations=10 fact_repeats=1   # one set-up
+    python bench/thr_map.py --set                   # the THR cpu profile itself
+    python bench/thr_map.py --rerun 421a4a528e37     # train a recorded run again from its saved config
+    python bench/thr_map.py --rerun --threads 1      # every run of the map, one thread each
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.regimes.record` writes its
@@ -18,13 +19,6 @@ import torch
 import rote
 from rote import regimes
 
-# The set-ups of the map, in the order they were tried (see the appendix for what each showed).
-GRID = [
-    dict(n_entities=100, n_relations=10, two_hop_train_fraction=0.5, max_steps=4000),  # the naive start
-    dict(n_entities=100, n_relations=10, two_hop_train_fraction=0.9, weight_decay=0.1, max_steps=6000),
-    dict(n_entities=50, n_relations=20, two_hop_train_fraction=0.9, weight_decay=0.1, max_steps=6000),
-]
-
 
 def parse(pairs: list[str]) -> dict:
     """["n_layer=6", "lr=3e-3", "schedule=cosine"] -> {"n_layer": "6", ...}; Config casts the types."""
@@ -37,11 +31,11 @@ def parse(pairs: list[str]) -> dict:
     return out
 
 
-def run(overrides: dict, note: str = "") -> dict:
-    config = rote.make_config("thr", "cpu", **overrides)
+def run(config, note: str = "") -> dict:
+    """Train `config` (or load its finished run) and add it to the map."""
     rote.train(config)
     row = regimes.record(config, rote.metrics(config), note)
-    print(f"{row['run']} {overrides}: {row['regime']}; test peak {row['peak_test']:.3f} final {row['final_test']:.3f}, "
+    print(f"{row['run']}: {row['regime']}; test peak {row['peak_test']:.3f} final {row['final_test']:.3f}, "
           f"Mem-Noisy {row['final_mem_noisy']:.3f}; min to 95% test {row['min_to_test_95']:.1f}, "
           f"to 99% Mem-Noisy {row['min_to_mem_99']:.1f} (test then {row['test_at_mem_99']:.3f})", flush=True)
     return row
@@ -49,21 +43,20 @@ def run(overrides: dict, note: str = "") -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", nargs="+", default=None, metavar="FIELD=VALUE", help="one set-up")
-    parser.add_argument("--grid", action="store_true", help="every set-up of GRID not yet recorded")
-    parser.add_argument("--part", default="0/1", help="k/n: run every n-th grid set-up from the k-th")
+    parser.add_argument("--set", nargs="*", default=None, metavar="FIELD=VALUE",
+                        help="one set-up: the THR cpu profile with these fields changed (none: the profile itself)")
+    parser.add_argument("--rerun", nargs="*", default=None, metavar="RUN",
+                        help="train recorded runs again from their saved configs (none: every run of the map)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.set is not None:
-        run(parse(args.set), args.note)
-    if args.grid:
-        k, n = map(int, args.part.split("/"))
-        done = set(regimes.runs_map()[0]["run"]) if (regimes.MAP_DIR / "runs.csv").exists() else set()
-        for overrides in GRID[k::n]:
-            if rote.config_hash(rote.make_config("thr", "cpu", **overrides)) not in done:
-                run(overrides)
+        run(rote.make_config("thr", "cpu", **parse(args.set)), args.note)
+    if args.rerun is not None:
+        runs = regimes.runs_map()[0].set_index("run")
+        for name in args.rerun or list(runs.index):
+            run(regimes.recorded_config(name), runs.loc[name, "note"])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def curves(test, mem, facts=None):
 @pytest.mark.parametrize("test,mem,expected", [
     ([0.0, 0.5, 0.95, 0.96, 0.93], [0.0, 0.0, 0.1, 0.6, 0.99], "generalize, then memorize"),
     ([0.0, 0.3, 0.5, 0.92], [0.0, 0.6, 0.95, 1.0], "memorize, then generalize"),
+    ([0.0, 0.6, 0.9, 0.95], [0.0, 0.2, 0.97, 0.99], "generalize, then memorize"),  # overlapping rises
     ([0.0, 0.5, 0.95], [0.0, 0.0, 0.2], "generalize only"),
     ([0.0, 0.02, 0.03], [0.0, 0.5, 0.99], "memorize only"),
     ([0.0, 0.02, 0.03], [0.0, 0.1, 0.2], "neither"),
@@ -30,11 +31,12 @@ def test_regime(test, mem, expected):
 
 
 def test_regime_threshold_edges():
-    # held-out accuracy exactly at the threshold counts; Mem-Noisy exactly at STILL_LOW is not "still low"
-    m = curves([0.0, regimes.COMPOSED, 0.5], [0.0, regimes.STILL_LOW - 0.01, regimes.MEMORIZED])
+    # reaching a threshold exactly counts; rising through HALFWAY at the same evaluation is not "first"
+    m = curves([0.0, regimes.HALFWAY, regimes.COMPOSED], [0.0, regimes.HALFWAY - 0.01, regimes.MEMORIZED])
     assert regimes.regime(m) == "generalize, then memorize"
-    m = curves([0.0, regimes.COMPOSED, 1.0], [0.0, regimes.STILL_LOW, 1.0])
+    m = curves([0.0, regimes.HALFWAY, regimes.COMPOSED], [0.0, regimes.HALFWAY, regimes.MEMORIZED])
     assert regimes.regime(m) == "memorize, then generalize"
+    assert regimes.regime(curves([0.0, regimes.COMPOSED - 0.01], [0.0, regimes.MEMORIZED])) == "memorize only"
 
 
 @pytest.mark.parametrize("repeats", [1, 3])

@@ -49,7 +49,8 @@ def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | 
     if hit.empty:
         return None
     row = hit.iloc[0]
-    return {"step": int(row["step"]), "minutes": float(row["seconds"]) / 60}
+    return {"step": int(row["step"]), "minutes": float(row["seconds"]) / 60,
+            **{k: float(row[k]) for k in ("test_acc", "mem_noisy") if k in row}}
 
 
 def training_dynamics(config: Config, device: str | None = None, progress: bool = True) -> TrainingDynamics:
