@@ -24,8 +24,8 @@ MEMORIZED = 0.90  # Mem-Noisy that counts as having memorized the noise
 HALFWAY = 0.50  # which came first is read where each rose through this: held-out accuracy or Mem-Noisy
 REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
 MAP_DIR = DATA_DIR / "thr_map"
-VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "n_layer", "n_embd", "n_head", "batch_size",
-          "lr", "warmup_steps", "schedule", "weight_decay", "max_steps", "noise", "seed")
+VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "n_layer", "n_embd", "n_head",
+          "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "max_steps", "noise", "seed")
 
 
 def first_row(metrics: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
