@@ -242,3 +242,13 @@ def test_no_memorized_instance_and_bad_task():
     assert "note" in summary_table(r)
     with pytest.raises(ValueError, match="task must be 'fda'"):
         outlier_heuristics(make_config("thr", "tiny"))
+
+
+def test_shift_chart_bins_any_number_of_neurons():
+    """At 10% noise there are thousands of driving neurons: the chart must stay under altair's
+    5,000-row limit and count every neuron once."""
+    from rote import charts
+
+    rng = np.random.default_rng(0)
+    chart = charts.shift_chart(pd.DataFrame({"z": rng.normal(1, 2, 6000)}), pd.DataFrame({"z": rng.normal(0, 1, 6000)}))
+    assert chart.to_dict() and len(chart.data) < 5000 and chart.data["count"].sum() == 12000

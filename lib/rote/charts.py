@@ -295,8 +295,12 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
         return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
     both = pd.concat([pd.DataFrame({"z": neurons["z"], "neurons": "driving"}),
                       pd.DataFrame({"z": control["z"], "neurons": "random, same layers"})]).dropna()
-    both["z"] = both["z"].clip(-6, 6)
-    return alt.Chart(both).mark_bar(opacity=0.6, binSpacing=0).encode(
-        x=alt.X("z:Q", bin=alt.Bin(step=0.25), title="shift z against clean neighbours"),
-        y=alt.Y("count():Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
-        tooltip=["neurons", "count()"]).properties(width=360, height=200, title=title)
+    # binned here, not by Vega-Lite: one row per bin keeps the chart small at any noise rate
+    both["from"] = (both["z"].clip(-6, 5.99) // 0.25) * 0.25
+    counts = both.groupby(["neurons", "from"]).size().rename("count").reset_index()
+    counts["to"] = counts["from"] + 0.25
+    return alt.Chart(counts).mark_bar(opacity=0.6).encode(
+        x=alt.X("from:Q", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"), x2="to:Q",
+        y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
+        tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
+    ).properties(width=360, height=200, title=title)
