@@ -15,7 +15,7 @@ from rote.data import two_hop_prompt
 from rote.evaluate import greedy_answers
 from rote.model import encode
 from rote.reliance import Reliance, scored_positions
-from test_reliance import setup  # a random-init tiny model, its tokenizer, questions and the frame
+from test_interventions import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
 # ---- the changes ----

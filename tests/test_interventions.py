@@ -22,14 +22,19 @@ EFFECT_COLUMNS = ["id", "target", "logp_before", "logp_after", "match_before", "
 
 @lru_cache
 def setup(task):
-    """A random-init tiny model, its tokenizer and clean + noisy two-hop / addition questions."""
+    """A random-init tiny model, its tokenizer, 16 clean + 16 noisy training questions (two-hop /
+    addition) and the whole generated frame (facts and test questions too)."""
     config = make_config(task, "tiny", noise=0.2, seed=1)
     tok = build_tokenizer(config)
     model = build_model(config, len(tok)).eval()
     frame = generate(config)
-    frame = frame[(frame["kind"] != "fact") & (frame["split"] == "train")]
-    rows = frame.groupby("noisy").head(16).reset_index(drop=True)
+    rows = training_questions(frame).groupby("noisy").head(16).reset_index(drop=True)
     return config, model, tok, rows, frame
+
+
+def training_questions(frame):
+    """The training questions of a frame: two-hop or addition, clean and noisy, no facts."""
+    return frame[(frame["kind"] != "fact") & (frame["split"] == "train")]
 
 
 def ids_of(task):
@@ -83,7 +88,7 @@ def test_entity_basis_is_orthonormal_and_spans_both_rows():
 
 
 def test_control_entities_avoid_the_instance_and_are_seeded():
-    _, _, _, _, rows = setup("thr")  # every two-hop training question
+    rows = training_questions(setup("thr")[4])  # every two-hop training question
     pool = sorted(set(rows["true"]))
     picked = control_entities(rows, pool, seed=3)
     assert len(picked) == len(rows) and set(picked) <= set(pool)
@@ -197,7 +202,8 @@ def test_leace_equalizes_class_means_and_is_idempotent():
 
 def test_leace_on_the_bridge_entity_nnsight_agrees_with_hooks():
     _, model, tok, rows, frame = setup("thr")
-    clean = frame[~frame["noisy"]]
+    clean = training_questions(frame)
+    clean = clean[~clean["noisy"]]
     x = resid_at(model, tok, clean, layer=0, position=-1, batch_size=100)
     assert x.shape == (len(clean), model.config.n_embd)
     assert torch.allclose(x, resid_at(model, tok, clean, layer=0, position=-1, hooks=True), atol=1e-6)

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from rote import charts, explorer, reliance
-from rote.config import make_config
-from rote.data import generate
 from rote.evaluate import greedy_answers
 from rote.interventions import entity_basis, fit_leace, remove_directions
-from rote.model import build_model, build_tokenizer, encode
+from rote.model import build_model, encode
+from test_interventions import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
 # ---- bootstrap ----
@@ -86,16 +85,6 @@ def test_removal_edits_only_the_scored_readout_positions():
     out = every.edit(torch.tensor([2, 0]), plen[[2, 0]], "cpu", torch.float32)(h[:2])
     q = basis[[2, 0], 0]
     assert torch.allclose(out, h[:2] - torch.einsum("btr,bdr->btd", torch.einsum("btd,bdr->btr", h[:2], q), q), atol=1e-5)
-
-
-@lru_cache
-def setup(task):
-    config = make_config(task, "tiny", noise=0.2, seed=1)
-    tok = build_tokenizer(config)
-    model = build_model(config, len(tok)).eval()
-    frame = generate(config)
-    rows = frame[(frame["kind"] != "fact") & (frame["split"] == "train")].groupby("noisy").head(16).reset_index(drop=True)
-    return config, model, tok, rows, frame
 
 
 @pytest.mark.parametrize("layer", [0, 1])
