@@ -43,12 +43,18 @@ def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.Data
     return table.reset_index()
 
 
-def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | None:
-    """The first evaluation at which `column` reached `threshold`: its step and minutes."""
+def first_row(table: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
+    """The first evaluation (metrics row) at which `column` reached `threshold` (None: never)."""
     hit = table[table[column] >= threshold]
-    if hit.empty:
+    return None if hit.empty else hit.iloc[0]
+
+
+def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | None:
+    """The first evaluation at which `column` reached `threshold`: its step and minutes, and the
+    test accuracy and Mem-Noisy there."""
+    row = first_row(table, column, threshold)
+    if row is None:
         return None
-    row = hit.iloc[0]
     return {"step": int(row["step"]), "minutes": float(row["seconds"]) / 60,
             **{k: float(row[k]) for k in ("test_acc", "mem_noisy") if k in row}}
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .config import Config, config_hash
 from .data import load_dataset
+from .dynamics import first_row
 from .store import DATA_DIR, write_csv, write_json
 
 COMPOSED = 0.90  # held-out two-hop accuracy that counts as composing
@@ -26,12 +27,6 @@ REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize
 MAP_DIR = DATA_DIR / "thr_map"
 VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "n_layer", "n_embd", "n_head",
           "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "max_steps", "noise", "seed")
-
-
-def first_row(metrics: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
-    """The first evaluation at which `column` reached `threshold` (None: never)."""
-    hit = metrics[metrics[column] >= threshold]
-    return None if hit.empty else hit.iloc[0]
 
 
 def regime(metrics: pd.DataFrame) -> str:
