@@ -67,6 +67,7 @@ def test_record_and_redraw(tmp_path):
     assert row["regime"] == "generalize, then memorize" and row["run"] == rote.config_hash(config)
     assert row["min_to_test_95"] == 1.0 and row["mem_noisy_at_test_95"] == 0.2
     assert row["min_to_mem_99"] == 2.0 and row["test_at_mem_99"] == 0.94
+    assert row["mem_noisy_at_test_50"] == 0.2 and row["mem_noisy_at_test_90"] == 0.2
     frame = load_dataset(config)
     per_fact = ((frame["kind"] == "two_hop") & (frame["split"] == "train")).sum() / (frame["kind"] == "fact").sum()
     assert row["two_hop_per_fact"] == pytest.approx(per_fact, abs=0.005)

@@ -58,6 +58,7 @@ def outcome(config: Config, metrics: pd.DataFrame) -> dict:
     """A run's set-up and what it reached: regime, the minutes and epochs to each milestone, and
     the final scores."""
     test_95, test_90 = first_row(metrics, "test_acc", 0.95), first_row(metrics, "test_acc", COMPOSED)
+    test_50 = first_row(metrics, "test_acc", HALFWAY)
     mem_99 = first_row(metrics, "mem_noisy", 0.99)
     last = metrics.iloc[-1]
     return {
@@ -65,6 +66,7 @@ def outcome(config: Config, metrics: pd.DataFrame) -> dict:
         "two_hop_per_fact": round(two_hop_per_fact(config), 2), "regime": regime(metrics),
         "min_to_test_95": _at(test_95, "seconds") / 60, "epoch_to_test_95": _at(test_95, "epoch"),
         "mem_noisy_at_test_95": _at(test_95, "mem_noisy"), "min_to_test_90": _at(test_90, "seconds") / 60,
+        "mem_noisy_at_test_90": _at(test_90, "mem_noisy"), "mem_noisy_at_test_50": _at(test_50, "mem_noisy"),
         "min_to_mem_99": _at(mem_99, "seconds") / 60, "epoch_to_mem_99": _at(mem_99, "epoch"),
         "test_at_mem_99": _at(mem_99, "test_acc"), "peak_test": float(metrics["test_acc"].max()),
         "final_test": float(last["test_acc"]), "final_mem_noisy": float(last["mem_noisy"]),
@@ -110,13 +112,18 @@ def thresholds_text() -> str:
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The map's runs for reading: set-up, regime, milestones, final scores."""
     columns = ["run", "n_entities", "n_relations", "two_hop_per_fact", "n_layer", "n_embd", "batch_size", "lr",
-               "schedule", "weight_decay", "regime", "min_to_test_95", "mem_noisy_at_test_95", "min_to_mem_99",
+               "schedule", "weight_decay", "regime", "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95",
+               "mem_noisy_at_test_95", "min_to_mem_99",
                "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
     return runs[[c for c in columns if c in runs]].round(3).set_index("run")
 
 
 def _minutes(value: float) -> str:
     return "never" if pd.isna(value) else f"after {value:.1f} min"
+
+
+def _share(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.1%}"
 
 
 def _then(name: str, value: float) -> str:
@@ -138,7 +145,9 @@ def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
             parts.append(f"This build's THR set-up (run {config_hash(config)}) is not on the map.")
         else:
             r = mine.iloc[0]
-            parts.append(f"This build's THR set-up (run {r['run']}) is '{r['regime']}': 95% held-out accuracy "
+            parts.append(f"This build's THR set-up (run {r['run']}) is '{r['regime']}': Mem-Noisy was "
+                         f"{_share(r['mem_noisy_at_test_50'])} when held-out accuracy first reached 50% and "
+                         f"{_share(r['mem_noisy_at_test_90'])} when it reached 90%; 95% held-out accuracy "
                          f"{_minutes(r['min_to_test_95'])}{_then('Mem-Noisy', r['mem_noisy_at_test_95'])}, 99% "
                          f"Mem-Noisy {_minutes(r['min_to_mem_99'])}{_then('held-out accuracy', r['test_at_mem_99'])}.")
     return " ".join(parts)
