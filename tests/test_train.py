@@ -3,6 +3,7 @@ weights and tables, finished runs are reused, Mem-Noisy stopping, evaluation sho
 per-instance prediction record."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -383,3 +384,55 @@ def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     ids, mask = encode(tok, rows["prompt"], rows["answer"])
     expected = model(ids, labels=ids.masked_fill(~mask, -100)).loss
     assert torch.allclose(answer_loss(model, ids, answer_positions(mask)), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- schedules and the facts-first curriculum
+
+def test_wsd_schedule_holds_then_decays_to_zero():
+    config = make_config("thr", "tiny", schedule="wsd", max_steps=100, decay_steps=40, warmup_steps=10)
+    rate = [train_module.learning_rate(config, s) for s in range(101)]
+    assert rate[9] == config.lr and all(r == config.lr for r in rate[10:61])
+    assert all(a > b for a, b in zip(rate[60:100], rate[61:101]))
+    assert rate[80] == pytest.approx(config.lr / 2) and rate[100] == 0
+    cosine = make_config("thr", "tiny", schedule="cosine", max_steps=100, warmup_steps=10)
+    assert train_module.learning_rate(cosine, 55) == pytest.approx(cosine.lr / 2)
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="wsd"), dict(schedule="wsd", decay_steps=61), dict(decay_steps=-1)])
+def test_wsd_needs_decay_steps_within_the_run(bad):
+    with pytest.raises(ValueError, match="decay_steps") as err:
+        make_config("thr", "tiny", **bad)
+    assert "\n" not in str(err.value)
+
+
+def test_facts_first_is_thr_only():
+    with pytest.raises(ValueError, match="allowed for fda: 0"):
+        make_config("fda", "tiny", facts_first_steps=10)
+
+
+def test_facts_first_batches_are_facts_then_epochs_over_everything():
+    config = make_config("thr", "tiny", facts_first_steps=5, fact_repeats=3)
+    rows = train_module.training_rows(load_dataset(config), config)
+    n_facts = int((rows["kind"] == "fact").sum()) // 3
+    facts = torch.arange(n_facts)  # training_rows puts each fact's first copy first
+    orders = {}
+    early = [train_module.batch_at(s, config, len(rows), facts, orders) for s in range(5)]
+    assert all(len(b) == config.batch_size for b in early)
+    assert set(torch.cat(early).tolist()) <= set(range(n_facts))
+    assert (rows["kind"].iloc[torch.cat(early).numpy()] == "fact").all()
+    per_epoch = len(rows) // config.batch_size
+    later = torch.cat([train_module.batch_at(5 + s, config, len(rows), facts, orders) for s in range(per_epoch)])
+    assert len(set(later.tolist())) == len(later)  # one epoch: no row twice
+    plain = dataclasses.replace(config, facts_first_steps=0)
+    assert torch.equal(train_module.batch_at(0, plain, len(rows), facts, {}),
+                       train_module.batch_order(len(rows), plain, 0)[: config.batch_size])
+
+
+def test_curriculum_and_wsd_resume_to_the_same_weights(tmp_path, use_home):
+    config = make_config("thr", "tiny", facts_first_steps=25, schedule="wsd", decay_steps=20)
+    use_home(tmp_path / "full")
+    full = _train(config)
+    use_home(tmp_path / "interrupted")
+    _train(config, stop_after=30)
+    assert not train_module.is_finished(config)
+    _assert_same_weights(_state(full / "final"), _state(_train(config) / "final"))

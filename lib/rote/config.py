@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 TASKS = ("fda", "thr")
 PROFILES = ("tiny", "cpu", "paper")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Config:
     n_relations: int = 10
     two_hop_train_fraction: float = 0.5  # share of all two-hop questions put in training
     fact_repeats: int = 1  # THR: times each one-hop fact appears per epoch of training
+    facts_first_steps: int = 0  # THR curriculum: train on the one-hop facts alone for this many steps
     # model: GPT-2 shape
     n_layer: int = 4
     n_embd: int = 128
@@ -40,7 +41,8 @@ class Config:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # after warmup: constant, cosine to 0 at max_steps, or wsd (below)
+    decay_steps: int = 0  # wsd (warmup-stable-decay): constant, then cosine to 0 over the last decay_steps
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 12_000
@@ -108,6 +110,12 @@ def validate(config: Config) -> Config:
         raise ValueError(f"noise must be in [0, 1), got {config.noise}")
     if not 0 < config.two_hop_train_fraction < 1:
         raise ValueError(f"two_hop_train_fraction must be in (0, 1), got {config.two_hop_train_fraction}")
+    if config.facts_first_steps < 0 or config.decay_steps < 0:
+        raise ValueError("facts_first_steps and decay_steps must be >= 0")
+    if config.task == "fda" and config.facts_first_steps:
+        raise ValueError("facts_first_steps is for thr (fda has no one-hop facts); allowed for fda: 0")
+    if config.schedule == "wsd" and not 0 < config.decay_steps <= config.max_steps:
+        raise ValueError(f"schedule wsd needs 0 < decay_steps <= max_steps ({config.max_steps}), got {config.decay_steps}")
     positive = ("n_train", "n_test", "n_entities", "n_relations", "fact_repeats", "n_layer", "n_embd", "n_head",
                 "batch_size", "max_steps", "eval_every", "checkpoint_every", "n_eval")
     for name in positive:

@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -41,19 +42,40 @@ def default_device() -> str:
 
 
 def learning_rate(config: Config, step: int) -> float:
-    """Linear warmup over `warmup_steps`, then constant or cosine decay to 0 at `max_steps`."""
+    """Linear warmup over `warmup_steps`, then constant, cosine decay to 0 at `max_steps`, or
+    warmup-stable-decay (`wsd`): constant, then cosine decay to 0 over the last `decay_steps`."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "cosine":
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr
+    if config.schedule == "constant":
+        return config.lr
+    start = config.warmup_steps if config.schedule == "cosine" else config.max_steps - config.decay_steps
+    progress = max(0, step - start) / max(1, config.max_steps - start)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
     """The order of training examples in `epoch`: a permutation that depends on seed and epoch
     only, so a resumed run sees the same batches."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+
+
+def batch_at(step: int, config: Config, n_rows: int, facts: torch.Tensor, orders: dict) -> torch.Tensor:
+    """The rows of training step `step`: the facts alone for the first `facts_first_steps` steps (the
+    curriculum), then epochs over all training rows. Every step is a full batch (static shapes);
+    `orders` caches the current epoch's permutation."""
+    if step < config.facts_first_steps:
+        pool, local = facts, step
+    else:
+        pool, local = None, step - config.facts_first_steps
+    n = n_rows if pool is None else len(pool)
+    batch_size = min(config.batch_size, n)
+    epoch, i = divmod(local, n // batch_size)
+    key = (pool is None, epoch)
+    if key not in orders:
+        orders.clear()
+        order = batch_order(n, config, epoch).to(facts.device)
+        orders[key] = order if pool is None else pool[order]
+    return orders[key][i * batch_size: (i + 1) * batch_size]
 
 
 def training_rows(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
@@ -129,8 +151,7 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
     else:
         write_json(run / "config.json", dataclasses.asdict(config))
 
-    batch_size = min(config.batch_size, len(ids))
-    steps_per_epoch = len(ids) // batch_size  # full batches only: every step has the same shape
+    steps_per_epoch = len(ids) // min(config.batch_size, len(ids))  # full batches only: static shapes
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     last = min(config.max_steps, stop_after) if stop_after is not None else config.max_steps
     bar = tqdm(total=config.max_steps, initial=step, desc=f"{config.task} {config_hash(config)}",
@@ -163,13 +184,12 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
         return row["step"] >= config.max_steps or memorized
 
     model.train()
-    order = None
+    facts = torch.from_numpy(np.flatnonzero(train_rows["kind"].to_numpy() == "fact"))
+    facts = facts[: len(facts) // config.fact_repeats].to(device)  # each fact once
+    orders = {}
     while step < last and not done(rows[-1]):
-        epoch, i = divmod(step, steps_per_epoch)
-        if i == 0 or order is None:
-            order = batch_order(len(ids), config, epoch).to(device)
         t0 = time.perf_counter()
-        batch = order[i * batch_size: (i + 1) * batch_size]
+        batch = batch_at(step, config, len(ids), facts, orders)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         with amp:
