@@ -1,13 +1,14 @@
 # Two commands on a fresh machine with Python >= 3.11 and make:
 #   make book    run every chapter (PROFILE=cpu by default) and build the HTML book into _build/html
 #   make test    run the test suite
+#   make check-book   open the built book in headless Chromium with the network cut (screenshots in _build/screenshots)
 PYTHON ?= python3
 PROFILE ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book bench clean
+.PHONY: install chromium test book check-book bench clean
 
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -18,13 +19,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The browser check of the book drives Debian's chromium (playwright's own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the browser check of the book"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no chromium; the browser check of the book will be skipped (install chromium, or set CHROMIUM)"; fi
 
 test: install
 	$(BIN)/python -m pytest
 
+# PROFILE=paper wants a GPU; ALLOW_CPU=1 runs it anyway.
 book: install
-	$(BIN)/python -m rote.book --profile $(PROFILE)
+	$(BIN)/python -m rote.book --profile $(PROFILE) $(if $(ALLOW_CPU),--allow-cpu)
+
+check-book: install
+	$(BIN)/python -m rote.bookcheck _build/html
 
 bench: install
 	$(BIN)/python bench/training_speed.py

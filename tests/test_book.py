@@ -1,12 +1,26 @@
-"""Every chapter runs under papermill with the tiny profile, and the book builds."""
+"""Every chapter runs under papermill with the tiny profile; the book builds, renders offline in a
+real browser, hides its parameter cells, reuses unchanged chapters and rejects bad input early."""
 import json
+import os
 import re
+import shutil
 
 import papermill
 import pytest
 
-from rote import book
+from rote import book, bookcheck
+from rote.config import ConfigError
 from rote.store import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(root, html folder, build log) of the tiny book, built once for this module."""
+    root = tmp_path_factory.mktemp("book")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROTE_HOME", str(root / "home"))
+        html = book.build("tiny", root=root)
+    return root, html
 
 
 def outputs_text(notebook_path) -> str:
@@ -33,8 +47,8 @@ def test_every_chapter_has_parameters_and_colab_install_cell():
         assert "google.colab" in install and f"git+{config_url}" in install, notebook
 
 
-def test_book_builds_with_tiny_profile(tmp_path):
-    html = book.build("tiny", root=tmp_path)
+def test_book_builds_with_tiny_profile(built):
+    root, html = built
     pages = {p.stem for p in (html / "book").glob("*.html")}
     assert {n.stem for n in book.chapters()} | {"intro", "protocol"} <= pages
     obs0 = (html / "book" / "observation0.html").read_text()
@@ -53,3 +67,75 @@ def test_observation0_with_other_parameters(tmp_path, task, noise, seed):
     assert f"In this {task.upper()} run ({noise:.0%} noise, seed {seed})" in text
     other = "FDA" if task == "thr" else "THR"
     assert f"In this {other} run" not in text
+
+
+def test_pages_hide_parameter_and_install_cells_and_say_how_they_were_run(built):
+    page = (built[1] / "book" / "observation0.html").read_text()
+    assert "How this page was run" in page and "profile <code" in page and "trained in" in page
+    assert "google.colab" not in page and "any rote.Config field" not in page
+    executed = json.loads((built[0] / "_build" / "src" / "book" / "observation0.ipynb").read_text())
+    hidden = [c for c in executed["cells"] if "remove-cell" in c["metadata"].get("tags", [])]
+    assert len(hidden) == 3  # install, parameters, papermill's injected parameters: still in the notebook
+
+
+def test_book_renders_offline_in_a_browser(built):
+    """Every page in headless Chromium with every other host blocked: all charts drawn, no console
+    error, no outside request (the CDN-loaded figures and the doubled thebe script failed this)."""
+    try:
+        bookcheck.chromium()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("no chromium on this machine (make install puts it there as root)")
+    shots = built[0] / "_build" / "screenshots"
+    pages = bookcheck.check_book(built[1], shots)
+    assert len(pages) >= len(book.chapters()) + 1
+    assert sum(p.charts for p in pages) >= 10
+    assert [p.problems() for p in pages if not p.ok] == []
+    assert len(list(shots.glob("*.png"))) == len(pages)
+
+
+def test_vega_bundle_is_shipped_and_pages_load_it(built):
+    bundle = built[1] / "_static" / "vega-bundle.js"
+    assert bundle.stat().st_size > 100_000
+    page = (built[1] / "book" / "observation0.html").read_text()
+    assert "vega-bundle.js" in page and "cdn.jsdelivr" not in page and page.count("THEBE_JS_URL") == 1
+
+
+def test_second_build_reuses_unchanged_chapters(built, capsys, monkeypatch):
+    root, _ = built
+    monkeypatch.setenv("ROTE_HOME", str(root / "home"))
+    capsys.readouterr()
+    book.build("tiny", root=root)
+    out = capsys.readouterr().out
+    assert out.count("unchanged, reused") == len(book.chapters()) and "running" not in out
+
+
+def test_chapter_key_follows_notebook_parameters_and_models(tmp_path):
+    notebook = tmp_path / "observation0.ipynb"
+    shutil.copy(REPO_ROOT / "book" / "observation0.ipynb", notebook)
+    configs = book.chapter_configs(notebook, {"profile": "tiny"})
+    key = book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+    assert key == book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+    assert key != book.chapter_key(notebook, {"profile": "tiny", "seed": 1}, configs, "package")
+    assert key != book.chapter_key(notebook, {"profile": "tiny"}, configs, "package changed")
+    notebook.write_text(notebook.read_text().replace("Observation 0", "Observation zero"))
+    assert key != book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+
+
+@pytest.mark.parametrize("parameters,message", [({"nosie": 0.1}, "unknown parameter(s) nosie; allowed: task"),
+                                                ({"noise": 1.5}, "noise must be in [0, 1)"),
+                                                ({"task": "fad"}, "unknown task 'fad'")])
+def test_bad_parameters_fail_before_any_work(tmp_path, parameters, message):
+    with pytest.raises(ConfigError) as err:
+        book.build("tiny", parameters, root=tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_profile_without_gpu_stops_with_the_flag_to_force_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--allow-cpu") as err:
+        book.build("paper", root=tmp_path)
+    assert "\n" not in str(err.value.code)
+    assert list(tmp_path.iterdir()) == []

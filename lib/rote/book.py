@@ -1,23 +1,33 @@
-"""Build the book: run every chapter with papermill, then `jupyter-book build`.
+"""Build the book: train what the chapters need, run every chapter with papermill, then
+`jupyter-book build`.
 
     python -m rote.book --profile tiny            # every chapter, then the HTML in _build/html
     python -m rote.book --only observation0 -p task=thr -p noise=0.1
 
 The sources under book/ stay without outputs: executed copies go to _build/src/, which is what
-Jupyter Book renders.
+Jupyter Book renders. The models are trained first, in this process, so that their progress shows
+in the terminal; a chapter is executed again only when its cache key changes (`chapter_key`).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
+import json
+import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from .config import PROFILES
-from .store import REPO_ROOT
+from . import vega
+from .config import PROFILES, ConfigError, chapter_tasks, config_hash, make_config
+from .store import DATA_DIR, REPO_ROOT, atomic_path
+
+PAGE_ONLY_TAGS = ("parameters", "injected-parameters")  # cells kept in the notebook, not shown on the page
 
 
 def chapters() -> list[Path]:
@@ -27,40 +37,166 @@ def chapters() -> list[Path]:
     return [f for f in files if f.exists()]
 
 
+def chapter_defaults(notebook: Path) -> dict:
+    """The values of a chapter's `parameters` cell."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                    if isinstance(node, ast.Assign)}
+    raise ValueError(f"{notebook.name} has no cell tagged 'parameters'")
+
+
+def chapter_configs(notebook: Path, parameters: dict) -> list:
+    """The configs (one per task) a chapter trains or loads with `parameters`."""
+    defaults = chapter_defaults(notebook)
+    unknown = sorted(set(parameters) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(defaults)}")
+    p = {**defaults, **parameters}
+    return [make_config(t, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
+            for t in chapter_tasks(p["task"])]
+
+
+def check_device(profile: str, allow_cpu: bool) -> None:
+    """The `paper` profile wants a GPU: without one, stop before any work (unless `allow_cpu`)."""
+    import torch
+
+    if profile == "paper" and not allow_cpu and not torch.cuda.is_available():
+        raise SystemExit("profile paper needs a GPU and none was found (a paper run on a few CPU cores takes "
+                         "days); run it anyway with --allow-cpu (make book PROFILE=paper ALLOW_CPU=1)")
+
+
+def train_all(configs: list) -> None:
+    """Train (or resume) every config that has no finished run, with progress in the terminal."""
+    from .train import is_finished, train
+
+    todo = [c for c in dict.fromkeys(configs) if not is_finished(c)]
+    for i, config in enumerate(todo, 1):
+        print(f"training {i}/{len(todo)}: {config.task} {config_hash(config)} (profile fields: noise "
+              f"{config.noise:g}, seed {config.seed}; resumes if interrupted)", flush=True)
+        train(config, progress=True)
+
+
+def tree_hash(paths) -> str:
+    """sha256 over the names and bytes of files (folders walked in sorted order)."""
+    digest = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def chapter_key(notebook: Path, parameters: dict, configs: list, package: str) -> str:
+    """What a chapter's output depends on: its notebook, its parameters, the package source and
+    committed data (`package`), and the weights of the models it loads."""
+    from .train import run_dir
+
+    models = [tree_hash([run_dir(c) / "final" / "model.safetensors"]) if (run_dir(c) / "final").exists() else ""
+              for c in configs]
+    text = json.dumps([notebook.read_text(), parameters, package, models], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = False) -> Path:
-    """Execute one chapter with papermill into `out`."""
+    """Execute one chapter with papermill into `out` (the offline chart renderer on)."""
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ[vega.ENV] = "1"
     papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
                                kernel_name="python3", progress_bar=progress)
     return out
 
 
+def provenance(configs: list, parameters: dict) -> str:
+    """One line saying how a page was run: parameters, config hashes, training minutes, machine."""
+    import pandas as pd
+    import torch
+
+    from .train import default_device, run_dir
+
+    runs = []
+    for c in configs:
+        metrics = run_dir(c) / "metrics.csv"
+        minutes = pd.read_csv(metrics)["seconds"].iloc[-1] / 60 if metrics.exists() else float("nan")
+        runs.append(f"{c.task.upper()} run `{config_hash(c)}` (trained in {minutes:.1f} min)")
+    p = parameters
+    device = default_device()
+    where = torch.cuda.get_device_name(0) if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    return (f"*How this page was run:* profile `{p['profile']}`, task `{p['task']}`, noise {p['noise']:g}, "
+            f"seed {p['seed']}{', overrides ' + repr(p['overrides']) if p['overrides'] else ''}; "
+            f"{'; '.join(runs) or 'no trained model'}; on {platform.system()} {platform.machine()}, {where}, "
+            f"torch {torch.__version__}.")
+
+
+def for_readers(executed: Path, line: str) -> None:
+    """Hide the parameter cells and the Colab install cell from the rendered page (they stay in the
+    notebook) and put the provenance `line` in their place."""
+    nb = json.loads(executed.read_text())
+    first = None
+    for i, cell in enumerate(nb["cells"]):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if set(tags) & set(PAGE_ONLY_TAGS) or "google.colab" in "".join(cell["source"]):
+            tags.append("remove-cell")
+            first = i if first is None else first
+    note = {"cell_type": "markdown", "id": "provenance", "metadata": {"tags": ["provenance"]}, "source": [line]}
+    nb["cells"].insert(first if first is not None else 1, note)
+    with atomic_path(executed) as tmp:
+        tmp.write_text(json.dumps(nb, indent=1))
+
+
 def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] | None = None,
-          root: Path = REPO_ROOT) -> Path:
-    """Run the chapters with `profile` into `root`/_build/src and render the book into
-    `root`/_build/html."""
+          root: Path = REPO_ROOT, allow_cpu: bool = False) -> Path:
+    """Train the models, run the chapters with `profile` into `root`/_build/src (reusing those whose
+    cache key is unchanged) and render the book into `root`/_build/html."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    check_device(profile, allow_cpu)
     parameters = {"profile": profile, **(parameters or {})}
-    src = Path(root) / "_build" / "src"
+    notebooks = [n for n in chapters() if not only or n.stem in only]
+    configs = {n: chapter_configs(n, parameters) for n in notebooks}  # checks every parameter first
+    started = time.perf_counter()
+    train_all([c for cs in configs.values() for c in cs])
+
+    build_dir = Path(root) / "_build"
+    src, cache = build_dir / "src", build_dir / "cache"
     if src.exists():
         shutil.rmtree(src)
     (src / "book").mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, src / name)
+    shutil.copytree(REPO_ROOT / "_static", src / "_static")
+    vega.write_bundle(src / "_static")
     for page in (REPO_ROOT / "book").glob("*.md"):
         shutil.copy(page, src / "book" / page.name)
+    package = tree_hash([REPO_ROOT / "lib" / "rote", DATA_DIR])
     for notebook in chapters():
-        if only and notebook.stem not in only:
+        if notebook not in configs:
             shutil.copy(notebook, src / "book" / notebook.name)
             continue
-        print(f"running {notebook.relative_to(REPO_ROOT)} ({parameters})", flush=True)
-        run_chapter(notebook, src / "book" / notebook.name, parameters)
+        cached = cache / f"{notebook.stem}-{chapter_key(notebook, parameters, configs[notebook], package)}.ipynb"
+        t0 = time.perf_counter()
+        if cached.exists():
+            print(f"{notebook.stem}: unchanged, reused", flush=True)
+        else:
+            print(f"{notebook.stem}: running ({parameters}) ...", flush=True)
+            run_chapter(notebook, src / "book" / notebook.name, parameters)
+            for_readers(src / "book" / notebook.name, provenance(configs[notebook], {**chapter_defaults(notebook), **parameters}))
+            shutil.copy(src / "book" / notebook.name, cached)
+            print(f"{notebook.stem}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+        shutil.copy(cached, src / "book" / notebook.name)
+    print("rendering the HTML book ...", flush=True)
     jb = Path(sys.executable).parent / "jupyter-book"
     subprocess.run([str(jb), "build", str(src), "--path-output", str(root), "--warningiserror",
-                    "--keep-going"], check=True)
+                    "--keep-going", "--quiet"], check=True)
+    print(f"book built in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return Path(root) / "_build" / "html"
 
 
@@ -86,12 +222,17 @@ def main(argv=None) -> None:
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="a chapter parameter (task, noise, seed, overrides)")
     parser.add_argument("--only", action="append", help="run only this chapter (by file stem)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run the paper profile without a GPU")
     parser.add_argument("--set-repository", metavar="URL", help="point launch buttons and install cells at URL")
     args = parser.parse_args(argv)
     if args.set_repository:
         set_repository(args.set_repository)
         return
-    print(build(args.profile, dict(map(_parameter, args.parameter)), args.only))
+    try:
+        html = build(args.profile, dict(map(_parameter, args.parameter)), args.only, allow_cpu=args.allow_cpu)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(html)
 
 
 if __name__ == "__main__":

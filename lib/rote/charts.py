@@ -4,6 +4,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from . import vega  # noqa: F401 - registers the offline renderer the book is executed with
+
 MEASURES = {
     "test_acc": "test accuracy",
     "train_clean_acc": "train-clean accuracy",

@@ -11,6 +11,14 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 
+class ConfigError(ValueError):
+    """A bad config value or name. In a notebook it shows as its one line, not as a traceback
+    through the library (IPython calls `_render_traceback_`)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
 TASKS = ("fda", "thr")
 PROFILES = ("tiny", "cpu", "paper")
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -61,7 +69,7 @@ class Config:
                     raise TypeError
                 object.__setattr__(self, f.name, _CAST[f.type](value))
             except (TypeError, ValueError):
-                raise ValueError(f"{f.name} must be of type {f.type}, got {value!r}") from None
+                raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}") from None
 
 
 _CAST = {"int": int, "float": float, "str": str, "float | None": lambda v: v if v is None else float(v)}
@@ -97,7 +105,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
 
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+        raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
 def validate(config: Config) -> Config:
@@ -105,32 +113,32 @@ def validate(config: Config) -> Config:
     _choice("task", config.task, TASKS)
     _choice("schedule", config.schedule, SCHEDULES)
     if not 0 <= config.seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {config.seed}")
+        raise ConfigError(f"seed must be in [0, 2**32), got {config.seed}")
     if not 0 <= config.noise < 1:
-        raise ValueError(f"noise must be in [0, 1), got {config.noise}")
+        raise ConfigError(f"noise must be in [0, 1), got {config.noise}")
     if not 0 < config.two_hop_train_fraction < 1:
-        raise ValueError(f"two_hop_train_fraction must be in (0, 1), got {config.two_hop_train_fraction}")
+        raise ConfigError(f"two_hop_train_fraction must be in (0, 1), got {config.two_hop_train_fraction}")
     if config.facts_first_steps < 0 or config.decay_steps < 0:
-        raise ValueError("facts_first_steps and decay_steps must be >= 0")
+        raise ConfigError("facts_first_steps and decay_steps must be >= 0")
     if config.task == "fda" and config.facts_first_steps:
-        raise ValueError("facts_first_steps is for thr (fda has no one-hop facts); allowed for fda: 0")
+        raise ConfigError("facts_first_steps is for thr (fda has no one-hop facts); allowed for fda: 0")
     if config.schedule == "wsd" and not 0 < config.decay_steps <= config.max_steps:
-        raise ValueError(f"schedule wsd needs 0 < decay_steps <= max_steps ({config.max_steps}), got {config.decay_steps}")
+        raise ConfigError(f"schedule wsd needs 0 < decay_steps <= max_steps ({config.max_steps}), got {config.decay_steps}")
     positive = ("n_train", "n_test", "n_entities", "n_relations", "fact_repeats", "n_layer", "n_embd", "n_head",
                 "batch_size", "max_steps", "eval_every", "checkpoint_every", "n_eval")
     for name in positive:
         if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_steps < 0 or config.grad_clip < 0:
-        raise ValueError("lr must be > 0; weight_decay, warmup_steps and grad_clip must be >= 0")
+        raise ConfigError("lr must be > 0; weight_decay, warmup_steps and grad_clip must be >= 0")
     if config.n_embd % config.n_head:
-        raise ValueError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
+        raise ConfigError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
     if config.task == "thr" and config.n_entities < 3:
-        raise ValueError(f"n_entities must be >= 3 for thr, got {config.n_entities}")
+        raise ConfigError(f"n_entities must be >= 3 for thr, got {config.n_entities}")
     if config.task == "fda" and config.n_train + config.n_test > 1_000_000:
-        raise ValueError("n_train + n_test must be <= 1,000,000 for fda")
+        raise ConfigError("n_train + n_test must be <= 1,000,000 for fda")
     if config.stop_mem_noisy is not None and not 0 < config.stop_mem_noisy <= 1:
-        raise ValueError(f"stop_mem_noisy must be in (0, 1] or None, got {config.stop_mem_noisy}")
+        raise ConfigError(f"stop_mem_noisy must be in (0, 1] or None, got {config.stop_mem_noisy}")
     return config
 
 
@@ -141,7 +149,7 @@ def make_config(task: str = "fda", profile: str = "cpu", **overrides) -> Config:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     values = {**PROFILE_DEFAULTS[task][profile], **overrides, "task": task}
     return validate(Config(**values))
 

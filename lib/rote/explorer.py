@@ -14,7 +14,13 @@ import torch
 from .lens import lens_states, logit_lens, read_out, readout_batch
 from .override import differing_positions, position_name
 from .reliance import REMOVED, Reliance, removal_effects
+from .vega import static_book
 
+LIVE_ONLY = ("<p><i>With a live kernel this cell is an explorer: pick a task, any memorized noisy instance "
+             "or clean reference question, and a layer, and it recomputes the top-5 logit-lens readout and "
+             "the effect of each removal there. Open this page in Colab (the rocket button above) or run the "
+             "notebook in Jupyter to use it; the static chart above shows the same for a fixed sample of "
+             "instances.</i></p>")
 ROLES = {"true": "correct label", "label": "noisy label", "bridge": "bridge entity"}
 
 
@@ -104,8 +110,10 @@ def explorer(models: dict):
     clean reference questions) and a layer; see the top-5 readout there and the effect of each
     removal at that layer. `models`: {task: (model, tokenizer, Reliance)}."""
     import ipywidgets as w
-    from IPython.display import display
+    from IPython.display import HTML, display
 
+    if static_book():
+        return HTML(LIVE_ONLY)
     tasks = [t for t, (_, _, r) in models.items() if len(pick_instances(r, 10**6))]
     if not tasks:
         return w.HTML("<i>No instances to explore: no memorized noisy instance and no correctly answered clean question.</i>")
