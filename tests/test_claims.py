@@ -134,3 +134,39 @@ def test_chance_hits_do_not_count_as_memorization():
     assert dynamics.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
     assert dynamics.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
     assert dynamics.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
+
+
+# ---- Observation 3: the grid is not the training set ----
+
+def test_operand_grid_never_overlaps_the_training_pairs():
+    from rote.heuristics import operand_grid, training_pairs
+    for seed in (0, 1):
+        frame = generate(make_config("fda", "tiny", noise=0.1, seed=seed))
+        grid = operand_grid(frame, 2000, seed=seed)
+        pairs = {(int(a), int(b)) for a, b in zip(grid["a"], grid["b"])}
+        assert len(pairs) == 2000 and not pairs & training_pairs(frame)
+
+
+# ---- Observation 4: same-sum inputs and the persistence of a noisy digit by place ----
+
+def test_same_sum_changes_keep_the_sum():
+    from rote.distributed import same_sum_changes
+    frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
+    noisy = override.questions(frame)
+    noisy = noisy[noisy["noisy"]].head(30)
+    changes = same_sum_changes(noisy, frame, seed=0)
+    sums = dict(zip(noisy["id"], noisy["a"].astype(int) + noisy["b"].astype(int)))
+    assert set(changes["kind"]) == {"swap", "offset"}
+    for i, prompt in zip(changes["id"], changes["prompt"]):
+        x, y = (int(v) for v in prompt.rstrip("=").split("+"))
+        assert x + y == sums[i] and 1000 <= x <= 9999 and 1000 <= y <= 9999
+
+
+def test_digit_persistence_by_place_splits_on_the_true_digit():
+    from rote.distributed import digit_persistence_by_place
+    changes = pd.DataFrame({"id": [0, 0], "answer": ["7143", "7143"], "orig_true": ["3830", "3830"],
+                            "true": ["3831", "4830"], "prediction": ["7141", "4830"]})
+    per = digit_persistence_by_place(changes)
+    unchanged = per[per["place_unchanged"]]
+    assert unchanged["persists"].sum() == 3 and len(unchanged) == 3 + 3  # 7,1,4 kept; second change: 1,4,3 lost
+    assert not per[~per["place_unchanged"]]["persists"].any()
