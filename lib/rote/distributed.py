@@ -49,6 +49,7 @@ import torch
 from .config import Config
 from .data import load_dataset, two_hop_prompt
 from .evaluate import answer_length, greedy_answers
+from .heuristics import noisy_pairs
 from .interventions import answer_logprobs, prompt_batch
 from .lens import hf, logit_lens, logit_lens_hooks
 from .override import final_test_accuracy, reasoning_caveat, wilson_interval
@@ -180,6 +181,47 @@ def persisting_digits(changes: pd.DataFrame, predictions) -> tuple[np.ndarray, n
         eligible.append(len(ok))
         persist.append(sum(said[k] == label[k] for k in ok))
     return np.array(eligible, dtype=int), np.array(persist, dtype=int)
+
+
+def same_sum_changes(instances: pd.DataFrame, frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """FDA: per instance, inputs with the same sum: the operands swapped ("swap"), and one
+    offsetting change a + d*10^p, b - d*10^p at a random place p and digit step d that keeps both
+    operands four-digit ("offset"; seeded); other noisy training pairs left out."""
+    rng, excluded = np.random.default_rng(seed), noisy_pairs(frame)
+    rows = []
+    for inst in instances.itertuples(index=False):
+        a, b = int(inst.a), int(inst.b)
+        options = [(a + d * 10 ** p, b - d * 10 ** p) for p in range(4) for d in (-3, -2, -1, 1, 2, 3)]
+        options = [(x, y) for x, y in options if 1000 <= x <= 8999 and 1000 <= y <= 8999 and (x, y) != (a, b)]
+        picks = [("swap", (b, a))] + ([("offset", options[rng.integers(len(options))])] if options else [])
+        for kind, (x, y) in picks:
+            if (x, y) not in excluded or {x, y} == {a, b}:  # the swap of a noisy pair is not itself in the data
+                rows.append({"id": inst.id, "kind": kind, "prompt": f"{x}+{y}=", "answer": inst.answer,
+                             "true": inst.true})
+    return pd.DataFrame(rows, columns=["id", "kind", "prompt", "answer", "true"])
+
+
+def same_sum_effects(model, tokenizer, instances: pd.DataFrame, frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """`same_sum_changes` answered greedily: whether the noisy label is kept and whether the output is
+    the (unchanged) true sum."""
+    changes = same_sum_changes(instances, frame, seed)
+    if changes.empty:
+        return changes.assign(kept=pd.Series(dtype=bool), correct=pd.Series(dtype=bool))
+    said = np.asarray(greedy_answers(model, tokenizer, changes["prompt"], 4), dtype=object)
+    return changes.assign(kept=said == changes["answer"].to_numpy(), correct=said == changes["true"].to_numpy())
+
+
+def digit_persistence_by_place(changes: pd.DataFrame) -> pd.DataFrame:
+    """FDA, per changed memorized noisy question and eligible noisy digit (differs from both true
+    sums): whether the true digit at that place was left unchanged by the change, and whether the
+    noisy digit persists in the output."""
+    rows = []
+    for i, label, orig, new, said in zip(changes["id"], changes["answer"], changes["orig_true"], changes["true"],
+                                         changes["prediction"]):
+        for k in range(len(label)):
+            if label[k] != orig[k] and label[k] != new[k]:
+                rows.append({"id": i, "place_unchanged": orig[k] == new[k], "persists": str(said)[k:k + 1] == label[k]})
+    return pd.DataFrame(rows, columns=["id", "place_unchanged", "persists"])
 
 
 def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str, hooks: bool = False) -> pd.DataFrame:
@@ -441,9 +483,10 @@ def distributed_encoding_of(model, tokenizer, frame: pd.DataFrame, task: str, n_
     inputs = input_dependence(effects, threshold)
     intermediates = intermediate_dependence(rel.effects, task, threshold)
     counts = dependence_counts(inputs, intermediates, task)
+    extra = {"same_sum": same_sum_effects(model, tokenizer, rel.memorized, frame, seed)} if task == "fda" else {}
     return Distributed(task, hf(model).config.n_layer, rel, effects, moves, layer, inputs, intermediates, counts,
                        survival(effects, moves, layer, n_resamples, seed), dependence_summary(counts), threshold,
-                       config)
+                       config, extra)
 
 
 def distributed_encoding(config: Config, n_replacements: int = 3, threshold: float = 1.0, n_clean: int = 200,
@@ -593,6 +636,82 @@ def _verdict(result: Distributed) -> str:
         end = ("The paper's Observation 4 holds only in part here: the distributed pattern is neither clearly the "
                "rule nor clearly the exception.")
     return head + clean + body + end
+
+
+# ---- claims ---------------------------------------------------------------------------------------------
+
+def distributed_claims(result: Distributed, margin: float = 0.0, same_sum_margin: float = 0.0,
+                       place_margin: float = 0.0, n_resamples: int = 1000) -> list:
+    """Observation 4 as claims (`rote.claims`), each against a control computed the same way:
+
+    (1) the noisy label depends on two or more inputs and an intermediate result ("distributed")
+    on more instances than the whole-input look-up does on the same changes, by more than
+    `margin`. A whole-input look-up also depends on every input, so this separates the two only
+    through the intermediate results (Observation 2's removals).
+    (2) FDA: inputs with the same sum (operands swapped, an offsetting change) keep the noisy label
+    more often than single-digit changes of the same instances, by more than `same_sum_margin`: a
+    label attached to the computed sum would survive them; one attached to the input itself would
+    not.
+    (3) FDA: a noisy digit persists more often after changes that leave the true digit at its place
+    unchanged than after changes that alter it, by more than `place_margin`: the noisy digit rides
+    on that place's computation, which no look-up keyed on the input (whole or one operand) shows.
+    Neither (2) nor (3) separates a distributed encoding from a look-up keyed on the input plus
+    per-place corrections."""
+    from .claims import Claim, above, independent_share_ci
+    nan, task, seed = float("nan"), result.task, (result.config.seed if result.config else 0)
+    base = dict(observation=4, task=task, n=len(result.memorized))
+    empty = dict(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
+                 difference_lo=nan, difference_hi=nan, verdict="cannot be tested")
+    out = []
+    counts, whole = result.counts, lookup_name("whole input")
+    noisy = counts[counts["group"] == "memorized noisy"]["distributed"].astype(float) if len(counts) else []
+    look = counts[counts["group"] == whole]["distributed"].astype(float) if len(counts) else []
+    c1 = dict(claim="the noisy label depends on several inputs and an intermediate result",
+              statistic="share of memorized noisy instances that are distributed", control=f"a {whole}, same changes",
+              rule=f"holds when noisy minus look-up lies above {margin:g} (95% interval)")
+    if len(noisy) and len(look):
+        a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(noisy, look, n_resamples, seed)
+        out.append(Claim(value=a, lo=alo, hi=ahi, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                         difference_lo=dlo, difference_hi=dhi, verdict=above(d, dlo, margin),
+                         note="the look-up depends on every input too: only the intermediate results separate them",
+                         **c1, **base))
+    else:
+        out.append(Claim(note="no memorized noisy instance", **empty, **c1, **base))
+    if task != "fda":
+        return out
+    c2 = dict(claim="the noisy label survives inputs with the same sum",
+              statistic="share of same-sum inputs that keep the noisy label",
+              control="single-digit changes of the same instances",
+              rule=f"holds when same-sum minus single-change lies above {same_sum_margin:g} (95% interval)")
+    same = result.extra.get("same_sum", pd.DataFrame())
+    single = result.changes[result.changes["group"] == "memorized noisy"]
+    if len(same) and len(single):
+        own = float(same["correct"].mean())
+        a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(
+            same.groupby("id")["kept"].mean(), single.groupby("id")["kept"].mean().astype(float), n_resamples, seed)
+        by = same.groupby("kind")["kept"].mean()
+        out.append(Claim(value=a, lo=alo, hi=ahi, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                         difference_lo=dlo, difference_hi=dhi, verdict=above(d, dlo, same_sum_margin),
+                         note=("kept " + ", ".join(f"{v:.1%} {k}" for k, v in by.items())
+                               + f"; the same-sum input is answered with its (unchanged) true sum on {own:.1%}"),
+                         **c2, **base))
+    else:
+        out.append(Claim(note="no same-sum input", **empty, **c2, **base))
+    c3 = dict(claim="a noisy digit rides on its place's computation",
+              statistic="share of noisy digits that persist where the true digit at that place is unchanged",
+              control="noisy digits where the change alters the true digit at that place",
+              rule=f"holds when unchanged minus altered lies above {place_margin:g} (95% interval)")
+    per = digit_persistence_by_place(single) if len(single) else pd.DataFrame()
+    if len(per) and per["place_unchanged"].any() and (~per["place_unchanged"]).any():
+        u = per[per["place_unchanged"]].groupby("id")["persists"].mean().astype(float)
+        v = per[~per["place_unchanged"]].groupby("id")["persists"].mean().astype(float)
+        a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(u, v, n_resamples, seed)
+        out.append(Claim(value=a, lo=alo, hi=ahi, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                         difference_lo=dlo, difference_hi=dhi, verdict=above(d, dlo, place_margin),
+                         note="a look-up keyed on the input (whole or one operand) keeps neither", **c3, **base))
+    else:
+        out.append(Claim(note="no eligible noisy digit in both kinds of change", **empty, **c3, **base))
+    return out
 
 
 # ---- tables for reading -----------------------------------------------------------------------------

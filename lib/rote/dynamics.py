@@ -22,6 +22,7 @@ class TrainingDynamics:
     metrics: pd.DataFrame  # one row per evaluation
     first: pd.DataFrame  # one row per noisy instance: first correct and first noisy evaluation
     summary: dict
+    predictions: pd.DataFrame | None = None  # per evaluation and noisy instance: the model's answer
 
 
 def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
@@ -41,6 +42,77 @@ def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.Data
          table["first_correct"].isna() | (table["first_noisy"] < table["first_correct"])],
         ["never memorized", "correct first", "memorized first"], default="same evaluation")
     return table.reset_index()
+
+
+def stable_onsets(predictions: pd.DataFrame, instances: pd.DataFrame, min_streak: int = 2) -> pd.DataFrame:
+    """Per noisy instance, robust to chance hits: `stable_noisy`, the first evaluation that starts
+    a streak of at least `min_streak` consecutive evaluations answered with the noisy label, or the
+    start of the final streak when the label is held through the last evaluation (NaN: neither);
+    `first_correct` as in `first_answers`; `order` of the two ("correct first", "memorized first",
+    "never memorized"); and `chance_hits`/`chance_evals`, the evaluations before the stable onset
+    (all, without one) that gave the noisy label, and how many there were."""
+    noisy = instances[instances["noisy"]].set_index("id")[["answer", "true"]]
+    p = predictions.join(noisy, on="id").sort_values(["id", "step"])
+    last_step = p["step"].max()
+    rows = []
+    for i, g in p.groupby("id", sort=True):
+        said = (g["prediction"] == g["answer"]).to_numpy()
+        steps = g["step"].to_numpy()
+        correct = steps[(g["prediction"] == g["true"]).to_numpy()]
+        onset, run_start = np.nan, None
+        for j, hit in enumerate(said):
+            if hit and run_start is None:
+                run_start = j
+            if not hit:
+                run_start = None
+            elif j - run_start + 1 >= min_streak or steps[j] == last_step:
+                onset = steps[run_start]
+                break
+        before = said[steps < onset] if onset == onset else said
+        first_correct = float(correct.min()) if len(correct) else np.nan
+        order = ("never memorized" if onset != onset else
+                 "correct first" if first_correct == first_correct and first_correct < onset else "memorized first")
+        rows.append({"id": i, "first_correct": first_correct, "stable_noisy": onset, "order": order,
+                     "chance_hits": int(before.sum()), "chance_evals": len(before)})
+    return pd.DataFrame(rows, columns=["id", "first_correct", "stable_noisy", "order", "chance_hits", "chance_evals"])
+
+
+def dynamics_claims(result: TrainingDynamics, min_streak: int = 2, margin: float = 0.0,
+                    n_resamples: int = 1000) -> list:
+    """Observation 0 as a claim (`rote.claims`): among noisy instances memorized at some point
+    (`stable_onsets`: the noisy label held for `min_streak` consecutive evaluations, or through the
+    last one), the share answered correctly before that onset, against the share memorized before
+    (or without) a correct answer, on the same instances; holds when the difference's 95% interval
+    (paired bootstrap over instances) lies above `margin`. The note gives the chance rate (the
+    noisy label said at one evaluation outside a stable streak) and the share by the
+    single-evaluation definition (`first_answers`)."""
+    from .claims import Claim, above, paired_share_ci
+    c, nan = result.config, float("nan")
+    claim = "noisy instances are answered correctly before their noisy label is memorized"
+    rule = (f"noisy label memorized from the first streak of >= {min_streak} evaluations (or the final streak); "
+            f"holds when correct-first minus memorized-first lies above {margin:g} (95% interval)")
+    base = dict(observation=0, task=c.task, claim=claim, statistic="share of memorized noisy instances answered correctly first",
+                control="share memorized first (same instances)", rule=rule)
+    if result.predictions is None or result.predictions.empty:
+        return [Claim(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
+                      difference_lo=nan, difference_hi=nan, verdict="cannot be tested",
+                      note="the run kept no per-evaluation answers (noisy_predictions.csv)", **base)]
+    onsets = stable_onsets(result.predictions, load_dataset(c), min_streak)
+    mem = onsets[onsets["order"] != "never memorized"]
+    chance = onsets["chance_hits"].sum() / max(onsets["chance_evals"].sum(), 1)
+    single = result.first[result.first["order"] != "never memorized"]
+    single_share = float((single["order"] == "correct first").mean()) if len(single) else nan
+    note = (f"chance rate: the noisy label said at {chance:.1%} of evaluations outside a stable streak; "
+            f"by the first single evaluation that gave the noisy label, {single_share:.1%} correct first")
+    if mem.empty:
+        return [Claim(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
+                      difference_lo=nan, difference_hi=nan, verdict="cannot be tested",
+                      note="no noisy label was held; " + note, n=0, **base)]
+    a, alo, ahi, b, blo, bhi, d, dlo, dhi = paired_share_ci(
+        (mem["order"] == "correct first").astype(float), (mem["order"] == "memorized first").astype(float),
+        n_resamples, c.seed)
+    return [Claim(value=a, lo=alo, hi=ahi, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                  difference_lo=dlo, difference_hi=dhi, verdict=above(d, dlo, margin), n=len(mem), note=note, **base)]
 
 
 def first_row(table: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
@@ -64,7 +136,8 @@ def training_dynamics(config: Config, device: str | None = None, progress: bool 
     instance got its correct answer and its noisy label."""
     train(config, device=device, progress=progress)
     table = metrics(config)
-    first = first_answers(noisy_predictions(config), load_dataset(config))
+    predictions = noisy_predictions(config)
+    first = first_answers(predictions, load_dataset(config))
     memorized = first[first["order"] != "never memorized"]
     last = table.iloc[-1]
     summary = {
@@ -77,7 +150,7 @@ def training_dynamics(config: Config, device: str | None = None, progress: bool 
         "mem_99": first_reached(table, "mem_noisy", 0.99),
         "peak_mem_corrected": float(table["mem_corrected"].max()),
     }
-    return TrainingDynamics(config, table, first, summary)
+    return TrainingDynamics(config, table, first, summary, predictions)
 
 
 def _milestone(name: str, hit: dict | None) -> str:

@@ -6,8 +6,8 @@ the same here in the FDA models trained from scratch.
 
 What is read, and where:
 - The grid: `n_grid` clean operand pairs (a, b), both in 1000..8999 with a + b <= 9999 (the data's
-  own distribution), drawn uniformly (seeded), distinct, leaving out the pairs (either order) of
-  noisy training instances. Each is teacher-forced on its true sum, "a+b=" followed by its 4 digits.
+  own distribution), drawn uniformly (seeded, on a stream of its own), distinct, leaving out every
+  training pair (either order): the grid is never the training set. Each is teacher-forced on its true sum, "a+b=" followed by its 4 digits.
 - The activation: the post-GELU output of every MLP neuron (`transformer.h[l].mlp.act`, the input of
   `mlp.c_proj`) at each of the four answer readout positions: position k (0 = thousands .. 3 =
   units) is the token just before answer digit k, whose logits predict digit k (the "=" sign for
@@ -85,10 +85,21 @@ def noisy_pairs(frame: pd.DataFrame) -> set:
     return {(int(x), int(y)) for x, y in zip(q["a"], q["b"])} | {(int(y), int(x)) for x, y in zip(q["a"], q["b"])}
 
 
+def training_pairs(frame: pd.DataFrame) -> set:
+    """The operand pairs of all training questions (clean and noisy), in both orders."""
+    q = questions(frame)
+    return {(int(x), int(y)) for x, y in zip(q["a"], q["b"])} | {(int(y), int(x)) for x, y in zip(q["a"], q["b"])}
+
+
+GRID_STREAM = 7  # the grid's random stream is (seed, GRID_STREAM): never the data generator's draw
+
+
 def operand_grid(frame: pd.DataFrame | None = None, n: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """`n` distinct clean operand pairs drawn uniformly from a, b in 1000..8999, a + b <= 9999
-    (seeded), leaving out noisy training pairs of `frame` (see the module docstring)."""
-    rng, excluded = np.random.default_rng(seed), noisy_pairs(frame) if frame is not None else set()
+    """`n` distinct clean operand pairs drawn uniformly from a, b in 1000..8999, a + b <= 9999, from
+    the random stream (seed, `GRID_STREAM`), independent of the data generator's, leaving out every
+    training pair of `frame` in either order (see the module docstring)."""
+    rng = np.random.default_rng([seed, GRID_STREAM])
+    excluded = training_pairs(frame) if frame is not None else set()
     picked, seen = [], set()
     while len(picked) < n:
         cand = rng.integers(1000, 9000, size=(2 * n + 64, 2))

@@ -22,6 +22,8 @@ from nnsight import NNsight
 from .model import encode
 
 TARGETS = ("true", "label", "bridge")  # rank and probability columns, one pair per target
+# plus "control" where the instances carry a `control` column (an answer of the label's length
+# whose tokens are a matched control, e.g. a label-prior person: `rote.override.control_answers`)
 
 
 def traced(model) -> NNsight:
@@ -37,14 +39,17 @@ def hf(model):
 def readout_batch(tokenizer, rows: pd.DataFrame, teacher_forcing: str):
     """Token ids (prompt + teacher-forced label), the readout positions (the one before each answer
     token), each readout's index within the answer, and the target tokens there: true answer,
-    label in data, bridge entity (-1 where there is none)."""
+    label in data, bridge entity (-1 where there is none), and the `control` column's tokens where
+    the rows have one."""
     if teacher_forcing not in ("answer", "true"):
         raise ValueError(f"teacher_forcing must be 'answer' or 'true', got {teacher_forcing!r}")
     ids, mask = encode(tokenizer, rows["prompt"], rows[teacher_forcing])
     where = mask.roll(-1, dims=1)  # position t predicts token t + 1
     index = (mask.cumsum(1) - 1)[mask]
     targets = {}
-    for name, column in (("true", "true"), ("label", "answer")):
+    for name, column in (("true", "true"), ("label", "answer"), ("control", "control")):
+        if column not in rows:
+            continue
         other, other_mask = encode(tokenizer, rows["prompt"], rows[column])
         if other_mask.shape != mask.shape or not torch.equal(other_mask, mask):
             raise ValueError(f"the {column!r} and {teacher_forcing!r} answers differ in length")
@@ -107,7 +112,7 @@ def lens_table(tokenizer, ids_of_rows, logits, index, row, targets) -> pd.DataFr
         "top1": np.array(tokenizer.convert_ids_to_tokens(top.flatten().tolist()), dtype=object),
         "top1_prob": probs.gather(-1, top[..., None]).squeeze(-1).flatten().numpy(),
     }
-    for name in TARGETS:
+    for name in (*TARGETS, *[k for k in targets if k not in TARGETS]):
         t = targets[name]
         ok = t >= 0
         tt = t.clamp(min=0).expand(n_layers, n_pos)[..., None]

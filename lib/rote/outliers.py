@@ -237,6 +237,8 @@ class Outliers:
     dedicated: float = DEDICATED
     config: Config | None = None
     extra: dict = field(default_factory=dict)
+    clean_neurons: pd.DataFrame = field(default_factory=pd.DataFrame)  # `clean_drivers`: the matched control
+    clean_patch: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _neuron_table(inst, pos, picks, acts, grad, mean, std, grid_acts, heur: Heuristics, dedicated: float):
@@ -290,13 +292,55 @@ def _patch(model, tokenizer, inst, cols, picks, values, hooks):
     digit = (at.argmax(-1) == minus).numpy()
     gen = patched_greedy(model, ids[:, : int(plen[0])], cols, mask, values, 4, hooks)
     answers = [tokenizer.decode(row) for row in gen.tolist()]
-    return d, digit, answers
+    return d, digit, answers, (at.argmax(-1) != plus).numpy()
+
+
+def clean_drivers(model, tokenizer, frame: pd.DataFrame, positions: np.ndarray, heur: Heuristics, k: int = K,
+                  ks=KS, n_clean: int = 200, seed: int = 0, dedicated: float = DEDICATED,
+                  hooks: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The matched control of the driving neurons: the same analysis on up to `n_clean` clean
+    training questions that the model answers correctly, each read at an answer position drawn from
+    the noisy instances' `positions` (seeded). Their driving neurons push the written (true) digit
+    over the runner-up digit (D = logit(true) - logit(runner-up), teacher-forced on the true sum);
+    the same neighbour statistics, categories and shift are computed, and the same patch (top kk
+    drivers set to their neighbours' mean) counts whether the digit written there changes.
+    Returns (neurons: NEURON_COLUMNS of the top `k`, per instance: id, position, D_before and
+    `changed_<kk>` for each kk)."""
+    from .override import clean_instances
+    clean = clean_instances(model, tokenizer, frame, n_clean, seed)
+    if clean.empty or len(positions) == 0:
+        return pd.DataFrame(columns=NEURON_COLUMNS), pd.DataFrame(columns=["id", "position", "D_before"])
+    clean = clean.assign(a=clean["a"].astype(int), b=clean["b"].astype(int)).reset_index(drop=True)
+    pos = np.random.default_rng(seed).choice(np.asarray(positions), len(clean))
+    ids, _, plen = prompt_batch(tokenizer, clean, "answer")
+    cols = torch.as_tensor(int(plen[0]) - 1 + pos)
+    r = torch.arange(len(clean))
+    with torch.no_grad():
+        logits = hf(model)(ids.to(hf(model).device)).logits.cpu()[r, cols]
+    true_tok = ids[r, cols + 1]
+    digit_ids = token_ids(tokenizer, "0123456789")
+    masked = logits[:, digit_ids].clone()
+    masked[digit_ids[None, :] == true_tok[:, None]] = -float("inf")
+    runner = digit_ids[masked.argmax(-1)]
+    acts, grad, diff = neuron_attribution(model, ids, cols, true_tok, runner, hooks)
+    m = acts.shape[2]
+    attribution = (acts * grad).reshape(len(clean), -1)
+    ks = sorted({k, *[x for x in ks if x <= attribution.shape[1] // 4]})
+    top = attribution.topk(min(max(ks), attribution.shape[1]), dim=1).indices.numpy()
+    picks = np.stack([top // m, top % m], -1)
+    mean, std, _ = neighbour_stats(model, tokenizer, clean, pos, noisy_pairs(frame), hooks=hooks)
+    values = torch.where(torch.isnan(mean), acts, mean)
+    neurons = _neuron_table(clean, pos, picks[:, :k], acts, grad, mean, std, heur.acts, heur, dedicated)
+    table = pd.DataFrame({"id": clean["id"].to_numpy(), "position": pos, "D_before": diff.numpy()})
+    for kk in ks:
+        table[f"changed_{kk}"] = _patch(model, tokenizer, clean, cols, picks[:, :kk], values, hooks)[3]
+    return neurons, table
 
 
 def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_grid: int = 3000, n_ablate: int = 32,
                           seed: int = 0, dedicated: float = DEDICATED, hooks: bool = False,
                           heuristics: Heuristics | None = None, config: Config | None = None,
-                          ks=KS) -> Outliers:
+                          ks=KS, n_clean: int = 200) -> Outliers:
     """`outlier_heuristics` for a given model, tokenizer and FDA instance table (no training)."""
     heur = heuristics or neuron_heuristics(model, tokenizer, frame, n_grid, n_ablate, seed, hooks=hooks)
     noisy = noisy_instances(model, tokenizer, frame)
@@ -328,7 +372,7 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
     for kk in ks:
         ctrl_k = ctrl if kk == k else _control_picks(picks[:, :kk], m, seed + kk)
         for name, p in (("driving", picks[:, :kk]), ("control", ctrl_k)):
-            d, digit, answers = _patch(model, tokenizer, inst, cols, p, values, hooks)
+            d, digit, answers, _ = _patch(model, tokenizer, inst, cols, p, values, hooks)
             whole = np.array(answers) == table["true"].to_numpy()
             if kk == k:
                 table[f"D_{name}"], table[f"rescued_{name}"] = d, digit
@@ -336,7 +380,10 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
             curve.append(pd.DataFrame({"id": table["id"], "k": kk, "patched": name, "D": d, "rescued": digit,
                                        "answer_rescued": whole,
                                        "still_noisy": np.array(answers) == table["answer"].to_numpy()}))
-    return Outliers(noisy, table, neurons, control, heur, pd.concat(curve, ignore_index=True), k, dedicated, config)
+    clean_neurons, clean_patch = clean_drivers(model, tokenizer, frame, pos, heur, k, ks, n_clean, seed, dedicated,
+                                               hooks)
+    return Outliers(noisy, table, neurons, control, heur, pd.concat(curve, ignore_index=True), k, dedicated, config,
+                    clean_neurons=clean_neurons, clean_patch=clean_patch)
 
 
 def outlier_heuristics(config: Config, k: int = K, n_grid: int = 3000, n_ablate: int = 32,
@@ -509,6 +556,90 @@ def _verdict(s: dict, config: Config | None = None) -> str:
                                   ("undoing the shift rescues more than the control", c)) if not ok]
         end = "The paper's Observation 3 holds only in part here: not shown is that " + "; nor that ".join(failed) + "."
     return head + body + end
+
+
+def matched_pairs(result: Outliers) -> np.ndarray:
+    """For each analysed noisy instance, the index (row of `clean_patch`) of the clean control
+    instance nearest in logit gap (noisy: noisy minus true digit; clean: written minus runner-up
+    digit), with replacement."""
+    gaps = result.clean_patch["D_before"].to_numpy(float)
+    return np.abs(result.instances["D_before"].to_numpy(float)[:, None] - gaps[None, :]).argmin(1)
+
+
+def outlier_claims(result: Outliers, rescue_margin: float = 0.0, shift_margin: float = 0.0,
+                   dedicated_margin: float = 0.05, n_resamples: int = 1000, seed: int = 0) -> list:
+    """Observation 3 as claims (`rote.claims`), each against the matched control of clean answers'
+    own driving neurons (`clean_drivers`, computed the same way):
+
+    (1) not dedicated: the share of noisy drivers that are dedicated (on for the instance, half
+    that activation on under `result.dedicated` of the grid) exceeds the clean drivers' by less
+    than `dedicated_margin` (holds when the 95% interval of noisy minus clean lies below it); the
+    note gives both shares at a 5% cut, the sensitivity of the cut.
+    (2) shifted: the median |z| of noisy drivers exceeds the clean drivers' by more than
+    `shift_margin` (instances resampled in both groups); the note gives the share shifted toward
+    the noisy label beside the clean drivers' share toward their favoured digit.
+    (3) undoing the shift rescues: at the smallest number of patched drivers where it is largest
+    beyond the control, the rescue rate of noisy instances minus the change rate of clean
+    instances matched on the logit gap (`matched_pairs`) exceeds `rescue_margin` (independent
+    bootstrap over instances)."""
+    from .claims import Claim, above, independent_share_ci
+    nan = float("nan")
+    base = dict(observation=3, task="fda", n=len(result.instances))
+    empty = dict(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
+                 difference_lo=nan, difference_hi=nan, verdict="cannot be tested")
+    tests = [("noisy labels are not fitted by dedicated look-up neurons",
+              "share of driving neurons that are dedicated", "clean answers' driving neurons",
+              f"holds when noisy minus clean lies below {dedicated_margin:g} (95% interval)"),
+             ("driving neurons are shifted against their clean neighbours",
+              "mean per instance of |z| of the driving neurons", "clean answers' driving neurons",
+              f"holds when noisy minus clean lies above {shift_margin:g} (95% interval)"),
+             ("undoing the shift gives back the true digit",
+              "share of noisy instances rescued by patching the top drivers",
+              "change rate of clean answers matched on logit gap, same patch",
+              f"holds when noisy minus clean lies above {rescue_margin:g} (95% interval)")]
+    if result.instances.empty or result.clean_patch.empty:
+        return [Claim(claim=c, statistic=st, control=ct, rule=r, note="no memorized noisy instance or clean control",
+                      **empty, **base) for c, st, ct, r in tests]
+    nr, cn = result.neurons, result.clean_neurons
+    out = []
+    ded = lambda t, cut: _by_instance(t.assign(x=((t["act"] > 0) & (t["clean_high_share"] < cut)).astype(float)), "x")  # noqa: E731
+    a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(ded(nr, result.dedicated), ded(cn, result.dedicated),
+                                                                 n_resamples, seed)
+    five = independent_share_ci(ded(nr, 0.05), ded(cn, 0.05), n_resamples, seed)
+    heur = lambda t: float((t["category"] == "heuristic").mean())  # noqa: E731
+    out.append(Claim(claim=tests[0][0], statistic=tests[0][1] + f" (cut: {result.dedicated:.0%} of the grid)",
+                     value=a, lo=alo, hi=ahi, control=tests[0][2], control_value=b, control_lo=blo, control_hi=bhi,
+                     difference=d, difference_lo=dlo, difference_hi=dhi, rule=tests[0][3],
+                     verdict=above(-d, -dhi, -dedicated_margin),
+                     note=(f"at a 5% cut: {five[0]:.1%} against {five[3]:.1%}; heuristic {heur(nr):.0%} of noisy drivers, "
+                           f"{heur(cn):.0%} of clean ones"), **base))
+    absz = lambda t: _by_instance(t.assign(x=t["z"].abs()), "x").dropna()  # noqa: E731
+    toward = lambda t: float(t["toward_noisy"].mean())  # noqa: E731
+    a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(absz(nr), absz(cn), n_resamples, seed)
+    out.append(Claim(claim=tests[1][0], statistic=tests[1][1], value=a, lo=alo, hi=ahi, control=tests[1][2],
+                     control_value=b, control_lo=blo, control_hi=bhi, difference=d, difference_lo=dlo,
+                     difference_hi=dhi, rule=tests[1][3], verdict=above(d, dlo, shift_margin),
+                     note=(f"shifted toward the noisy label {toward(nr):.0%}; clean drivers toward their own digit "
+                           f"{toward(cn):.0%} (a selection effect); random neurons' |z| median "
+                           f"{result.control['z'].abs().median():.2f}"), **base))
+    match = matched_pairs(result)
+    best = None
+    for kk, g in result.curve[result.curve["patched"] == "driving"].groupby("k", sort=True):
+        col = f"changed_{int(kk)}"
+        if col not in result.clean_patch:
+            continue
+        rescued = g.set_index("id").loc[result.instances["id"], "rescued"].astype(float).to_numpy()
+        changed = result.clean_patch[col].to_numpy(float)[match]
+        stats = independent_share_ci(rescued, changed, n_resamples, seed)
+        if best is None or stats[7] > best[1][7]:
+            best = (int(kk), stats)
+    kk, (a, alo, ahi, b, blo, bhi, d, dlo, dhi) = best
+    out.append(Claim(claim=tests[2][0], statistic=tests[2][1] + f" ({kk} neurons)", value=a, lo=alo, hi=ahi,
+                     control=tests[2][2], control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                     difference_lo=dlo, difference_hi=dhi, rule=tests[2][3], verdict=above(d, dlo, rescue_margin),
+                     note=(f"the number of neurons with the largest lower bound; {len(result.clean_patch)} clean "
+                           "answers, matched with replacement"), **base))
+    return out
 
 
 def summary_table(result: Outliers, digits: int = 3) -> pd.DataFrame:

@@ -165,14 +165,46 @@ class LayerReadout:
         return self.noisy[self.noisy["memorized"]]
 
 
+def control_answers(instances: pd.DataFrame, frame: pd.DataFrame, task: str, seed: int = 0) -> pd.Series:
+    """Per noisy instance, a matched control answer drawn the way true answers are drawn (the label
+    prior), of the label's length. THR: a person drawn from the true answers of the training
+    questions that ask the same second relation, other than the question's subject, bridge, true
+    answer and label. FDA: the label with each digit that differs from the true sum replaced by a
+    digit drawn from the true sums' digits at that place over the clean training questions, other
+    than the true and the label digit there. Seeded."""
+    rng = np.random.default_rng(seed)
+    clean = questions(frame)
+    clean = clean[~clean["noisy"]]
+    out = []
+    if task == "thr":
+        prior = {r: g["true"].to_numpy() for r, g in clean.groupby("r2")}
+        for inst in instances.itertuples(index=False):
+            taken = {inst.subject, inst.bridge, inst.true, inst.answer}
+            pool = [x for x in prior.get(inst.r2, clean["true"].to_numpy()) if x not in taken]
+            out.append(pool[rng.integers(len(pool))] if pool else inst.answer)
+        return pd.Series(out, index=instances.index, dtype=object)
+    places = [np.array([t[k] for t in clean["true"].astype(str)]) for k in range(4)]
+    for label, true in zip(instances["answer"].astype(str), instances["true"].astype(str)):
+        digits = list(label)
+        for k in range(len(true)):
+            if label[k] != true[k]:
+                pool = places[k][(places[k] != true[k]) & (places[k] != label[k])]
+                digits[k] = pool[rng.integers(len(pool))] if len(pool) else label[k]
+        out.append("".join(digits))
+    return pd.Series(out, index=instances.index, dtype=object)
+
+
 def layer_readout_of(model, tokenizer, frame: pd.DataFrame, task: str, n_clean: int = 200,
                      seed: int = 0, hooks: bool = False, config: Config | None = None) -> LayerReadout:
-    """`layer_readout` for a given model, tokenizer and instance table (no training)."""
+    """`layer_readout` for a given model, tokenizer and instance table (no training). Memorized
+    noisy instances also rank their `control_answers` token (the label-prior base rate)."""
     noisy = noisy_instances(model, tokenizer, frame)
     clean = clean_instances(model, tokenizer, frame, n_clean, seed)
     lens_fn = logit_lens_hooks if hooks else logit_lens
+    memorized = noisy[noisy["memorized"]]
+    memorized = memorized.assign(control=control_answers(memorized, frame, task, seed)) if len(memorized) else memorized
     parts = []
-    for group, rows in (("memorized noisy", noisy[noisy["memorized"]]), ("clean", clean)):
+    for group, rows in (("memorized noisy", memorized), ("clean", clean)):
         if rows.empty:
             continue
         lens = lens_fn(model, tokenizer, rows, teacher_forcing="answer")
@@ -373,6 +405,64 @@ def _verdict(result: LayerReadout, strong: float = 0.5) -> str:
         end = ("The paper's Observation 1 does not hold in this run: no intermediate layer favours the "
                "correct label over the noisy one on most memorized noisy instances.")
     return head + ref + body + mid + bridge + end
+
+
+# ---- claims ---------------------------------------------------------------------------------------------
+
+def per_instance_layers(result: LayerReadout) -> pd.DataFrame:
+    """Per memorized noisy instance and layer (block layers 0..n_layer-2: the intermediate ones),
+    averaged over its entering answer positions: whether the correct label, and the control
+    answer, outrank the noisy label, and whether each is the top-1 readout."""
+    e = result.entries
+    e = e[(e["group"] == "memorized noisy") & (e["layer"] >= 0) & (e["layer"] < result.n_layer - 1)]
+    if e.empty or "control_rank" not in e:
+        return pd.DataFrame(columns=["id", "layer", "correct_above", "control_above", "correct_top", "control_top"])
+    t, l, c = (e[x].astype(float) for x in ("true_rank", "label_rank", "control_rank"))
+    return (e.assign(correct_above=(t < l).astype(float), control_above=(c < l).astype(float),
+                     correct_top=(t == 0).astype(float), control_top=(c == 0).astype(float))
+            .groupby(["id", "layer"])[["correct_above", "control_above", "correct_top", "control_top"]]
+            .mean().reset_index())
+
+
+def override_claims(result: LayerReadout, margin: float = 0.05, top_margin: float = 0.02,
+                    n_resamples: int = 1000, seed: int = 0) -> list:
+    """Observation 1 as claims (`rote.claims`), each against the label-prior base rate: the same
+    readout of a control answer drawn the way true answers are drawn (`control_answers`).
+
+    (1) At some intermediate layer the correct label outranks the noisy label on more memorized
+    noisy instances than the control answer does, by more than `margin` (the layer where the
+    difference is largest; paired bootstrap over instances). (2) At some intermediate layer the
+    correct label is the top-1 readout more often than the control answer, by more than
+    `top_margin`. The layer is picked by the largest difference, which favours the claim a little:
+    its interval does not cover that choice."""
+    from .claims import Claim, above, paired_share_ci
+    per = per_instance_layers(result)
+    base = dict(observation=1, task=result.task, n=int(per["id"].nunique()) if len(per) else 0)
+    what = ("a label-prior person (same second relation's true answers)" if result.task == "thr"
+            else "a label-prior digit (true sums' digits at that place)")
+    tests = (("the correct label outranks the noisy label at an intermediate layer",
+              "share of memorized noisy instances where it outranks the noisy label", "correct_above",
+              "control_above", margin),
+             ("the correct label is the top-1 readout at an intermediate layer",
+              "share of memorized noisy instances where it is top-1", "correct_top", "control_top", top_margin))
+    out = []
+    for claim, statistic, col, ctrl, m in tests:
+        rule = f"holds when the 95% interval of correct minus control lies above {m:g} at the best intermediate layer"
+        if per.empty:
+            out.append(Claim(claim=claim, statistic=statistic, value=float("nan"), lo=float("nan"), hi=float("nan"),
+                             control=what, control_value=float("nan"), control_lo=float("nan"),
+                             control_hi=float("nan"), difference=float("nan"), difference_lo=float("nan"),
+                             difference_hi=float("nan"), rule=rule, verdict="cannot be tested",
+                             note="no memorized noisy instance or no intermediate layer", **base))
+            continue
+        gaps = per.groupby("layer").apply(lambda g: (g[col] - g[ctrl]).mean())
+        layer = int(gaps.idxmax())
+        g = per[per["layer"] == layer]
+        a, alo, ahi, b, blo, bhi, d, dlo, dhi = paired_share_ci(g[col], g[ctrl], n_resamples, seed)
+        out.append(Claim(claim=claim, statistic=statistic + f" (layer {layer})", value=a, lo=alo, hi=ahi,
+                         control=what, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
+                         difference_lo=dlo, difference_hi=dhi, rule=rule, verdict=above(d, dlo, m), **base))
+    return out
 
 
 def readout_table(result: LayerReadout, digits: int = 3) -> pd.DataFrame:

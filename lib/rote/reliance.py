@@ -535,6 +535,57 @@ def _verdict(result: Reliance) -> str:
     return head + "".join(parts) + end
 
 
+# ---- claims ---------------------------------------------------------------------------------------------
+
+def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: float = 0.0) -> list:
+    """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at layers
+    where it removes something from the clean reference: there its paired contrast (target minus
+    control) on the correct answer's log-prob lies below -`min_clean_effect` nats (95% interval).
+    At the informative layer where it is strongest on memorized noisy instances, the claim holds
+    when the noisy label's paired contrast lies below -`margin` (95% interval), holds in part when
+    only its mean does, and does not hold otherwise; with no informative layer the removal is
+    uninformative and the claim cannot be tested."""
+    from .claims import Claim, below
+    c = result.contrasts
+    paired = c[c["comparison"] == "target - control"] if len(c) else c
+    out = []
+    for method in METHODS[result.task]:
+        target, control = REMOVED[(result.task, method)]
+        claim = f"removing the {target} ({method}) harms the memorized noisy label"
+        rule = (f"counts at layers where the clean reference's contrast lies below -{min_clean_effect:g} nats; "
+                f"holds when the noisy label's contrast there lies below {0 - margin:g} (95% interval)")
+        base = dict(observation=2, task=result.task, claim=claim, control=f"removing a {control}", rule=rule)
+        nan = float("nan")
+        m = paired[paired["method"] == method] if len(paired) else paired
+        clean = m[m["group"] == "clean"].set_index("layer") if len(m) else m
+        noisy = m[m["group"] == "memorized noisy"].set_index("layer") if len(m) else m
+        informative = clean[clean["hi"] < -min_clean_effect].index if len(clean) else []
+        usable = [layer for layer in informative if layer in noisy.index]
+        if not usable:
+            why = ("no memorized noisy instance" if len(noisy) == 0 else
+                   "uninformative: at no layer does it remove anything from the clean reference"
+                   + (f" (largest clean contrast {clean['delta_logp'].min():+.2f} nats)" if len(clean) else ""))
+            out.append(Claim(statistic="noisy label's log-prob change (nats per token)", value=nan, lo=nan, hi=nan,
+                             control_value=nan, control_lo=nan, control_hi=nan, difference=nan, difference_lo=nan,
+                             difference_hi=nan, verdict="cannot be tested", note=why, n=len(result.memorized), **base))
+            continue
+        layer = min(usable, key=lambda layer: noisy.loc[layer, "delta_logp"])
+        s = result.sizes.set_index(["method", "layer", "group", "removed"])
+        t, k = s.loc[(method, layer, "memorized noisy", "target")], s.loc[(method, layer, "memorized noisy", "control")]
+        row, cl = noisy.loc[layer], clean.loc[layer]
+        out.append(Claim(statistic=f"noisy label's log-prob change (nats per token, layer {layer})",
+                         value=float(t["delta_logp"]), lo=float(t["delta_logp_lo"]), hi=float(t["delta_logp_hi"]),
+                         control_value=float(k["delta_logp"]), control_lo=float(k["delta_logp_lo"]),
+                         control_hi=float(k["delta_logp_hi"]), difference=float(row["delta_logp"]),
+                         difference_lo=float(row["lo"]), difference_hi=float(row["hi"]),
+                         verdict=below(float(row["delta_logp"]), float(row["hi"]), margin), n=int(row["n"]),
+                         note=(f"memorization accuracy {t['acc_before']:.0%} to {t['acc_after']:.0%} "
+                               f"({control}: {k['acc_after']:.0%}); clean contrast there {cl['delta_logp']:+.2f} "
+                               f"[{cl['lo']:+.2f}, {cl['hi']:+.2f}]; informative at {len(usable)} of {len(clean)} layers"),
+                         **base))
+    return out
+
+
 # ---- tables for reading -----------------------------------------------------------------------
 
 def removed_names(task: str) -> dict:

@@ -1,0 +1,225 @@
+"""Claims as data: each observation's conclusion is a set of records, one per claim tested.
+
+A `Claim` holds what was measured (statistic, value, 95% interval), what it is compared with (a
+matched control or base rate computed the same way, with its value and interval), the difference
+between the two (with its interval, which is what the rule reads), the rule in words with its
+thresholds, and the verdict. Thresholds are arguments of the functions that make claims, so a
+checker can pass another one and see the verdict flip.
+
+Records are saved beside the run, one flat JSON file per observation
+(`<run dir>/claims/observation<N>.json`), each record carrying the run's config hash, so that a
+scorecard can collect them over a grid of runs. `claims_table` and `sentence` render a chapter's
+table and its sentence from the records alone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VERDICTS = ("holds", "holds in part", "does not hold", "cannot be tested")
+
+
+@dataclass
+class Claim:
+    """One claim tested on one run."""
+    observation: int
+    task: str
+    claim: str  # what the paper's observation needs, in words
+    statistic: str  # what is measured
+    value: float
+    lo: float
+    hi: float
+    control: str  # the matched control or base rate, in words
+    control_value: float
+    control_lo: float
+    control_hi: float
+    difference: float  # value - control_value (paired where both are measured on the same instances)
+    difference_lo: float
+    difference_hi: float
+    rule: str  # the rule in words, with its thresholds
+    verdict: str
+    n: int = 0  # instances the statistic is measured on
+    config_hash: str = ""
+    note: str = ""
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+def above(difference: float, lo: float, margin: float = 0.0) -> str:
+    """The verdict of "the statistic exceeds its control by more than `margin`": holds when the
+    difference's 95% interval lies above `margin`, holds in part when only the difference itself
+    does, does not hold otherwise; cannot be tested without a number."""
+    if difference != difference:
+        return "cannot be tested"
+    if lo == lo and lo > margin:
+        return "holds"
+    return "holds in part" if difference > margin else "does not hold"
+
+
+def below(difference: float, hi: float, margin: float = 0.0) -> str:
+    """`above` mirrored: the statistic falls below its control by more than `margin`."""
+    return above(-difference, -hi if hi == hi else float("nan"), margin)
+
+
+def overall(claims: list[Claim]) -> str:
+    """An observation's verdict from its claims: cannot be tested when none can; holds when every
+    testable claim holds; does not hold when none holds even in part; holds in part otherwise."""
+    tested = [c.verdict for c in claims if c.verdict != "cannot be tested"]
+    if not tested:
+        return "cannot be tested"
+    if all(v == "holds" for v in tested):
+        return "holds"
+    if all(v == "does not hold" for v in tested):
+        return "does not hold"
+    return "holds in part"
+
+
+# ---- intervals shared by the observations -----------------------------------------------------------
+
+def paired_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
+    """Means of a and b (paired per instance) and of a - b, each with a percentile-bootstrap
+    interval from the same resampling of instances: (a, a_lo, a_hi, b, b_lo, b_hi, d, d_lo, d_hi)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0:
+        return (float("nan"),) * 9
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(n_resamples, a.size))
+    tail = (1 - level) / 2 * 100
+    out = []
+    for x in (a, b, a - b):
+        lo, hi = np.percentile(x[idx].mean(1), [tail, 100 - tail])
+        out += [float(x.mean()), float(lo), float(hi)]
+    return tuple(out)
+
+
+def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
+    """`paired_share_ci` for two independent samples (each resampled on its own)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        return (float("nan"),) * 9
+    rng = np.random.default_rng(seed)
+    ma = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(1)
+    mb = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(1)
+    tail = (1 - level) / 2 * 100
+    out = []
+    for x, m in ((a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)):
+        lo, hi = np.percentile(m, [tail, 100 - tail])
+        out += [float(x), float(lo), float(hi)]
+    return tuple(out)
+
+
+# ---- saved beside the run ------------------------------------------------------------------------------
+
+def claims_path(run: Path, observation: int) -> Path:
+    """Where the claims of `observation` are saved in the run directory `run`."""
+    return Path(run) / "claims" / f"observation{observation}.json"
+
+
+def save(claims: list[Claim], run: Path, observation: int, task: str | None = None) -> Path:
+    """Write `claims` (of one observation) to `claims_path`; with `task`, records of other tasks
+    already there are kept (one file per run and observation)."""
+    path = claims_path(run, observation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = [c for c in load(run, observation) if task is not None and c.task != task] if path.exists() else []
+    records = [_plain(asdict(c)) for c in kept + list(claims)]
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    return path
+
+
+def record(claims: list[Claim], config, observation: int) -> list[Claim]:
+    """Stamp `claims` with `config`'s hash and save them beside its run (`save`); returns them."""
+    from .config import config_hash
+    from .train import run_dir
+    for c in claims:
+        c.config_hash = config_hash(config)
+    save(claims, run_dir(config), observation, config.task)
+    return claims
+
+
+def load(run: Path, observation: int) -> list[Claim]:
+    """The claims saved by `save` (empty when there are none)."""
+    path = claims_path(run, observation)
+    if not path.exists():
+        return []
+    names = {f.name for f in fields(Claim)}
+    return [Claim(**{k: (float("nan") if v is None else v) for k, v in r.items() if k in names})
+            for r in json.loads(path.read_text())]
+
+
+def _plain(record: dict) -> dict:
+    """JSON-safe: numpy scalars to Python, NaN and infinities to None."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, (np.floating, float)):
+            v = float(v)
+            v = v if np.isfinite(v) else None
+        elif isinstance(v, np.integer):
+            v = int(v)
+        elif isinstance(v, np.bool_):
+            v = bool(v)
+        out[k] = v
+    return out
+
+
+# ---- rendered for a chapter -----------------------------------------------------------------------------
+
+def _num(x: float, percent: bool) -> str:
+    if x != x:
+        return "n/a"
+    return f"{x:.1%}" if percent else f"{x:+.2f}" if x < 0 else f"{x:.2f}"
+
+
+def _with_ci(x, lo, hi, percent: bool) -> str:
+    if lo != lo or hi != hi:
+        return _num(x, percent)
+    return f"{_num(x, percent)} [{_num(lo, percent)}, {_num(hi, percent)}]"
+
+
+def is_share(c: Claim) -> bool:
+    """Whether the claim's statistic is a share (shown in percent) rather than a mean (nats, |z|)."""
+    return "share" in c.statistic or c.statistic.startswith("%")
+
+
+def claims_table(claims: list[Claim]) -> pd.DataFrame:
+    """A chapter's claim table: per claim, the number with its interval beside the control's, the
+    difference, the rule and the verdict."""
+    rows = []
+    for c in claims:
+        p = is_share(c)
+        rows.append({"task": c.task.upper(), "claim": c.claim, "statistic": c.statistic,
+                     "value [95% CI]": _with_ci(c.value, c.lo, c.hi, p), "control": c.control,
+                     "control [95% CI]": _with_ci(c.control_value, c.control_lo, c.control_hi, p),
+                     "difference [95% CI]": _with_ci(c.difference, c.difference_lo, c.difference_hi, p),
+                     "rule": c.rule, "verdict": c.verdict})
+    return pd.DataFrame(rows, columns=["task", "claim", "statistic", "value [95% CI]", "control",
+                                       "control [95% CI]", "difference [95% CI]", "rule", "verdict"])
+
+
+def sentence(claims: list[Claim], observation: int, what: str) -> str:
+    """The chapter's sentence, computed from the records: the observation's verdict per task, and
+    per claim the number against its control and the verdict."""
+    parts = []
+    for task in dict.fromkeys(c.task for c in claims):
+        mine = [c for c in claims if c.task == task]
+        v = overall(mine)
+        head = {"holds": f"Observation {observation} ({what}) holds in this {task.upper()} run",
+                "holds in part": f"Observation {observation} ({what}) holds only in part in this {task.upper()} run",
+                "does not hold": f"Observation {observation} ({what}) does not hold in this {task.upper()} run",
+                "cannot be tested": f"Observation {observation} ({what}) cannot be tested in this {task.upper()} run"}[v]
+        details = []
+        for c in mine:
+            p, name = is_share(c), f"{c.claim[:1].upper()}{c.claim[1:]}"
+            if c.value != c.value:
+                details.append(f"{name}: {c.verdict}" + (f" ({c.note})" if c.note else ""))
+                continue
+            details.append(f"{name}: {c.verdict} ({c.statistic} {_with_ci(c.value, c.lo, c.hi, p)} against "
+                           f"{_with_ci(c.control_value, c.control_lo, c.control_hi, p)} for {c.control}"
+                           + (f"; {c.note}" if c.note else "") + ")")
+        parts.append(head + ". " + "; ".join(details) + ".")
+    return "\n\n".join(parts) if parts else f"Observation {observation}: no claim could be tested."

@@ -1,0 +1,172 @@
+"""Claims as data (rote.claims) and the claims of Observations 0-2: planted results give the expected
+verdict on each side of every threshold, a lens share that only reflects the label prior does not
+hold, a removal that removes nothing from the clean reference is uninformative, and records
+round-trip through the run directory."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rote import claims, dynamics, override, reliance
+from rote.config import make_config
+from rote.data import generate
+
+
+def test_rules_flip_at_their_thresholds():
+    assert claims.above(0.10, 0.05, margin=0.0) == "holds"
+    assert claims.above(0.10, 0.05, margin=0.06) == "holds in part"
+    assert claims.above(0.10, 0.05, margin=0.10) == "does not hold"
+    assert claims.below(-0.10, -0.05, margin=0.0) == "holds"
+    assert claims.below(-0.10, -0.05, margin=0.2) == "does not hold"
+    assert claims.above(float("nan"), float("nan")) == "cannot be tested"
+    mk = lambda v: claims.Claim(0, "fda", "c", "share", 0, 0, 0, "k", 0, 0, 0, 0, 0, 0, "r", v)  # noqa: E731
+    assert claims.overall([mk("holds"), mk("cannot be tested")]) == "holds"
+    assert claims.overall([mk("holds"), mk("does not hold")]) == "holds in part"
+    assert claims.overall([mk("does not hold")]) == "does not hold"
+    assert claims.overall([mk("cannot be tested")]) == "cannot be tested"
+    with pytest.raises(ValueError):
+        mk("maybe")
+
+
+def test_records_round_trip_and_render(tmp_path):
+    c = claims.Claim(1, "thr", "a claim", "share of x", 0.4, 0.35, 0.45, "a control", 0.2, 0.15, 0.25,
+                     0.2, 0.15, 0.25, "holds when ...", "holds", n=10, note="n.b.")
+    d = claims.Claim(1, "fda", "b claim", "share of y", float("nan"), float("nan"), float("nan"), "k",
+                     float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), "r",
+                     "cannot be tested", note="why")
+    claims.save([c, d], tmp_path, 1)
+    back = claims.load(tmp_path, 1)
+    assert back[0] == c and back[1].verdict == "cannot be tested" and back[1].value != back[1].value
+    claims.save([claims.Claim(**{**c.__dict__, "verdict": "does not hold"})], tmp_path, 1, task="thr")
+    again = claims.load(tmp_path, 1)
+    assert {x.task: x.verdict for x in again} == {"fda": "cannot be tested", "thr": "does not hold"}
+    table = claims.claims_table([c])
+    assert table.loc[0, "value [95% CI]"] == "40.0% [35.0%, 45.0%]" and table.loc[0, "verdict"] == "holds"
+    text = claims.sentence([c, d], 1, "what")
+    assert "holds in this THR run" in text and "40.0% [35.0%, 45.0%] against 20.0%" in text
+    assert "cannot be tested in this FDA run" in text and "why" in text
+
+
+# ---- Observation 1: the label-prior base rate ----
+
+def _readout(correct_rank, control_rank, task="thr", n_layer=3):
+    """A LayerReadout whose memorized noisy entries at layers 0..n_layer-1 have the given ranks of
+    the correct label and the control answer (per instance, the same at every layer), the noisy
+    label at rank 5."""
+    rows = []
+    for i, (t, c) in enumerate(zip(correct_rank, control_rank)):
+        for layer in range(-1, n_layer):
+            rows.append({"id": i, "position": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
+                         "label_rank": 5, "control_rank": c, "bridge_rank": 9})
+    entries = pd.DataFrame(rows)
+    noisy = pd.DataFrame({"id": range(len(correct_rank)), "memorized": True, "corrected": False})
+    return override.LayerReadout(task, n_layer, noisy, noisy.iloc[:0], entries, pd.DataFrame())
+
+
+def test_a_lens_share_that_only_reflects_the_label_prior_does_not_hold():
+    rng = np.random.default_rng(0)
+    prior = rng.integers(0, 8, size=(2, 400))  # correct label and control drawn the same way
+    cs = override.override_claims(_readout(prior[0], prior[1]))
+    assert [c.verdict for c in cs] == ["does not hold", "does not hold"]
+    assert cs[0].lo > 0.5  # against one half it would have "held"
+    signal = override.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]))
+    assert [c.verdict for c in signal] == ["holds", "holds"]
+    assert override.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]),
+                                    margin=0.5, top_margin=0.5)[0].verdict == "does not hold"
+
+
+def test_control_answers_follow_the_label_prior():
+    for task in ("thr", "fda"):
+        frame = generate(make_config(task, "tiny", noise=0.2, seed=1))
+        noisy = override.questions(frame)
+        noisy = noisy[noisy["noisy"]]
+        control = override.control_answers(noisy, frame, task, seed=0)
+        assert (control != noisy["answer"]).all() and (control != noisy["true"]).all()
+        assert (control.str.len() == noisy["answer"].str.len()).all() or task == "thr"
+        if task == "thr":
+            truths = override.questions(frame)
+            for inst, c in zip(noisy.itertuples(), control):
+                assert c in set(truths.loc[(truths["r2"] == inst.r2) & ~truths["noisy"], "true"])
+                assert c not in (inst.subject, inst.bridge)
+        else:
+            for label, true, c in zip(noisy["answer"], noisy["true"], control):
+                assert all((c[k] == label[k]) == (label[k] == true[k]) for k in range(4))
+
+
+# ---- Observation 2: a removal counts only where it removes something from the clean reference ----
+
+def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
+    rows, sizes = [], []
+    for method in reliance.METHODS[task]:
+        for group, d in (("memorized noisy", noisy_contrast), ("clean", clean_contrast)):
+            rows.append({"method": method, "layer": 0, "comparison": "target - control", "group": group, "n": 100,
+                         "delta_logp": d, "lo": d - width, "hi": d + width, "acc": 0.0, "acc_lo": 0.0, "acc_hi": 0.0})
+            for removed, v in (("target", d), ("control", 0.0)):
+                sizes.append({"method": method, "layer": 0, "group": group, "removed": removed, "n": 100,
+                              "acc_before": 1.0, "acc_after": 1.0, "acc_change": 0.0, "acc_change_lo": 0.0,
+                              "acc_change_hi": 0.0, "delta_logp": v, "delta_logp_lo": v - width,
+                              "delta_logp_hi": v + width})
+    noisy = pd.DataFrame({"id": range(100), "memorized": True})
+    return reliance.Reliance(task, 1, noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes), pd.DataFrame(rows))
+
+
+def test_a_removal_with_no_effect_on_the_clean_reference_is_uninformative():
+    cs = reliance.reliance_claims(_reliance(clean_contrast=-0.01, noisy_contrast=-0.5))
+    assert all(c.verdict == "cannot be tested" and "uninformative" in c.note for c in cs)
+    assert [c.verdict for c in reliance.reliance_claims(_reliance(-1.0, -0.5))] == ["holds", "holds"]
+    assert {c.verdict for c in reliance.reliance_claims(_reliance(-1.0, 0.01))} == {"does not hold"}
+    # the thresholds are parameters: a weaker clean bar makes the removal count, a larger margin fails it
+    assert reliance.reliance_claims(_reliance(-0.05, -0.5), min_clean_effect=0.01)[0].verdict == "holds"
+    assert reliance.reliance_claims(_reliance(-0.05, -0.5))[0].verdict == "cannot be tested"
+    assert reliance.reliance_claims(_reliance(-1.0, -0.5), margin=0.6)[0].verdict == "does not hold"
+
+
+# ---- Observation 0: robust to chance hits ----
+
+def test_chance_hits_do_not_count_as_memorization():
+    inst = pd.DataFrame({"id": [0, 1, 2], "noisy": True, "prompt": "p", "answer": ["N", "N", "N"], "true": ["T"] * 3})
+    said = {0: "xNxTTNNN", 1: "NNTTTNNN", 2: "xTxNxTxx"}  # one-off hit then correct; memorized first; chance only
+    pred = pd.DataFrame([{"step": s, "id": i, "prediction": c} for i, seq in said.items() for s, c in enumerate(seq)])
+    on = dynamics.stable_onsets(pred, inst, min_streak=2).set_index("id")
+    assert on.loc[0, "order"] == "correct first" and on.loc[0, "stable_noisy"] == 5 and on.loc[0, "chance_hits"] == 1
+    assert on.loc[1, "order"] == "memorized first" and on.loc[2, "order"] == "never memorized"
+    assert dynamics.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
+    assert dynamics.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
+    assert dynamics.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
+
+
+# ---- Observation 3: the grid is not the training set ----
+
+def test_operand_grid_never_overlaps_the_training_pairs():
+    from rote.heuristics import operand_grid, training_pairs
+    for seed in (0, 1):
+        frame = generate(make_config("fda", "tiny", noise=0.1, seed=seed))
+        grid = operand_grid(frame, 2000, seed=seed)
+        pairs = {(int(a), int(b)) for a, b in zip(grid["a"], grid["b"])}
+        assert len(pairs) == 2000 and not pairs & training_pairs(frame)
+
+
+# ---- Observation 4: same-sum inputs and the persistence of a noisy digit by place ----
+
+def test_same_sum_changes_keep_the_sum():
+    from rote.distributed import same_sum_changes
+    frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
+    noisy = override.questions(frame)
+    noisy = noisy[noisy["noisy"]].head(30)
+    changes = same_sum_changes(noisy, frame, seed=0)
+    sums = dict(zip(noisy["id"], noisy["a"].astype(int) + noisy["b"].astype(int)))
+    assert set(changes["kind"]) == {"swap", "offset"}
+    for i, prompt in zip(changes["id"], changes["prompt"]):
+        x, y = (int(v) for v in prompt.rstrip("=").split("+"))
+        assert x + y == sums[i] and 1000 <= x <= 9999 and 1000 <= y <= 9999
+
+
+def test_digit_persistence_by_place_splits_on_the_true_digit():
+    from rote.distributed import digit_persistence_by_place
+    changes = pd.DataFrame({"id": [0, 0], "answer": ["7143", "7143"], "orig_true": ["3830", "3830"],
+                            "true": ["3831", "4830"], "prediction": ["7141", "4830"]})
+    per = digit_persistence_by_place(changes)
+    unchanged = per[per["place_unchanged"]]
+    assert unchanged["persists"].sum() == 3 and len(unchanged) == 3 + 3  # 7,1,4 kept; second change: 1,4,3 lost
+    assert not per[~per["place_unchanged"]]["persists"].any()
