@@ -139,3 +139,21 @@ def test_paper_profile_without_gpu_stops_with_the_flag_to_force_it(tmp_path, mon
         book.build("paper", root=tmp_path)
     assert "\n" not in str(err.value.code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_chapter_checks_its_parameters_right_after_them():
+    for notebook in book.chapters():
+        cells = json.loads(notebook.read_text())["cells"]
+        at = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])][0]
+        assert "check_parameters(globals())" in "".join(cells[at + 1]["source"]), notebook
+
+
+@pytest.mark.parametrize("parameters,message", [({"nosie": 0.1}, "unknown parameter(s) nosie; allowed: task"),
+                                                ({"noise": 1.5}, "noise must be in [0, 1), got 1.5")])
+def test_papermill_with_a_bad_parameter_stops_with_one_line(tmp_path, parameters, message):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(tmp_path / "out.ipynb"),
+                                   kernel_name="python3", parameters={"profile": "tiny", **parameters},
+                                   cwd=str(REPO_ROOT / "book"), progress_bar=False)
+    assert err.value.ename == "ConfigError" and message in err.value.evalue
+    assert err.value.traceback == [f"ConfigError: {err.value.evalue}"]  # no traceback through the library

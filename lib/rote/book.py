@@ -27,7 +27,26 @@ from . import vega
 from .config import PROFILES, ConfigError, chapter_tasks, config_hash, make_config
 from .store import DATA_DIR, REPO_ROOT, atomic_path
 
-PAGE_ONLY_TAGS = ("parameters", "injected-parameters")  # cells kept in the notebook, not shown on the page
+PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
+PARAMETERS = ("task", "noise", "seed", "profile", "overrides")  # every chapter's parameters cell
+NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
+
+
+def check_parameters(namespace: dict) -> None:
+    """A chapter's first step, right after papermill's injected parameters: stop with one line if a
+    passed name is not a parameter (papermill only warns: `-p nosie 0.1` would silently run the
+    default noise) or a value is not valid."""
+    import types
+
+    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in PARAMETERS
+                     and k not in NOTEBOOK_NAMES and not isinstance(v, types.ModuleType) and not callable(v))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMETERS)}")
+    p = {k: namespace[k] for k in PARAMETERS}
+    if not isinstance(p["overrides"], dict):
+        raise ConfigError(f"overrides must be a dict of rote.Config fields, got {p['overrides']!r}")
+    for task in chapter_tasks(p["task"]):
+        make_config(task, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
 
 
 def chapters() -> list[Path]:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .store import atomic_path
+
 VERDICTS = ("holds", "holds in part", "does not hold", "cannot be tested")
 
 
@@ -125,10 +127,9 @@ def save(claims: list[Claim], run: Path, observation: int, task: str | None = No
     """Write `claims` (of one observation) to `claims_path`; with `task`, records of other tasks
     already there are kept (one file per run and observation)."""
     path = claims_path(run, observation)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kept = [c for c in load(run, observation) if task is not None and c.task != task] if path.exists() else []
-    records = [_plain(asdict(c)) for c in kept + list(claims)]
-    path.write_text(json.dumps(records, indent=1) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps([_plain(asdict(c)) for c in kept + list(claims)], indent=1) + "\n")
     return path
 
 
