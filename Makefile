@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test book check-book bench clean
+.PHONY: install chromium test book check-book reference bench clean
 
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ install: $(STAMP) chromium
 
 # The browser check of the book drives Debian's chromium (playwright's own browser download is not used).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing chromium (apt-get) for the browser check of the book"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
@@ -35,6 +35,10 @@ test: install
 # PROFILE=paper wants a GPU; ALLOW_CPU=1 runs it anyway.
 book: install
 	$(BIN)/python -m rote.book --profile $(PROFILE) $(if $(ALLOW_CPU),--allow-cpu)
+
+# The committed reference runs (data/reference/) as finished runs: `make book` then loads them.
+reference: install
+	$(BIN)/python -m rote.reference
 
 check-book: install
 	$(BIN)/python -m rote.bookcheck _build/html

@@ -7,7 +7,7 @@
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.regimes.record` writes its
-configuration, outcome and metrics to data/thr_map/, from which the appendix draws the map. Minutes
+configuration, outcome and metrics to lib/rote/resources/thr_map/, from which the appendix draws the map. Minutes
 are wall time on this machine with `--threads` threads per run: compare runs made the same way.
 """
 from __future__ import annotations

@@ -233,7 +233,7 @@ def test_dataset_shared_by_model_changes_only():
 @pytest.mark.parametrize("task", ["fda", "thr"])
 @pytest.mark.parametrize("profile", ["tiny", "cpu"])
 def test_dataset_matches_frozen_manifest(task, profile):
-    """The committed manifest (data/manifests) pins config, counts and the checksum of every byte
+    """The committed manifest (lib/rote/resources/manifests) pins config, counts and the checksum of every byte
     of the default datasets: a change in the generator or in a profile's data shows here
     (refreeze with `python -m rote.data` when the change is intended)."""
     from rote.data import frozen_manifest_path

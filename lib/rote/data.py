@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, data_fields, validate
-from .store import DATA_DIR, atomic_dir, home
+from .store import RESOURCES, atomic_dir, home
 
 RELATIONS = ("mother", "father", "neighbor", "debtor", "teacher", "boss", "doctor", "lawyer",
              "mentor", "landlord", "coach", "partner", "dentist", "banker", "tutor", "colleague",
@@ -34,8 +34,8 @@ COLUMNS = ["id", "split", "kind", "prompt", "answer", "true", "noisy",
 
 
 def names() -> list[str]:
-    """The committed name list (data/names.txt), most common first."""
-    lines = (DATA_DIR / "names.txt").read_text().splitlines()
+    """The committed name list (lib/rote/resources/names.txt), most common first."""
+    lines = (RESOURCES / "names.txt").read_text().splitlines()
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -95,7 +95,7 @@ def two_hop_prompt(r1: str, r2: str, subject: str) -> str:
 def generate_thr(config: Config) -> pd.DataFrame:
     people = names()
     if config.n_entities > len(people):
-        raise ValueError(f"n_entities must be <= {len(people)} (the names in data/names.txt)")
+        raise ValueError(f"n_entities must be <= {len(people)} (the names in lib/rote/resources/names.txt)")
     if config.n_relations > len(RELATIONS):
         raise ValueError(f"n_relations must be <= {len(RELATIONS)} (rote.data.RELATIONS)")
     rng = np.random.default_rng(config.seed)
@@ -204,11 +204,11 @@ def partner_counts(frame: pd.DataFrame) -> pd.Series:
 
 
 def frozen_manifest_path(task: str, profile: str) -> Path:
-    return DATA_DIR / "manifests" / f"{task}-{profile}.json"
+    return RESOURCES / "manifests" / f"{task}-{profile}.json"
 
 
 def freeze_manifests(profiles=("tiny", "cpu")) -> list[Path]:
-    """Write the manifests of each task's default dataset per profile into data/manifests/, so
+    """Write the manifests of each task's default dataset per profile into lib/rote/resources/manifests/, so
     that anyone can check that their generator writes the same bytes (`python -m rote.data`)."""
     from .config import TASKS, make_config
     from .store import write_json

@@ -4,7 +4,7 @@ Trained on two-hop questions with noisy labels, a model can generalize to held-o
 questions and later memorize the noisy labels (the paper's order), memorize without ever
 composing, compose without memorizing (within its budget of steps), or do neither. `regime` reads
 which from a run's metrics. `bench/thr_map.py` trains set-ups and `record` saves each one's
-configuration, outcome and metrics under `data/thr_map/`, so the map appendix redraws without
+configuration, outcome and metrics under `lib/rote/resources/thr_map/`, so the map appendix redraws without
 training.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pandas as pd
 from .config import Config, config_hash
 from .data import load_dataset
 from .dynamics import first_row
-from .store import DATA_DIR, write_csv, write_json
+from .store import RESOURCES, write_csv, write_json
 
 COMPOSED = 0.90  # held-out two-hop accuracy that counts as composing
 MEMORIZED = 0.90  # Mem-Noisy that counts as having memorized the noise
 HALFWAY = 0.50  # which came first is read where each rose through this: held-out accuracy or Mem-Noisy
 REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
-MAP_DIR = DATA_DIR / "thr_map"
+MAP_DIR = RESOURCES / "thr_map"
 VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "n_layer", "n_embd", "n_head",
           "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "max_steps", "noise", "seed")
 

@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"  # committed data: name lists, manifests, reference results
+DATA_DIR = REPO_ROOT / "data"  # committed data of the repository: the reference runs
+# Committed data the package needs wherever it is installed (a pip install from git, as in Colab):
+# the name list, the frozen dataset manifests, the THR regime map.
+RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
 def home() -> Path:
