@@ -79,7 +79,12 @@ def test_record_and_redraw(tmp_path):
     assert runs["note"].iloc[0] == "again" and len(all_curves) == 5
     assert regimes.recorded_config(row["run"], tmp_path) == config
     text = regimes.summary(runs, config)
-    assert "2 set-ups: 1 generalize, then memorize, 1 neither" in text and "after 1.0 min" in text
-    assert "not on the map" in regimes.summary(runs, rote.make_config("thr", "tiny", seed=5))
+    assert "2 set-ups: 1 generalize, then memorize, 1 neither" in text and "not trained here" in text
+    # This build's run memorized first although the map's recorded run of the same config composed
+    # first: the summary reads this build's metrics and says that the two differ.
+    rote.store.write_csv(rote.run_dir(config) / "metrics.csv", curves([0.0, 0.3, 0.95], [0.0, 0.6, 0.995]))
+    text = regimes.summary(runs, config)
+    assert "This build's THR run" in text and "'memorize, then generalize'" in text and "after 2.0 min" in text
+    assert "recorded run of the same set-up was 'generalize, then memorize'" in text
     charts = pytest.importorskip("rote.charts")
     assert charts.regime_map_chart(runs).to_dict() and charts.regime_curves_chart(runs, all_curves).to_dict()

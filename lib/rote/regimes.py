@@ -132,7 +132,7 @@ def _then(name: str, value: float) -> str:
 
 def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
     """The map in sentences: how many set-ups fell in each regime, the one that came closest to
-    composing, and where `config` (this build's THR set-up) stands if it is on the map."""
+    composing, and what this build's run of `config` did (`this_build`)."""
     counts = runs["regime"].value_counts()
     parts = [f"{len(runs)} set-ups: " + ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts) + "."]
     best = runs.sort_values(["peak_test", "final_test"], ascending=False).iloc[0]
@@ -140,14 +140,26 @@ def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
                  f"{best['n_entities']} people x {best['n_relations']} relations, {best['two_hop_per_fact']:g} two-hop "
                  f"questions per fact, {best['n_layer']} layers x {best['n_embd']}; {best['regime']}).")
     if config is not None:
-        mine = runs[runs["run"] == config_hash(config)]
-        if mine.empty:
-            parts.append(f"This build's THR set-up (run {config_hash(config)}) is not on the map.")
-        else:
-            r = mine.iloc[0]
-            parts.append(f"This build's THR set-up (run {r['run']}) is '{r['regime']}': Mem-Noisy was "
-                         f"{_share(r['mem_noisy_at_test_50'])} when held-out accuracy first reached 50% and "
-                         f"{_share(r['mem_noisy_at_test_90'])} when it reached 90%; 95% held-out accuracy "
-                         f"{_minutes(r['min_to_test_95'])}{_then('Mem-Noisy', r['mem_noisy_at_test_95'])}, 99% "
-                         f"Mem-Noisy {_minutes(r['min_to_mem_99'])}{_then('held-out accuracy', r['test_at_mem_99'])}.")
+        parts.append(this_build(runs, config))
     return " ".join(parts)
+
+
+def this_build(runs: pd.DataFrame, config: Config) -> str:
+    """What this build's own run of `config` did, read from its metrics (not from the map: the same
+    set-up can land elsewhere on another machine), and how it compares with the map's recorded run."""
+    from .train import run_dir
+
+    path = run_dir(config) / "metrics.csv"
+    if not path.exists():
+        return f"This build has no THR run of its set-up (run {config_hash(config)}) yet: it was not trained here."
+    r = outcome(config, pd.read_csv(path))
+    text = (f"This build's THR run ({r['run']}, trained here) is '{r['regime']}': Mem-Noisy was "
+            f"{_share(r['mem_noisy_at_test_50'])} when held-out accuracy first reached 50% and "
+            f"{_share(r['mem_noisy_at_test_90'])} when it reached 90%; 95% held-out accuracy "
+            f"{_minutes(r['min_to_test_95'])}{_then('Mem-Noisy', r['mem_noisy_at_test_95'])}, 99% "
+            f"Mem-Noisy {_minutes(r['min_to_mem_99'])}{_then('held-out accuracy', r['test_at_mem_99'])}.")
+    recorded = runs[runs["run"] == r["run"]]
+    if len(recorded) and recorded.iloc[0]["regime"] != r["regime"]:
+        text += (f" The map's recorded run of the same set-up was '{recorded.iloc[0]['regime']}': the order "
+                 "depends on the floating-point path (machine, thread count).")
+    return text
