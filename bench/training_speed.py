@@ -9,7 +9,8 @@ step over `--steps` steps each). "naive" is the plain HF loop: GPT-2's default `
 activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits for every
 position). "rote eager" is `rote.train`'s step without compilation: the fused tanh-GELU and logits
 at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long runs
-(torch.compile; its one-off compile time is printed apart).
+(torch.compile; its one-off compile time is printed apart). Variants of it: fused AdamW, the
+optimizer step compiled too (the whole step), and bf16 autocast (eager).
 
 Milestones: a fresh run of the cpu profile (a temporary ROTE_HOME, nothing reused), minutes of
 wall time (training and evaluations) until test accuracy >= 90% and >= 95% and Mem-Noisy >= 99%,
@@ -42,9 +43,10 @@ def naive_step(model, optimizer, ids, mask, positions):
     optimizer.step()
 
 
-def rote_step(loss_fn):
+def rote_step(loss_fn, bf16: bool = False):
     def step(model, optimizer, ids, mask, positions):
-        loss = loss_fn(model, ids, positions)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, ids, positions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -52,8 +54,22 @@ def rote_step(loss_fn):
     return step
 
 
-def throughput(config, steps: int) -> dict:
-    """Median seconds per step of the naive and the rote loop, interleaved, same batches."""
+def compiled_optimizer(optimizer):
+    """`optimizer` whose step is compiled by torch.compile (forward and backward are compiled
+    with the loss): the whole training step compiled."""
+    optimizer.step = torch.compile(optimizer.step)
+    return optimizer
+
+
+def fused(model, config):
+    """`rote.train`'s AdamW (same groups and betas) with the fused single-kernel implementation."""
+    optimizer = make_optimizer(model, config)
+    return torch.optim.AdamW(optimizer.param_groups, lr=config.lr, betas=(0.9, 0.98), fused=True)
+
+
+def throughput(config, steps: int) -> tuple[dict, float]:
+    """Median seconds per step of the naive loop and of rote's loop and its variants, interleaved,
+    on the same batches."""
     frame = load_dataset(config)
     tok = build_tokenizer(config)
     train = frame[frame["split"] == "train"]
@@ -63,21 +79,27 @@ def throughput(config, steps: int) -> dict:
     from transformers.activations import ACT2FN
     for block in naive.transformer.h:
         block.mlp.act = ACT2FN["gelu_new"]
-    loops = {"naive": (naive_step, naive), "rote eager": (rote_step(answer_loss), build_model(config, len(tok))),
-             "rote compiled": (rote_step(torch.compile(answer_loss, dynamic=False)), build_model(config, len(tok)))}
-    optimizers = {name: make_optimizer(model, config) for name, (_, model) in loops.items()}
+    compiled = lambda: torch.compile(answer_loss, dynamic=False)  # noqa: E731 - one compiled loss per loop
+    fresh = lambda: build_model(config, len(tok))  # noqa: E731
+    loops = {"naive": (naive_step, naive, None), "rote eager": (rote_step(answer_loss), fresh(), None),
+             "rote compiled": (rote_step(compiled()), fresh(), None),
+             "compiled + fused AdamW": (rote_step(compiled()), m := fresh(), fused(m, config)),
+             "compiled step + optimizer": (rote_step(compiled()), m2 := fresh(),
+                                           compiled_optimizer(make_optimizer(m2, config))),
+             "eager bf16 autocast": (rote_step(answer_loss, bf16=True), fresh(), None)}
+    loops = {name: (step, model, opt or make_optimizer(model, config)) for name, (step, model, opt) in loops.items()}
     positions = answer_positions(mask)
     times = {name: [] for name in loops}
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    loops["rote compiled"][0](loops["rote compiled"][1], optimizers["rote compiled"], ids[:config.batch_size],
-                              mask[:config.batch_size], positions[:config.batch_size])
+    for name, (step, model, opt) in loops.items():  # compile (and warm) every loop before timing
+        step(model, opt, ids[:config.batch_size], mask[:config.batch_size], positions[:config.batch_size])
     compile_s = time.perf_counter() - start
     for i in range(steps + 3):
         batch = torch.randint(0, len(ids), (config.batch_size,), generator=g)
-        for name, (step, model) in loops.items():
+        for name, (step, model, opt) in loops.items():
             t = time.perf_counter()
-            step(model, optimizers[name], ids[batch], mask[batch], positions[batch])
+            step(model, opt, ids[batch], mask[batch], positions[batch])
             if i >= 3:  # warm-up steps are not timed
                 times[name].append(time.perf_counter() - t)
     tokens = config.batch_size * ids.shape[1]
@@ -136,9 +158,10 @@ def main():
         print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
         for name, r in t.items():
             print(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} |")
-        for name in ("rote eager", "rote compiled"):
-            print(f"throughput ratio {name} / naive: {t[name]['tokens_per_s'] / t['naive']['tokens_per_s']:.2f}x")
-        print(f"one-off compile time: {compile_s:.0f} s")
+        for name in t:
+            if name != "naive":
+                print(f"throughput ratio {name} / naive: {t[name]['tokens_per_s'] / t['naive']['tokens_per_s']:.2f}x")
+        print(f"one-off compile and warm-up time of all loops: {compile_s:.0f} s")
         if not args.no_runs:
             m = milestones(config, args.keep)
             print("| task | min to 90% test | min to 95% test | min to 99% Mem-Noisy | wall min | steps | peak test | "

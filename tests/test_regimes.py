@@ -88,3 +88,13 @@ def test_record_and_redraw(tmp_path):
     assert "recorded run of the same set-up was 'generalize, then memorize'" in text
     charts = pytest.importorskip("rote.charts")
     assert charts.regime_map_chart(runs).to_dict() and charts.regime_curves_chart(runs, all_curves).to_dict()
+
+
+@pytest.mark.parametrize("test,mem,expected", [
+    ([0.0, 0.91, 0.95], [0.0, 0.25, 0.995], True),   # composed at 25% Mem-Noisy, then fitted the noise
+    ([0.0, 0.91, 0.95], [0.0, 0.26, 0.995], False),  # the noise was already a quarter fitted
+    ([0.0, 0.91, 0.89], [0.0, 0.10, 0.995], False),  # fitting the noise cost the held-out accuracy
+    ([0.0, 0.91, 0.95], [0.0, 0.10, 0.98], False),   # the noise was never fitted
+])
+def test_composes_first_with_margin(test, mem, expected):
+    assert regimes.composes_first_with_margin(curves(test, mem)) is expected
