@@ -30,6 +30,7 @@ from .store import DATA_DIR, REPO_ROOT, atomic_path
 PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
 PARAMETERS = ("task", "noise", "seed", "profile", "overrides")  # every chapter's parameters cell
 NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
+WITHOUT_MODELS = {"data", "protocol", "thr_regimes"}  # chapters that read data or records, train nothing
 
 
 def check_parameters(namespace: dict) -> None:
@@ -67,14 +68,16 @@ def chapter_defaults(notebook: Path) -> dict:
 
 
 def chapter_configs(notebook: Path, parameters: dict) -> list:
-    """The configs (one per task) a chapter trains or loads with `parameters`."""
+    """The configs (one per task) a chapter trains or loads with `parameters` (none for a chapter
+    without models; its parameters are checked all the same)."""
     defaults = chapter_defaults(notebook)
     unknown = sorted(set(parameters) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(defaults)}")
     p = {**defaults, **parameters}
-    return [make_config(t, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
-            for t in chapter_tasks(p["task"])]
+    configs = [make_config(t, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
+               for t in chapter_tasks(p["task"])]
+    return [] if notebook.stem in WITHOUT_MODELS else configs
 
 
 def check_device(profile: str, allow_cpu: bool) -> None:
