@@ -398,6 +398,17 @@ def test_wsd_schedule_holds_then_decays_to_zero():
     assert train_module.learning_rate(cosine, 55) == pytest.approx(cosine.lr / 2)
 
 
+def test_decay_weight_decay_applies_from_the_decay_phase():
+    config = make_config("thr", "tiny", schedule="wsd", max_steps=100, decay_steps=40, weight_decay=1.0,
+                         decay_weight_decay=0.0)
+    assert [train_module.weight_decay(config, s) for s in (0, 59, 60, 99)] == [1.0, 1.0, 0.0, 0.0]
+    same = dataclasses.replace(config, decay_weight_decay=None)
+    assert train_module.weight_decay(same, 99) == 1.0
+    assert rote.config_hash(config) != rote.config_hash(same)
+    with pytest.raises(ValueError, match="needs schedule wsd"):
+        make_config("thr", "tiny", decay_weight_decay=0.0)
+
+
 @pytest.mark.parametrize("bad", [dict(schedule="wsd"), dict(schedule="wsd", decay_steps=61), dict(decay_steps=-1)])
 def test_wsd_needs_decay_steps_within_the_run(bad):
     with pytest.raises(ValueError, match="decay_steps") as err:
@@ -429,7 +440,8 @@ def test_facts_first_batches_are_facts_then_epochs_over_everything():
 
 
 def test_curriculum_and_wsd_resume_to_the_same_weights(tmp_path, use_home):
-    config = make_config("thr", "tiny", facts_first_steps=25, schedule="wsd", decay_steps=20)
+    config = make_config("thr", "tiny", facts_first_steps=25, schedule="wsd", decay_steps=20, weight_decay=0.5,
+                         decay_weight_decay=0.0)
     use_home(tmp_path / "full")
     full = _train(config)
     use_home(tmp_path / "interrupted")

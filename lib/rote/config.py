@@ -52,6 +52,7 @@ class Config:
     schedule: str = "cosine"  # after warmup: constant, cosine to 0 at max_steps, or wsd (below)
     decay_steps: int = 0  # wsd (warmup-stable-decay): constant, then cosine to 0 over the last decay_steps
     weight_decay: float = 0.0
+    decay_weight_decay: float | None = None  # wsd: the weight decay of the decay phase (None: weight_decay)
     grad_clip: float = 1.0
     max_steps: int = 12_000
     eval_every: int = 200
@@ -72,7 +73,7 @@ class Config:
                 raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}") from None
 
 
-_CAST = {"int": int, "float": float, "str": str, "float | None": lambda v: v if v is None else float(v)}
+_CAST = {"int": int, "float": float, "str": str, "float | None": lambda v: v if v is None or v == "None" else float(v)}
 
 
 # Per task and profile: the fields that differ from the defaults above.
@@ -122,6 +123,9 @@ def validate(config: Config) -> Config:
         raise ConfigError("facts_first_steps and decay_steps must be >= 0")
     if config.task == "fda" and config.facts_first_steps:
         raise ConfigError("facts_first_steps is for thr (fda has no one-hop facts); allowed for fda: 0")
+    if config.decay_weight_decay is not None and (config.schedule != "wsd" or config.decay_weight_decay < 0):
+        raise ConfigError(f"decay_weight_decay must be >= 0 and needs schedule wsd, got {config.decay_weight_decay} "
+                          f"with schedule {config.schedule}")
     if config.schedule == "wsd" and not 0 < config.decay_steps <= config.max_steps:
         raise ConfigError(f"schedule wsd needs 0 < decay_steps <= max_steps ({config.max_steps}), got {config.decay_steps}")
     positive = ("n_train", "n_test", "n_entities", "n_relations", "fact_repeats", "n_layer", "n_embd", "n_head",

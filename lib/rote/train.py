@@ -59,6 +59,14 @@ def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
 
 
+def weight_decay(config: Config, step: int) -> float:
+    """`weight_decay`, or `decay_weight_decay` from the start of the wsd decay phase: a strong decay
+    holds memorization back while the model composes; a weaker one lets the noise be fitted."""
+    if config.decay_weight_decay is not None and step >= config.max_steps - config.decay_steps:
+        return config.decay_weight_decay
+    return config.weight_decay
+
+
 def batch_at(step: int, config: Config, n_rows: int, facts: torch.Tensor, orders: dict) -> torch.Tensor:
     """The rows of training step `step`: the facts alone for the first `facts_first_steps` steps (the
     curriculum), then epochs over all training rows. Every step is a full batch (static shapes);
@@ -192,6 +200,7 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
         batch = batch_at(step, config, len(ids), facts, orders)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
+        optimizer.param_groups[0]["weight_decay"] = weight_decay(config, step)  # group 0: matrices
         with amp:
             loss = step_loss(model, ids[batch], positions[batch])
         optimizer.zero_grad(set_to_none=True)
