@@ -32,11 +32,12 @@ def _ordered(edits: dict) -> list:
     return sorted(edits.items(), key=lambda item: (item[0][0], POINTS.index(item[0][1])))
 
 
-def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
+def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False, **model_kwargs) -> torch.Tensor:
     """Logits [B, T, V] of the model on `ids` with `edits` applied (nnsight, one trace); with
-    `grad`, differentiable (for attributions)."""
+    `grad`, differentiable (for attributions). `model_kwargs` go to the HF forward (e.g. a `cache`
+    of an unedited prefix: then `ids` are the tokens after it)."""
     nm = traced(model)
-    with torch.set_grad_enabled(grad), nm.trace(ids):
+    with torch.set_grad_enabled(grad), nm.trace(ids, **model_kwargs):
         for (layer, point), fn in _ordered(edits):
             block = nm.transformer.h[layer]
             if point == "head":
@@ -49,7 +50,7 @@ def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> tor
     return logits
 
 
-def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
+def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False, **model_kwargs) -> torch.Tensor:
     """Plain torch twin of `run_edited`: forward (pre-)hooks that replace the tensors."""
     model, handles = hf(model), []
     for (layer, point), fn in edits.items():
@@ -62,7 +63,7 @@ def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False) 
             handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: fn(out)))
     try:
         with torch.set_grad_enabled(grad):
-            return model(ids).logits
+            return model(ids, **model_kwargs).logits
     finally:
         for handle in handles:
             handle.remove()
