@@ -234,3 +234,36 @@ def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
         o = inst.set_index("id").loc[row.id]
         assert sum(getattr(row, k) != o[k] for k in ("subject", "r1", "r2")) == 2
         assert row.true == graph[(graph[(row.subject, row.r1)], row.r2)]
+
+
+def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate():
+    from rote.data import load_dataset
+    config = make_config("thr", "tiny", noise=0.5)
+    run = dynamics.training_dynamics(config, progress=False)
+    (c,) = dynamics.dynamics_claims(run)
+    assert c.verdict != "cannot be tested" and c.n > 0
+    assert "first streak of >= 2 evaluations" in c.rule
+    # the chance rate, recomputed by hand: the noisy label said before its stable onset (all evaluations without one)
+    p = run.predictions.merge(load_dataset(config)[["id", "answer"]], on="id").sort_values(["id", "step"])
+    hits = evals = 0
+    for _, g in p.groupby("id"):
+        said, steps = (g["prediction"] == g["answer"]).to_numpy(), g["step"].to_numpy()
+        onset = next((steps[j] for j in range(len(said))
+                      if said[j] and (steps[j] == steps.max() or (j + 1 < len(said) and said[j + 1]))), None)
+        before = said if onset is None else said[steps < onset]
+        hits, evals = hits + before.sum(), evals + len(before)
+    assert f"chance rate: the noisy label said at {hits / evals:.1%} of evaluations" in c.note
+    text = claims.sentence([c], 0, "generalization before memorization")
+    assert "chance rate" in text and "by the first single evaluation" in text
+    # the margin is a parameter: one above any possible difference fails the claim
+    assert dynamics.dynamics_claims(run, margin=1.0)[0].verdict == "does not hold"
+    assert c.verdict == claims.above(c.difference, c.difference_lo)
+
+
+def test_grid_share_ci_covers_the_grid_draw():
+    a = np.array([[0.1] * 50, [0.3] * 50, [0.2] * 50])  # instances identical, grids not
+    b = np.zeros((3, 40))
+    m, lo, hi, *_ , d, dlo, dhi = claims.grid_share_ci(a, b, n_resamples=500)
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.1) and hi == pytest.approx(0.3)
+    assert claims.independent_share_ci(a[0], b[0])[1] == pytest.approx(0.1)  # one grid: no spread at all
+    assert dlo == pytest.approx(0.1) and dhi == pytest.approx(0.3)
