@@ -228,13 +228,27 @@ def resid_at(model, tokenizer, instances: pd.DataFrame, layer: int, position: in
              batch_size: int = 512, hooks: bool = False) -> torch.Tensor:
     """The block output of `layer` at `position` for every instance, [N, d]: the data to fit an
     eraser on."""
-    out = []
+    return resids_at(model, tokenizer, instances, [layer], [position], batch_size, hooks)[(layer, position)]
+
+
+def resids_at(model, tokenizer, instances: pd.DataFrame, layers, positions, batch_size: int = 512,
+              hooks: bool = False) -> dict:
+    """`resid_at` for every layer and position at once, one forward pass per batch:
+    {(layer, position): [N, d]}."""
+    out = {(layer, p): [] for layer in layers for p in positions}
     for start in range(0, len(instances), batch_size):
         ids, _, plen = prompt_batch(tokenizer, instances.iloc[start: start + batch_size])
-        m = position_mask(plen, ids.shape[1], [position]).to(hf(model).device)
-        record = lambda h: out.append(h[m].clone()) or h  # noqa: E731
-        _runner(hooks)(model, ids.to(m.device), {(layer, "resid"): record})
-    return torch.cat(out).cpu()
+        device = hf(model).device
+        masks = {p: position_mask(plen, ids.shape[1], [p]).to(device) for p in positions}
+
+        def record(layer):
+            def fn(h):
+                for p, m in masks.items():
+                    out[(layer, p)].append(h[m].clone())
+                return h
+            return fn
+        _runner(hooks)(model, ids.to(device), {(layer, "resid"): record(layer) for layer in layers})
+    return {key: torch.cat(v).cpu() for key, v in out.items()}
 
 
 def erase(model, tokenizer, instances: pd.DataFrame, erasers: dict, positions=(-1,),
