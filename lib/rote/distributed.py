@@ -301,14 +301,13 @@ def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str, hooks
     if changes.empty:
         return pd.DataFrame(columns=columns)
     lens = logit_lens_hooks if hooks else logit_lens
-    base = changes.assign(id=np.arange(len(changes)))
     old = "orig_bridge" if task == "thr" else "orig_true"
-    new_lens = lens(model, tokenizer, base, teacher_forcing="answer")
-    old_lens = lens(model, tokenizer, base.assign(true=base["orig_true"], bridge=base.get(old)),
-                    teacher_forcing="answer")
+    # one pass: the old value is read as the lens's "control" target beside the new one
+    table = lens(model, tokenizer, changes.assign(id=np.arange(len(changes)), control=changes[old]),
+                 teacher_forcing="answer")
     rank = "bridge_rank" if task == "thr" else "true_rank"
-    both = new_lens[["id", "layer", "position", rank]].merge(
-        old_lens[["id", "layer", "position", rank]], on=["id", "layer", "position"], suffixes=("_new", "_old"))
+    both = table[["id", "layer", "position", rank, "control_rank"]].rename(
+        columns={rank: f"{rank}_new", "control_rank": f"{rank}_old"})
     if task == "thr":
         differs = pd.Series(changes["bridge"].to_numpy() != changes["orig_bridge"].to_numpy())
         both = both[differs.to_numpy()[both["id"].to_numpy()]]
