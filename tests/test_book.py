@@ -75,7 +75,8 @@ def test_pages_hide_parameter_and_install_cells_and_say_how_they_were_run(built)
     assert "google.colab" not in page and "any rote.Config field" not in page
     executed = json.loads((built[0] / "_build" / "src" / "book" / "observation0.ipynb").read_text())
     hidden = [c for c in executed["cells"] if "remove-cell" in c["metadata"].get("tags", [])]
-    assert len(hidden) == 3  # install, parameters, papermill's injected parameters: still in the notebook
+    # install, parameters, the parameter check, papermill's injected parameters: still in the notebook
+    assert len(hidden) == 4
 
 
 def test_book_renders_offline_in_a_browser(built):

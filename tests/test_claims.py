@@ -170,3 +170,100 @@ def test_digit_persistence_by_place_splits_on_the_true_digit():
     unchanged = per[per["place_unchanged"]]
     assert unchanged["persists"].sum() == 3 and len(unchanged) == 3 + 3  # 7,1,4 kept; second change: 1,4,3 lost
     assert not per[~per["place_unchanged"]]["persists"].any()
+
+
+def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5), n=200):
+    """A THR Distributed whose memorized noisy and clean instances are distributed on the given
+    shares (the whole-input look-up on none), and whose changed questions get their own answer on
+    one[0] / two[0] (noisy) and one[1] / two[1] (clean) of single- and two-input changes."""
+    from rote import distributed
+    from rote.reliance import Reliance
+    rng = np.random.default_rng(0)
+    counts, changes, twos = [], [], []
+    for group, share, j in (("memorized noisy", noisy_share, 0), ("clean", clean_share, 1),
+                            (distributed.lookup_name("whole input"), 0.0, 0)):
+        counts.append(pd.DataFrame({"group": group, "id": range(n), "distributed": rng.random(n) < share}))
+        if group != distributed.lookup_name("whole input"):
+            changes.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
+                                         "correct": rng.random(3 * n) < one[j], "kept": False}))
+            twos.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
+                                      "correct": rng.random(3 * n) < two[j], "kept": False}))
+    noisy = pd.DataFrame({"id": range(n), "memorized": True})
+    rel = Reliance("thr", 2, noisy, noisy, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    e = pd.DataFrame()
+    return distributed.Distributed("thr", 2, rel, pd.concat(changes, ignore_index=True), e, None, e, e,
+                                   pd.concat(counts, ignore_index=True), e, e,
+                                   extra={"two_changes": pd.concat(twos, ignore_index=True)})
+
+
+def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_distance_effect():
+    from rote import distributed
+    # a whole-input look-up on noisy and clean alike: the look-up comparison alone would have "held"
+    look = distributed.distributed_claims(_planted_distributed(0.07, 0.07, one=(1, 1), two=(1, 1)), n_resamples=200)
+    assert [c.verdict for c in look] == ["does not hold", "cannot be tested", "does not hold"]
+    assert look[0].difference_lo > 0 and "measure finds only" in look[1].note
+    assert claims.overall(look) == "does not hold"
+    assert distributed.distributed_claims(_planted_distributed(0.07, 0.07), min_share=0.01,
+                                          n_resamples=200)[0].verdict == "holds"
+    # noisy labels distributed, but less than computed answers
+    r = _planted_distributed(0.7, 1.0)
+    cs = distributed.distributed_claims(r, n_resamples=200)
+    assert [c.verdict for c in cs] == ["holds", "does not hold", "holds"]
+    assert distributed.distributed_claims(r, min_share=0.8, n_resamples=200)[0].verdict == "does not hold"
+    assert distributed.distributed_claims(r, clean_tolerance=0.5, n_resamples=200)[1].verdict == "holds"
+    assert distributed.distributed_claims(r, distance_margin=0.6, n_resamples=200)[2].verdict == "does not hold"
+
+
+def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
+    from rote.distributed import fda_two_changes, knowledge_graph_of, thr_two_changes
+    frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
+    inst = override.questions(frame).head(40)
+    ch = fda_two_changes(inst, n_changes=3, seed=0)
+    orig = inst.set_index("id")
+    assert len(ch) == 3 * len(inst)
+    for row in ch.itertuples():
+        o = orig.loc[row.id]
+        before, after = f"{int(o.a)}{int(o.b)}", f"{row.a}{row.b}"
+        assert sum(x != y for x, y in zip(before, after)) == 2 and row.a + row.b <= 9999
+        assert row.true == f"{row.a + row.b:04d}" and min(row.a, row.b) >= 1000
+    frame = generate(make_config("thr", "tiny", noise=0.2, seed=1))
+    graph, inst = knowledge_graph_of(frame), override.questions(frame).head(20)
+    ch = thr_two_changes(inst, graph, seed=0)
+    assert set(ch["input"]) == {"subject & r1", "subject & r2", "r1 & r2"}
+    for row in ch.itertuples():
+        o = inst.set_index("id").loc[row.id]
+        assert sum(getattr(row, k) != o[k] for k in ("subject", "r1", "r2")) == 2
+        assert row.true == graph[(graph[(row.subject, row.r1)], row.r2)]
+
+
+def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate():
+    from rote.data import load_dataset
+    config = make_config("thr", "tiny", noise=0.5)
+    run = dynamics.training_dynamics(config, progress=False)
+    (c,) = dynamics.dynamics_claims(run)
+    assert c.verdict != "cannot be tested" and c.n > 0
+    assert "first streak of >= 2 evaluations" in c.rule
+    # the chance rate, recomputed by hand: the noisy label said before its stable onset (all evaluations without one)
+    p = run.predictions.merge(load_dataset(config)[["id", "answer"]], on="id").sort_values(["id", "step"])
+    hits = evals = 0
+    for _, g in p.groupby("id"):
+        said, steps = (g["prediction"] == g["answer"]).to_numpy(), g["step"].to_numpy()
+        onset = next((steps[j] for j in range(len(said))
+                      if said[j] and (steps[j] == steps.max() or (j + 1 < len(said) and said[j + 1]))), None)
+        before = said if onset is None else said[steps < onset]
+        hits, evals = hits + before.sum(), evals + len(before)
+    assert f"chance rate: the noisy label said at {hits / evals:.1%} of evaluations" in c.note
+    text = claims.sentence([c], 0, "generalization before memorization")
+    assert "chance rate" in text and "by the first single evaluation" in text
+    # the margin is a parameter: one above any possible difference fails the claim
+    assert dynamics.dynamics_claims(run, margin=1.0)[0].verdict == "does not hold"
+    assert c.verdict == claims.above(c.difference, c.difference_lo)
+
+
+def test_grid_share_ci_covers_the_grid_draw():
+    a = np.array([[0.1] * 50, [0.3] * 50, [0.2] * 50])  # instances identical, grids not
+    b = np.zeros((3, 40))
+    m, lo, hi, *_ , d, dlo, dhi = claims.grid_share_ci(a, b, n_resamples=500)
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.1) and hi == pytest.approx(0.3)
+    assert claims.independent_share_ci(a[0], b[0])[1] == pytest.approx(0.1)  # one grid: no spread at all
+    assert dlo == pytest.approx(0.1) and dhi == pytest.approx(0.3)

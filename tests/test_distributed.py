@@ -229,6 +229,7 @@ def test_distributed_encoding_runs_and_says_a_verdict():
     assert len(result.memorized) == frame["noisy"].sum() > 0
     assert set(result.changes["group"]) >= {"memorized noisy", "look-up on the whole input", "look-up on operand a"}
     assert set(result.survival["input"]) == set(distributed.INPUTS["fda"])
+    assert set(result.extra["two_changes"]["group"]) <= {"memorized noisy", "clean"} and len(result.extra["two_changes"])
     assert len(result.counts) == result.counts[["group", "id"]].drop_duplicates().shape[0]
     text = distributed.verdict(result)
     assert text.startswith("In this FDA run (20% noise, seed 1)") and "Observation 4" in text

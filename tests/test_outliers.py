@@ -17,7 +17,8 @@ from rote.evaluate import greedy_answers
 from rote.heuristics import digits, fda_rows
 from rote.interventions import prompt_batch
 from rote.model import build_model, build_tokenizer
-from rote.outliers import (_control_picks, analysis_position, cluster_median_ci, neighbour_stats, neighbours,
+from rote.outliers import (_control_picks, analysis_position, categories_on_grid, cluster_median_ci, neighbour_stats,
+                           neighbours, outlier_claims,
                            neuron_attribution, outlier_heuristics, outlier_heuristics_of, patched_greedy,
                            rescue_curve, set_neurons, summary, summary_table, verdict, heatmap_data)
 
@@ -252,3 +253,35 @@ def test_shift_chart_bins_any_number_of_neurons():
     rng = np.random.default_rng(0)
     chart = charts.shift_chart(pd.DataFrame({"z": rng.normal(1, 2, 6000)}), pd.DataFrame({"z": rng.normal(0, 1, 6000)}))
     assert chart.to_dict() and len(chart.data) < 5000 and chart.data["count"].sum() == 12000
+
+
+def test_other_grids_recompute_the_categories():
+    _, model, tok, frame, _ = setup()
+    r = analysed()
+    assert sorted(r.grids) == [0, 1, 2, 3]
+    assert (r.grids[0][0] == r.neurons["category"].to_numpy()).all()
+    assert (r.grids[0][1] == r.clean_neurons["category"].to_numpy()).all()
+    assert all(len(n) == len(r.neurons) and len(c) == len(r.clean_neurons) for n, c in r.grids.values())
+    # the main grid, recomputed this way, gives the categories of `_neuron_table`
+    again = categories_on_grid(model, tok, frame, [r.neurons, r.clean_neurons], r.heuristics, 150, 0, r.dedicated)
+    assert (again[0] == r.neurons["category"].to_numpy()).all()
+    assert (again[1] == r.clean_neurons["category"].to_numpy()).all()
+
+
+def test_outlier_claims_flip_at_their_thresholds():
+    import dataclasses
+    r0 = analysed()  # a random-init model answers no clean question: plant a clean control from the noisy rows
+    patch = r0.instances[["id", "position", "D_before"]].assign(
+        **{f"changed_{k}": (r0.instances.index % 3 == 0) for k in r0.curve["k"].unique()})
+    clean = r0.neurons.assign(z=r0.neurons["z"] / 2)
+    r = dataclasses.replace(r0, clean_neurons=clean, clean_patch=patch,
+                            grids={s: (n, n) for s, (n, _) in r0.grids.items()})
+    assert "cannot be tested" not in [c.verdict for c in outlier_claims(r, n_resamples=200)]
+    assert outlier_claims(r, dedicated_margin=1.01, n_resamples=200)[0].verdict == "holds"
+    assert outlier_claims(r, dedicated_margin=-1.01, n_resamples=200)[0].verdict == "does not hold"
+    big = 1e6
+    assert outlier_claims(r, shift_margin=-big, n_resamples=200)[1].verdict == "holds"
+    assert outlier_claims(r, shift_margin=big, n_resamples=200)[1].verdict == "does not hold"
+    assert outlier_claims(r, rescue_margin=-1.01, n_resamples=200)[2].verdict == "holds"
+    assert outlier_claims(r, rescue_margin=1.01, n_resamples=200)[2].verdict == "does not hold"
+    assert "4 grids" in outlier_claims(r, n_resamples=200)[0].note

@@ -116,6 +116,26 @@ def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: fl
     return tuple(out)
 
 
+def grid_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
+    """`independent_share_ci` where the values also depend on a random grid: a [G, n_a] and b
+    [G, n_b] hold each instance's value under each of G grids drawn independently. Each resample
+    draws one grid and resamples the instances of a and of b, so the intervals cover both random
+    choices; the values are means over grids."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape[1] == 0 or b.shape[1] == 0:
+        return (float("nan"),) * 9
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, len(a), n_resamples)
+    ma = np.take_along_axis(a[g], rng.integers(0, a.shape[1], size=(n_resamples, a.shape[1])), 1).mean(1)
+    mb = np.take_along_axis(b[g], rng.integers(0, b.shape[1], size=(n_resamples, b.shape[1])), 1).mean(1)
+    tail = (1 - level) / 2 * 100
+    out = []
+    for x, m in ((a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)):
+        lo, hi = np.percentile(m, [tail, 100 - tail])
+        out += [float(x), float(lo), float(hi)]
+    return tuple(out)
+
+
 # ---- saved beside the run ------------------------------------------------------------------------------
 
 def claims_path(run: Path, observation: int) -> Path:

@@ -159,14 +159,22 @@ def _milestone(name: str, hit: dict | None) -> str:
     return f"{name} was reached at step {hit['step']:,} ({hit['minutes']:.1f} min)"
 
 
-def verdict(result: TrainingDynamics) -> str:
-    """Observation 0 for this run, in plain words, computed from its numbers."""
+def run_summary(result: TrainingDynamics) -> str:
+    """What this run is, computed from it: task, noise and seed, the noisy instances, the final
+    test accuracy, Mem-Noisy and Mem-Corrected, and when 95% test accuracy and 99% Mem-Noisy were
+    reached."""
     s, c = result.summary, result.config
-    head = (f"In this {c.task.upper()} run ({c.noise:.0%} noise, seed {c.seed}), {s['n_noisy']:,} training "
+    return (f"In this {c.task.upper()} run ({c.noise:.0%} noise, seed {c.seed}), {s['n_noisy']:,} training "
             f"instances carry a noisy label. At the last evaluation (step {s['final']['step']:,.0f}) test "
             f"accuracy is {s['final']['test_acc']:.1%}, Mem-Noisy {s['final']['mem_noisy']:.1%} and "
             f"Mem-Corrected {s['final']['mem_corrected']:.1%}; {_milestone('95% test accuracy', s['test_95'])}, "
-            f"{_milestone('99% Mem-Noisy', s['mem_99'])}. ")
+            f"{_milestone('99% Mem-Noisy', s['mem_99'])}.")
+
+
+def verdict(result: TrainingDynamics) -> str:
+    """Observation 0 for this run, in plain words, computed from its numbers (by the first single
+    evaluation that gave the noisy label; `dynamics_claims` is robust to chance hits)."""
+    s, head = result.summary, run_summary(result) + " "
     if s["n_noisy"] == 0:
         return head + "Without noisy instances Observation 0 cannot be tested."
     if s["n_memorized"] == 0:

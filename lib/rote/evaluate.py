@@ -33,7 +33,9 @@ def matches(model, tokenizer, prompts, targets) -> torch.Tensor:
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts, n_tokens: int) -> list[str]:
-    """What the model answers after each prompt: `n_tokens` greedily decoded tokens."""
+    """What the model answers after each prompt: `n_tokens` greedily decoded tokens (each step
+    runs only the new token, with the keys and values of the earlier ones cached)."""
+    model = getattr(model, "_module", model)  # the HF model under an nnsight wrapper
     prompts = list(prompts)
     answers = [""] * len(prompts)
     if not prompts:
@@ -46,8 +48,11 @@ def greedy_answers(model, tokenizer, prompts, n_tokens: int) -> list[str]:
         for j in range(0, len(rows), BATCH):
             chunk = rows[j: j + BATCH]
             x = torch.tensor([ids[i] for i in chunk], device=model.device)
+            step, cache = x, None
             for _ in range(n_tokens):
-                x = torch.cat([x, model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+                out = model(step, cache=cache, use_cache=True)
+                step, cache = out.logits[:, -1].argmax(-1, keepdim=True), out.cache
+                x = torch.cat([x, step], dim=1)
             for i, row in zip(chunk, x[:, -n_tokens:].tolist()):
                 answers[i] = tokenizer.decode(row)
     return answers

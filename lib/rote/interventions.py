@@ -32,11 +32,12 @@ def _ordered(edits: dict) -> list:
     return sorted(edits.items(), key=lambda item: (item[0][0], POINTS.index(item[0][1])))
 
 
-def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
+def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False, **model_kwargs) -> torch.Tensor:
     """Logits [B, T, V] of the model on `ids` with `edits` applied (nnsight, one trace); with
-    `grad`, differentiable (for attributions)."""
+    `grad`, differentiable (for attributions). `model_kwargs` go to the HF forward (e.g. a `cache`
+    of an unedited prefix: then `ids` are the tokens after it)."""
     nm = traced(model)
-    with torch.set_grad_enabled(grad), nm.trace(ids):
+    with torch.set_grad_enabled(grad), nm.trace(ids, **model_kwargs):
         for (layer, point), fn in _ordered(edits):
             block = nm.transformer.h[layer]
             if point == "head":
@@ -49,7 +50,7 @@ def run_edited(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> tor
     return logits
 
 
-def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False) -> torch.Tensor:
+def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False, **model_kwargs) -> torch.Tensor:
     """Plain torch twin of `run_edited`: forward (pre-)hooks that replace the tensors."""
     model, handles = hf(model), []
     for (layer, point), fn in edits.items():
@@ -62,7 +63,7 @@ def run_edited_hooks(model, ids: torch.Tensor, edits: dict, grad: bool = False) 
             handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: fn(out)))
     try:
         with torch.set_grad_enabled(grad):
-            return model(ids).logits
+            return model(ids, **model_kwargs).logits
     finally:
         for handle in handles:
             handle.remove()
@@ -227,13 +228,27 @@ def resid_at(model, tokenizer, instances: pd.DataFrame, layer: int, position: in
              batch_size: int = 512, hooks: bool = False) -> torch.Tensor:
     """The block output of `layer` at `position` for every instance, [N, d]: the data to fit an
     eraser on."""
-    out = []
+    return resids_at(model, tokenizer, instances, [layer], [position], batch_size, hooks)[(layer, position)]
+
+
+def resids_at(model, tokenizer, instances: pd.DataFrame, layers, positions, batch_size: int = 512,
+              hooks: bool = False) -> dict:
+    """`resid_at` for every layer and position at once, one forward pass per batch:
+    {(layer, position): [N, d]}."""
+    out = {(layer, p): [] for layer in layers for p in positions}
     for start in range(0, len(instances), batch_size):
         ids, _, plen = prompt_batch(tokenizer, instances.iloc[start: start + batch_size])
-        m = position_mask(plen, ids.shape[1], [position]).to(hf(model).device)
-        record = lambda h: out.append(h[m].clone()) or h  # noqa: E731
-        _runner(hooks)(model, ids.to(m.device), {(layer, "resid"): record})
-    return torch.cat(out).cpu()
+        device = hf(model).device
+        masks = {p: position_mask(plen, ids.shape[1], [p]).to(device) for p in positions}
+
+        def record(layer):
+            def fn(h):
+                for p, m in masks.items():
+                    out[(layer, p)].append(h[m].clone())
+                return h
+            return fn
+        _runner(hooks)(model, ids.to(device), {(layer, "resid"): record(layer) for layer in layers})
+    return {key: torch.cat(v).cpu() for key, v in out.items()}
 
 
 def erase(model, tokenizer, instances: pd.DataFrame, erasers: dict, positions=(-1,),

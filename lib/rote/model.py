@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -75,9 +76,9 @@ def encode(tokenizer, prompts, answers) -> tuple[torch.Tensor, torch.Tensor]:
     p = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     a = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     length = max(len(x) + len(y) for x, y in zip(p, a))
-    ids = torch.full((len(p), length), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(p), length), dtype=torch.bool)
+    ids = np.full((len(p), length), tokenizer.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(p), length), dtype=bool)
     for i, (x, y) in enumerate(zip(p, a)):
-        ids[i, : len(x) + len(y)] = torch.tensor(x + y)
+        ids[i, : len(x) + len(y)] = x + y
         mask[i, len(x): len(x) + len(y)] = True
-    return ids, mask
+    return torch.from_numpy(ids), torch.from_numpy(mask)

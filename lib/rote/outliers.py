@@ -49,7 +49,8 @@ import torch
 
 from .config import Config
 from .data import load_dataset
-from .heuristics import (KINDS, PLACES, Heuristics, digits, fda_rows, neuron_heuristics, noisy_pairs)
+from .heuristics import (KINDS, PLACES, Heuristics, answer_activations, classify, digits, fda_rows, neuron_heuristics,
+                         noisy_pairs, operand_grid, pattern_families, range_edges)
 from .interventions import prompt_batch, run_edited, run_edited_hooks
 from .lens import hf
 from .override import final_test_accuracy, noisy_instances, reasoning_caveat, wilson_interval
@@ -172,10 +173,12 @@ def patched_greedy(model, prompt_ids: torch.Tensor, cols: torch.Tensor, mask: to
 @torch.no_grad()
 def activations_at(model, ids: torch.Tensor, cols: torch.Tensor, batch_size: int = 1024,
                    hooks: bool = False) -> torch.Tensor:
-    """Post-GELU activations of every layer at column cols[i] of row i: [N, n_layer, M]."""
+    """Post-GELU activations of every layer at column cols[i] of row i: [N, n_layer, M]. Tokens
+    after a batch's last column are not run (a causal model's activations there do not see them)."""
     n_layer, run, out = hf(model).config.n_layer, (run_edited_hooks if hooks else run_edited), []
     for start in range(0, len(ids), batch_size):
-        x, c, store = ids[start:start + batch_size], cols[start:start + batch_size], {}
+        c, store = cols[start:start + batch_size], {}
+        x = ids[start:start + batch_size, : int(c.max()) + 1]
 
         def keep(layer, c=c, store=store):
             def fn(h):
@@ -218,6 +221,36 @@ def neighbour_stats(model, tokenizer, instances: pd.DataFrame, positions: np.nda
     return mean, std, count
 
 
+# ---- other grids: the grid is a random choice too ------------------------------------------------------
+
+N_GRIDS = 3  # independent grids drawn besides the main one, so that intervals cover the grid's draw
+
+
+def categories_on_grid(model, tokenizer, frame: pd.DataFrame, tables: list[pd.DataFrame], heur: Heuristics,
+                       n_grid: int, seed: int, dedicated: float, hooks: bool = False) -> list[np.ndarray]:
+    """The `category` of every row of each neuron table in `tables` (NEURON_COLUMNS) recomputed on
+    another grid (`operand_grid` with `seed`): the share of that grid reaching half the neuron's
+    activation (dedicated below `dedicated`) and the unit's type classified on that grid, only for
+    the units the tables use."""
+    grid = operand_grid(frame, n_grid, seed)
+    acts = answer_activations(model, tokenizer, grid, hooks=hooks)
+    rows = pd.concat(tables, ignore_index=True)
+    units = rows[["position", "layer", "neuron"]].astype(np.int64).drop_duplicates().reset_index(drop=True)
+    x = acts[:, *(torch.tensor(units[c].to_numpy()) for c in units.columns)].numpy()
+    typ = classify(x, pattern_families(grid["a"], grid["b"], range_edges(grid["a"], grid["b"])),
+                   heur.match, heur.rare)["type"].to_numpy()
+    where = {u: i for i, u in enumerate(units.itertuples(index=False, name=None))}
+    out = []
+    for t in tables:
+        u = np.array([where[k] for k in t[["position", "layer", "neuron"]].astype(np.int64).itertuples(
+            index=False, name=None)], dtype=np.int64)
+        a = t["act"].to_numpy(float)
+        high = np.where(a > 0, (x[:, u] >= a / 2).mean(0), np.nan) if len(u) else np.zeros(0)
+        out.append(np.where((a > 0) & (high < dedicated), "dedicated",
+                            np.where(np.isin(typ[u], KINDS), "heuristic", "other")))
+    return out
+
+
 # ---- one call per model --------------------------------------------------------------------------------
 
 NEURON_COLUMNS = ["id", "position", "rank", "layer", "neuron", "attribution", "act", "grad", "nbr_mean", "nbr_std",
@@ -239,6 +272,7 @@ class Outliers:
     extra: dict = field(default_factory=dict)
     clean_neurons: pd.DataFrame = field(default_factory=pd.DataFrame)  # `clean_drivers`: the matched control
     clean_patch: pd.DataFrame = field(default_factory=pd.DataFrame)
+    grids: dict = field(default_factory=dict)  # grid seed -> (categories of `neurons`, of `clean_neurons`)
 
 
 def _neuron_table(inst, pos, picks, acts, grad, mean, std, grid_acts, heur: Heuristics, dedicated: float):
@@ -276,9 +310,10 @@ def _control_picks(picks: np.ndarray, m: int, seed: int) -> np.ndarray:
     return out
 
 
-def _patch(model, tokenizer, inst, cols, picks, values, hooks):
-    """D at the analysis column (teacher-forced on the label) and the greedy answer, with the picked
-    neurons set to `values` [I, n_layer, M]."""
+def _patch(model, tokenizer, inst, cols, picks, values, hooks, greedy: bool = True):
+    """D at the analysis column (teacher-forced on the label), whether the true digit is written
+    there, the greedy answer (empty without `greedy`) and whether the digit written there changed,
+    with the picked neurons set to `values` [I, n_layer, M]."""
     ids, _, plen = prompt_batch(tokenizer, inst, "answer")
     mask = torch.zeros(values.shape, dtype=torch.bool)
     rows = np.repeat(np.arange(len(inst)), picks.shape[1])
@@ -290,8 +325,10 @@ def _patch(model, tokenizer, inst, cols, picks, values, hooks):
     minus = token_ids(tokenizer, [t[k] for t, k in zip(inst["true"], cols - int(plen[0]) + 1)])
     d = (at[r, plus] - at[r, minus]).numpy()
     digit = (at.argmax(-1) == minus).numpy()
-    gen = patched_greedy(model, ids[:, : int(plen[0])], cols, mask, values, 4, hooks)
-    answers = [tokenizer.decode(row) for row in gen.tolist()]
+    answers = [""] * len(inst)
+    if greedy:
+        gen = patched_greedy(model, ids[:, : int(plen[0])], cols, mask, values, 4, hooks)
+        answers = [tokenizer.decode(row) for row in gen.tolist()]
     return d, digit, answers, (at.argmax(-1) != plus).numpy()
 
 
@@ -333,15 +370,16 @@ def clean_drivers(model, tokenizer, frame: pd.DataFrame, positions: np.ndarray, 
     neurons = _neuron_table(clean, pos, picks[:, :k], acts, grad, mean, std, heur.acts, heur, dedicated)
     table = pd.DataFrame({"id": clean["id"].to_numpy(), "position": pos, "D_before": diff.numpy()})
     for kk in ks:
-        table[f"changed_{kk}"] = _patch(model, tokenizer, clean, cols, picks[:, :kk], values, hooks)[3]
+        table[f"changed_{kk}"] = _patch(model, tokenizer, clean, cols, picks[:, :kk], values, hooks, greedy=False)[3]
     return neurons, table
 
 
 def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_grid: int = 3000, n_ablate: int = 32,
                           seed: int = 0, dedicated: float = DEDICATED, hooks: bool = False,
                           heuristics: Heuristics | None = None, config: Config | None = None,
-                          ks=KS, n_clean: int = 200) -> Outliers:
-    """`outlier_heuristics` for a given model, tokenizer and FDA instance table (no training)."""
+                          ks=KS, n_clean: int = 200, n_grids: int = N_GRIDS) -> Outliers:
+    """`outlier_heuristics` for a given model, tokenizer and FDA instance table (no training);
+    `n_grids` more grids (seeds seed + 1 ..) recompute the driving neurons' categories."""
     heur = heuristics or neuron_heuristics(model, tokenizer, frame, n_grid, n_ablate, seed, hooks=hooks)
     noisy = noisy_instances(model, tokenizer, frame)
     inst = noisy[noisy["memorized"]].reset_index(drop=True)
@@ -382,8 +420,12 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
                                        "still_noisy": np.array(answers) == table["answer"].to_numpy()}))
     clean_neurons, clean_patch = clean_drivers(model, tokenizer, frame, pos, heur, k, ks, n_clean, seed, dedicated,
                                                hooks)
+    grids = {seed: (neurons["category"].to_numpy(), clean_neurons["category"].to_numpy())}
+    for j in range(1, n_grids + 1):
+        grids[seed + j] = tuple(categories_on_grid(model, tokenizer, frame, [neurons, clean_neurons], heur,
+                                                   len(heur.grid), seed + j, dedicated, hooks))
     return Outliers(noisy, table, neurons, control, heur, pd.concat(curve, ignore_index=True), k, dedicated, config,
-                    clean_neurons=clean_neurons, clean_patch=clean_patch)
+                    clean_neurons=clean_neurons, clean_patch=clean_patch, grids=grids)
 
 
 def outlier_heuristics(config: Config, k: int = K, n_grid: int = 3000, n_ablate: int = 32,
@@ -574,7 +616,9 @@ def outlier_claims(result: Outliers, rescue_margin: float = 0.0, shift_margin: f
     (1) not dedicated: the share of noisy drivers that are dedicated (on for the instance, half
     that activation on under `result.dedicated` of the grid) exceeds the clean drivers' by less
     than `dedicated_margin` (holds when the 95% interval of noisy minus clean lies below it); the
-    note gives both shares at a 5% cut, the sensitivity of the cut.
+    categories are recomputed on every grid of `result.grids` and the interval draws a grid and
+    resamples instances (`grid_share_ci`); the note gives both shares at a 5% cut, the
+    sensitivity of the cut.
     (2) shifted: the median |z| of noisy drivers exceeds the clean drivers' by more than
     `shift_margin` (instances resampled in both groups); the note gives the share shifted toward
     the noisy label beside the clean drivers' share toward their favoured digit.
@@ -582,7 +626,7 @@ def outlier_claims(result: Outliers, rescue_margin: float = 0.0, shift_margin: f
     beyond the control, the rescue rate of noisy instances minus the change rate of clean
     instances matched on the logit gap (`matched_pairs`) exceeds `rescue_margin` (independent
     bootstrap over instances)."""
-    from .claims import Claim, above, independent_share_ci
+    from .claims import Claim, above, grid_share_ci, independent_share_ci
     nan = float("nan")
     base = dict(observation=3, task="fda", n=len(result.instances))
     empty = dict(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
@@ -603,16 +647,21 @@ def outlier_claims(result: Outliers, rescue_margin: float = 0.0, shift_margin: f
     nr, cn = result.neurons, result.clean_neurons
     out = []
     ded = lambda t, cut: _by_instance(t.assign(x=((t["act"] > 0) & (t["clean_high_share"] < cut)).astype(float)), "x")  # noqa: E731
-    a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(ded(nr, result.dedicated), ded(cn, result.dedicated),
-                                                                 n_resamples, seed)
+    grids = result.grids or {seed: (nr["category"].to_numpy(), cn["category"].to_numpy())}
+    per_grid = lambda t, j: np.stack([_by_instance(t.assign(x=(c[j] == "dedicated").astype(float)), "x").to_numpy()  # noqa: E731
+                                      for c in grids.values()])
+    a, alo, ahi, b, blo, bhi, d, dlo, dhi = grid_share_ci(per_grid(nr, 0), per_grid(cn, 1), n_resamples, seed)
+    heur_range = [float((c[0] == "heuristic").mean()) for c in grids.values()]
     five = independent_share_ci(ded(nr, 0.05), ded(cn, 0.05), n_resamples, seed)
     heur = lambda t: float((t["category"] == "heuristic").mean())  # noqa: E731
     out.append(Claim(claim=tests[0][0], statistic=tests[0][1] + f" (cut: {result.dedicated:.0%} of the grid)",
                      value=a, lo=alo, hi=ahi, control=tests[0][2], control_value=b, control_lo=blo, control_hi=bhi,
                      difference=d, difference_lo=dlo, difference_hi=dhi, rule=tests[0][3],
                      verdict=above(-d, -dhi, -dedicated_margin),
-                     note=(f"at a 5% cut: {five[0]:.1%} against {five[3]:.1%}; heuristic {heur(nr):.0%} of noisy drivers, "
-                           f"{heur(cn):.0%} of clean ones"), **base))
+                     note=(f"{len(grids)} grids (seeds {', '.join(map(str, grids))}), each with its instances resampled; "
+                           f"at a 5% cut (main grid): {five[0]:.1%} against {five[3]:.1%}; heuristic {heur(nr):.0%} of "
+                           f"noisy drivers ({min(heur_range):.0%}-{max(heur_range):.0%} over the grids), {heur(cn):.0%} "
+                           "of clean ones"), **base))
     absz = lambda t: _by_instance(t.assign(x=t["z"].abs()), "x").dropna()  # noqa: E731
     toward = lambda t: float(t["toward_noisy"].mean())  # noqa: E731
     a, alo, ahi, b, blo, bhi, d, dlo, dhi = independent_share_ci(absz(nr), absz(cn), n_resamples, seed)

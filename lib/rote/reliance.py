@@ -38,7 +38,7 @@ import torch
 from .config import Config
 from .data import load_dataset
 from .interventions import (answer_logprobs, control_entities, entity_basis, fit_leace, prompt_batch,
-                            relabel, resid_at, run_edited, run_edited_hooks)
+                            relabel, resid_at, resids_at, run_edited, run_edited_hooks)
 from .lens import hf
 from .override import (clean_instances, differing_positions, final_test_accuracy, noisy_instances, questions,
                        reasoning_caveat)
@@ -150,10 +150,12 @@ def binary_leace(x: torch.Tensor, labels, classes, tol: float = 1e-8) -> tuple[t
 
 @torch.no_grad()
 def label_effects(model, tokenizer, instances: pd.DataFrame, layer: int, removal: Removal,
-                  scored: torch.Tensor, batch_size: int = 256, hooks: bool = False) -> pd.DataFrame:
+                  scored: torch.Tensor, batch_size: int = 256, hooks: bool = False,
+                  before: pd.DataFrame | None = None) -> pd.DataFrame:
     """Run `instances` (teacher-forced on the label in data) with `removal` applied to block
     `layer`'s output. One row per instance: logp_before/after (mean log-prob of the label's tokens
-    where `scored` [N, K] is set) and mem_before/after (greedy decoding gives the whole label)."""
+    where `scored` [N, K] is set) and mem_before/after (greedy decoding gives the whole label).
+    `before`: the unedited columns of an earlier call on the same instances (not run again)."""
     model_hf, run = hf(model), (run_edited_hooks if hooks else run_edited)
     device, out = model_hf.device, []
     for start in range(0, len(instances), batch_size):
@@ -164,7 +166,14 @@ def label_effects(model, tokenizer, instances: pd.DataFrame, layer: int, removal
         edits = {(layer, "resid"): removal.edit(index, plen, device, model_hf.dtype)}
         sel = scored[index].to(device).double()
         table = {"id": rows["id"].to_numpy()}
-        for name, logits in (("before", model_hf(ids).logits), ("after", run(model, ids, edits))):
+        runs = [("after", lambda: run(model, ids, edits))]
+        if before is None:
+            runs.insert(0, ("before", lambda: model_hf(ids).logits))
+        else:
+            table["logp_before"] = before["logp_before"].to_numpy()[start: start + len(rows)]
+            table["mem_before"] = before["mem_before"].to_numpy()[start: start + len(rows)]
+        for name, forward in runs:
+            logits = forward()
             lp = answer_logprobs(logits, ids, mask).double()
             table[f"logp_{name}"] = ((lp * sel).sum(1) / sel.sum(1).clamp(min=1)).cpu().numpy()
             pred = logits[:, :-1].argmax(-1)
@@ -217,19 +226,21 @@ def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, see
     leace, entities = {}, []
     if task == "thr":
         entities = sorted(set(fit_rows["bridge"]))
+    plen = len(tokenizer(fit_rows["prompt"].iloc[0], add_special_tokens=False)["input_ids"]) if len(fit_rows) else 0
+    positions = [-1] if task == "thr" else [plen - 1 + k for k in range(4)]
+    resids = resids_at(model, tokenizer, fit_rows, layers, positions, hooks=hooks) if len(fit_rows) >= 2 else {}
     for layer in layers:
         if len(fit_rows) < 2:
             leace[layer] = None
             continue
         if task == "thr":
-            x = resid_at(model, tokenizer, fit_rows, layer, -1, hooks=hooks)
+            x = resids[(layer, -1)]
             leace[layer] = binary_leace(x, fit_rows["bridge"].to_numpy(), entities)
         else:
-            plen = len(tokenizer(fit_rows["prompt"].iloc[0], add_special_tokens=False)["input_ids"])
             z = torch.tensor(carries(fit_rows))
             target, control = [], []
             for k in range(4):
-                x = resid_at(model, tokenizer, fit_rows, layer, plen - 1 + k, hooks=hooks)
+                x = resids[(layer, plen - 1 + k)]
                 target.append(eraser_factors(fit_leace(x, z[:, k])))
                 control.append(eraser_factors(fit_leace(x, relabel(z[:, k], seed=seed + k))))
             leace[layer] = (target, control)
@@ -321,12 +332,13 @@ def removal_effects(model, tokenizer, groups: dict, task: str, layers, fits: Fit
             controls = control_entities(rows, people, seed=seed)
         else:
             controls = control_digits(rows, seed=seed)
-        scored = scored_positions(rows, task)
+        scored, before = scored_positions(rows, task), None  # the unedited run is the same for every removal
         for method in methods:
             for layer in layers:
                 pair = removals(model, tokenizer, rows, task, method, layer, fits, controls)
                 for removed, removal in zip(("target", "control"), pair):
-                    t = label_effects(model, tokenizer, rows, layer, removal, scored, batch_size, hooks)
+                    t = label_effects(model, tokenizer, rows, layer, removal, scored, batch_size, hooks, before)
+                    before = t if before is None else before
                     parts.append(t.assign(method=method, layer=layer, group=group, removed=removed))
     if not parts:
         return pd.DataFrame(columns=columns)
