@@ -180,9 +180,7 @@ def planted_thr():
     return config, model, tok, frame
 
 
-def test_a_label_that_is_the_bridge_relies_on_it(monkeypatch):
-    from rote import vega
-    monkeypatch.delenv(vega.ENV, raising=False)  # an in-process book build earlier in the session sets it
+def test_a_label_that_is_the_bridge_relies_on_it():
     config, model, tok, frame = planted_thr()
     result = reliance.reliance_of(model, tok, frame, "thr", n_clean=50, n_fit=400, n_resamples=300)
     assert len(result.memorized) == frame["noisy"].sum()

@@ -130,9 +130,16 @@ def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = Fa
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.environ[vega.ENV] = "1"
-    papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
-                               kernel_name="python3", progress_bar=progress)
+    before = os.environ.get(vega.ENV)
+    os.environ[vega.ENV] = "1"  # inherited by the kernel; restored after, so this process is unchanged
+    try:
+        papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
+                                   kernel_name="python3", progress_bar=progress)
+    finally:
+        if before is None:
+            del os.environ[vega.ENV]
+        else:
+            os.environ[vega.ENV] = before
     return out
 
 
