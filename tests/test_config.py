@@ -143,3 +143,10 @@ def test_equal_configs_have_equal_hashes(name, as_int, as_float):
 @pytest.mark.parametrize("seed", [-1, 2**32])
 def test_seed_out_of_range(seed):
     _one_line_value_error(lambda: make_config("fda", "tiny", seed=seed), "seed")
+
+
+def test_atomic_writes_are_readable_like_any_new_file(tmp_path):
+    from rote.store import write_text
+    write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777

@@ -25,15 +25,23 @@ def home() -> Path:
     return Path.home() / ".cache" / "rote"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success move it into place in one rename."""
+    """Yield a temporary path beside `path`; on success move it into place in one rename, readable
+    as any file the user creates (mkstemp's 0600 would hide it from a colleague or a web server)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

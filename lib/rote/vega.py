@@ -17,6 +17,8 @@ from pathlib import Path
 
 import altair as alt
 
+from .store import write_text
+
 BUNDLE = "vega-bundle.js"
 ENV = "ROTE_OFFLINE_CHARTS"  # set to 1 by rote.book while it executes the chapters
 _ids = itertools.count()
@@ -31,11 +33,10 @@ def write_bundle(static: Path) -> Path:
     """Write the Vega / Vega-Lite / vega-embed bundle into `static` (the book's _static folder)."""
     import vl_convert
 
-    static.mkdir(parents=True, exist_ok=True)
     path = static / BUNDLE
     # The bundle declares top-level names (`_`, ...) that collide with the theme's scripts: wrapped in a
     # function, only the globals it assigns (vegaEmbed, vega, vegaLite) leave it.
-    path.write_text("(function () {\n" + vl_convert.javascript_bundle(vl_version=vegalite_version()) + "\n})();\n")
+    write_text(path, "(function () {\n" + vl_convert.javascript_bundle(vl_version=vegalite_version()) + "\n})();\n")
     return path
 
 
