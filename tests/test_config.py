@@ -150,3 +150,8 @@ def test_atomic_writes_are_readable_like_any_new_file(tmp_path):
     write_text(tmp_path / "a.txt", "x")
     (tmp_path / "b.txt").write_text("x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777
+    from rote.store import atomic_dir
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    (tmp_path / "e").mkdir()
+    assert (tmp_path / "d").stat().st_mode & 0o777 == (tmp_path / "e").stat().st_mode & 0o777

@@ -70,6 +70,7 @@ def atomic_dir(path: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, like any new folder instead
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
