@@ -92,12 +92,7 @@ def paired_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float =
         return (float("nan"),) * 9
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(n_resamples, a.size))
-    tail = (1 - level) / 2 * 100
-    out = []
-    for x in (a, b, a - b):
-        lo, hi = np.percentile(x[idx].mean(1), [tail, 100 - tail])
-        out += [float(x.mean()), float(lo), float(hi)]
-    return tuple(out)
+    return _with_intervals([(x.mean(), x[idx].mean(1)) for x in (a, b, a - b)], level)
 
 
 def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
@@ -108,12 +103,7 @@ def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: fl
     rng = np.random.default_rng(seed)
     ma = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(1)
     mb = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(1)
-    tail = (1 - level) / 2 * 100
-    out = []
-    for x, m in ((a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)):
-        lo, hi = np.percentile(m, [tail, 100 - tail])
-        out += [float(x), float(lo), float(hi)]
-    return tuple(out)
+    return _with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level)
 
 
 def grid_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
@@ -128,11 +118,16 @@ def grid_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0
     g = rng.integers(0, len(a), n_resamples)
     ma = np.take_along_axis(a[g], rng.integers(0, a.shape[1], size=(n_resamples, a.shape[1])), 1).mean(1)
     mb = np.take_along_axis(b[g], rng.integers(0, b.shape[1], size=(n_resamples, b.shape[1])), 1).mean(1)
+    return _with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level)
+
+
+def _with_intervals(estimates, level: float) -> tuple:
+    """(value, lo, hi) for each (value, bootstrap resamples) pair, flattened: percentile intervals."""
     tail = (1 - level) / 2 * 100
     out = []
-    for x, m in ((a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)):
-        lo, hi = np.percentile(m, [tail, 100 - tail])
-        out += [float(x), float(lo), float(hi)]
+    for value, resampled in estimates:
+        lo, hi = np.percentile(resampled, [tail, 100 - tail])
+        out += [float(value), float(lo), float(hi)]
     return tuple(out)
 
 
