@@ -37,6 +37,12 @@ def check_parameters(namespace: dict) -> None:
     """A chapter's first step, right after papermill's injected parameters: stop with one line if a
     passed name is not a parameter (papermill only warns: `-p nosie 0.1` would silently run the
     default noise) or a value is not valid."""
+    parameter_configs(namespace)
+
+
+def parameter_configs(namespace: dict) -> list:
+    """The configs (one per task) of a chapter's parameters in `namespace`, every name and value
+    checked (`check_parameters`)."""
     import types
 
     unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in PARAMETERS
@@ -46,8 +52,8 @@ def check_parameters(namespace: dict) -> None:
     p = {k: namespace[k] for k in PARAMETERS}
     if not isinstance(p["overrides"], dict):
         raise ConfigError(f"overrides must be a dict of rote.Config fields, got {p['overrides']!r}")
-    for task in chapter_tasks(p["task"]):
-        make_config(task, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
+    return [make_config(task, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
+            for task in chapter_tasks(p["task"])]
 
 
 def chapters() -> list[Path]:
@@ -70,13 +76,7 @@ def chapter_defaults(notebook: Path) -> dict:
 def chapter_configs(notebook: Path, parameters: dict) -> list:
     """The configs (one per task) a chapter trains or loads with `parameters` (none for a chapter
     without models; its parameters are checked all the same)."""
-    defaults = chapter_defaults(notebook)
-    unknown = sorted(set(parameters) - set(defaults))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(defaults)}")
-    p = {**defaults, **parameters}
-    configs = [make_config(t, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
-               for t in chapter_tasks(p["task"])]
+    configs = parameter_configs({**chapter_defaults(notebook), **parameters})  # the chapter's own first check
     return [] if notebook.stem in WITHOUT_MODELS else configs
 
 

@@ -21,8 +21,8 @@ REFERENCE_DIR = DATA_DIR / "reference"
 
 def reference_runs(root: Path = REFERENCE_DIR) -> dict[Path, Config]:
     """Each committed reference run and its config."""
-    return {path: validate(Config(**json.loads((path / "config.json").read_text())))
-            for path in sorted(Path(root).glob("*/config.json")) for path in [path.parent]}
+    return {config.parent: validate(Config(**json.loads(config.read_text())))
+            for config in sorted(Path(root).glob("*/config.json"))}
 
 
 def install(root: Path = REFERENCE_DIR) -> list[Path]:

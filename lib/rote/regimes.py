@@ -173,7 +173,7 @@ def this_build(runs: pd.DataFrame, config: Config) -> str:
     if not path.exists():
         return f"This build has no THR run of its set-up (run {config_hash(config)}) yet: it was not trained here."
     r = outcome(config, pd.read_csv(path))
-    text = (f"This build's THR run ({r['run']}, trained here) is '{r['regime']}': Mem-Noisy was "
+    text = (f"This build's THR run ({r['run']}) is '{r['regime']}': Mem-Noisy was "
             f"{_share(r['mem_noisy_at_test_50'])} when held-out accuracy first reached 50% and "
             f"{_share(r['mem_noisy_at_test_90'])} when it reached 90%; 95% held-out accuracy "
             f"{_minutes(r['min_to_test_95'])}{_then('Mem-Noisy', r['mem_noisy_at_test_95'])}, 99% "
