@@ -130,7 +130,7 @@ def test_resume_equals_uninterrupted(task, stops, request, tmp_path, use_home):
         assert not train_module.is_finished(config)
         last_eval = stop - stop % config.eval_every
         assert rote.metrics(config)["step"].iloc[-1] == last_eval
-        assert torch.load(run / "state.pt", weights_only=False)["step"] == last_eval
+        assert torch.load(run / "state.pt", weights_only=True)["step"] == last_eval
         with pytest.raises(FileNotFoundError):
             load(run / "final")
     _train(config)
@@ -176,7 +176,7 @@ def test_resume_after_crash_inside_an_evaluation(target, fda_run, use_home, tmp_
         with pytest.raises(SimulatedCrash):
             _train(config)
     assert rote.metrics(config)["step"].iloc[-1] == 40  # the row written before the crash
-    assert torch.load(rote.run_dir(config) / "state.pt", weights_only=False)["step"] == 20
+    assert torch.load(rote.run_dir(config) / "state.pt", weights_only=True)["step"] == 20
 
     run = _train(config)
     _assert_same_weights(_state(full_run / "final"), _state(run / "final"))

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 from . import vega
-from .config import PROFILES, ConfigError, chapter_tasks, config_hash, make_config
+from .config import PROFILES, ConfigError, chapter_tasks, check_parameter_names, config_hash, make_config
 from .store import DATA_DIR, REPO_ROOT, atomic_path
 
 PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
 PARAMETERS = ("task", "noise", "seed", "profile", "overrides")  # every chapter's parameters cell
-NOTEBOOK_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
-WITHOUT_MODELS = {"data", "protocol", "thr_regimes"}  # chapters that read data or records, train nothing
+WITHOUT_MODELS = {"data", "protocol", "thr_regimes", "scorecard"}  # chapters that read data or records, train nothing
 
 
 def check_parameters(namespace: dict) -> None:
@@ -43,15 +42,7 @@ def check_parameters(namespace: dict) -> None:
 def parameter_configs(namespace: dict) -> list:
     """The configs (one per task) of a chapter's parameters in `namespace`, every name and value
     checked (`check_parameters`)."""
-    import types
-
-    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in PARAMETERS
-                     and k not in NOTEBOOK_NAMES and not isinstance(v, types.ModuleType) and not callable(v))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMETERS)}")
-    p = {k: namespace[k] for k in PARAMETERS}
-    if not isinstance(p["overrides"], dict):
-        raise ConfigError(f"overrides must be a dict of rote.Config fields, got {p['overrides']!r}")
+    p = check_parameter_names(namespace, PARAMETERS)
     return [make_config(task, p["profile"], noise=p["noise"], seed=p["seed"], **p["overrides"])
             for task in chapter_tasks(p["task"])]
 
@@ -73,10 +64,23 @@ def chapter_defaults(notebook: Path) -> dict:
     raise ValueError(f"{notebook.name} has no cell tagged 'parameters'")
 
 
+def chapter_parameters(notebook: Path, parameters: dict) -> dict:
+    """The build's `parameters` that apply to `notebook`: the scorecard, which has parameters of its
+    own (a grid), does not take the observation chapters' noise and seed. Unknown names pass, to be
+    refused by the chapter's check."""
+    defaults = chapter_defaults(notebook)
+    return {k: v for k, v in parameters.items() if k in defaults or k not in PARAMETERS}
+
+
 def chapter_configs(notebook: Path, parameters: dict) -> list:
     """The configs (one per task) a chapter trains or loads with `parameters` (none for a chapter
-    without models; its parameters are checked all the same)."""
-    configs = parameter_configs({**chapter_defaults(notebook), **parameters})  # the chapter's own first check
+    without models; its parameters are checked all the same, as its own first cell does)."""
+    values = {**chapter_defaults(notebook), **chapter_parameters(notebook, parameters)}
+    if notebook.stem == "scorecard":
+        from .scorecard import parameter_cells
+        parameter_cells(values)
+        return []
+    configs = parameter_configs(values)
     return [] if notebook.stem in WITHOUT_MODELS else configs
 
 
@@ -155,13 +159,12 @@ def provenance(configs: list, parameters: dict) -> str:
         metrics = run_dir(c) / "metrics.csv"
         minutes = pd.read_csv(metrics)["seconds"].iloc[-1] / 60 if metrics.exists() else float("nan")
         runs.append(f"{c.task.upper()} run `{config_hash(c)}` (trained in {minutes:.1f} min)")
-    p = parameters
+    said = ", ".join(f"{k} `{v}`" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{k} {v:g}"
+                     for k, v in parameters.items() if k != "overrides" or v)
     device = default_device()
     where = torch.cuda.get_device_name(0) if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    return (f"*How this page was run:* profile `{p['profile']}`, task `{p['task']}`, noise {p['noise']:g}, "
-            f"seed {p['seed']}{', overrides ' + repr(p['overrides']) if p['overrides'] else ''}; "
-            f"{'; '.join(runs) or 'no trained model'}; on {platform.system()} {platform.machine()}, {where}, "
-            f"torch {torch.__version__}.")
+    return (f"*How this page was run:* {said}; {'; '.join(runs) or 'no trained model'}; on {platform.system()} "
+            f"{platform.machine()}, {where}, torch {torch.__version__}.")
 
 
 def for_readers(executed: Path, line: str) -> None:
@@ -210,14 +213,15 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
         if notebook not in configs:
             shutil.copy(notebook, src / "book" / notebook.name)
             continue
-        cached = cache / f"{notebook.stem}-{chapter_key(notebook, parameters, configs[notebook], package)}.ipynb"
+        mine = chapter_parameters(notebook, parameters)
+        cached = cache / f"{notebook.stem}-{chapter_key(notebook, mine, configs[notebook], package)}.ipynb"
         t0 = time.perf_counter()
         if cached.exists():
             print(f"{notebook.stem}: unchanged, reused", flush=True)
         else:
-            print(f"{notebook.stem}: running ({parameters}) ...", flush=True)
-            run_chapter(notebook, src / "book" / notebook.name, parameters)
-            for_readers(src / "book" / notebook.name, provenance(configs[notebook], {**chapter_defaults(notebook), **parameters}))
+            print(f"{notebook.stem}: running ({mine}) ...", flush=True)
+            run_chapter(notebook, src / "book" / notebook.name, mine)
+            for_readers(src / "book" / notebook.name, provenance(configs[notebook], {**chapter_defaults(notebook), **mine}))
             shutil.copy(src / "book" / notebook.name, cached)
             print(f"{notebook.stem}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         shutil.copy(cached, src / "book" / notebook.name)

@@ -306,3 +306,20 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
         y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
         tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
     ).properties(width=360, height=200, title=title)
+
+
+# ---- The scorecard -------------------------------------------------------------------------------------
+
+SUMMARY_COLORS = {"holds in every run": "#1a7f37", "holds in most runs": "#7fbf7b", "holds in some runs": "#f1b6da",
+                  "holds in no run": "#c51b7d", "cannot be tested": "#9e9e9e", "not run yet": "#e0e0e0"}
+
+
+def scorecard_chart(frame: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Observation (rows) x noise rate (columns), one panel per task: how often the observation held
+    over seeds; the tooltip gives each seed's verdict and number."""
+    return alt.Chart(frame, title=title).mark_rect(stroke="white").encode(
+        x=alt.X("noise:O", title="noise rate", sort=sorted(frame["noise"].unique(), key=lambda n: float(n.rstrip("%")))),
+        y=alt.Y("observation:O", title="observation"),
+        color=alt.Color("summary:N", title=None, scale=alt.Scale(domain=list(SUMMARY_COLORS), range=list(SUMMARY_COLORS.values()))),
+        tooltip=["task", "observation", "claim", "noise", "counts", "runs"],
+    ).properties(width=180, height=200).facet(column=alt.Column("task:N", title=None))

@@ -11,12 +11,16 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 
-class ConfigError(ValueError):
-    """A bad config value or name. In a notebook it shows as its one line, not as a traceback
-    through the library (IPython calls `_render_traceback_`)."""
+class OneLineError(Exception):
+    """An error the user can fix from its message alone. In a notebook it shows as its one line, not
+    as a traceback through the library (IPython calls `_render_traceback_`)."""
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
+
+
+class ConfigError(OneLineError, ValueError):
+    """A bad config value or name."""
 
 
 TASKS = ("fda", "thr")
@@ -176,6 +180,22 @@ def chapter_tasks(task: str) -> list[str]:
     """The tasks a chapter runs for its `task` parameter: "fda", "thr" or "both"."""
     _choice("task", task, (*TASKS, "both"))
     return list(TASKS) if task == "both" else [task]
+
+
+def check_parameter_names(namespace: dict, allowed) -> dict:
+    """A chapter's parameters (`allowed`) from its global `namespace`, after a one-line error if the
+    namespace holds any other plain value: papermill only warns of an unknown name (`-p nosie 0.1`
+    would silently run the default noise). The `overrides` parameter must be a dict."""
+    import types
+
+    notebook = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
+    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in allowed
+                     and k not in notebook and not isinstance(v, types.ModuleType) and not callable(v))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    if not isinstance(namespace.get("overrides", {}), dict):
+        raise ConfigError(f"overrides must be a dict of rote.Config fields, got {namespace['overrides']!r}")
+    return {k: namespace[k] for k in allowed}
 
 
 def profile_table() -> "pandas.DataFrame":

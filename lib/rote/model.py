@@ -14,6 +14,7 @@ hf_logging.disable_progress_bar()
 
 from .config import Config
 from .data import RELATIONS, names
+from .store import readable
 
 PAD, UNK = "<pad>", "<unk>"
 THR_WORDS = ("The", "of", "is", "Who", "the", "?", "Answer:")
@@ -54,6 +55,7 @@ def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, path: Path)
     """Weights (safetensors), model config and tokenizer into `path`."""
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    readable(path)  # safetensors writes 0600: a colleague's worker on a shared file system could not read it
 
 
 def load(path: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:

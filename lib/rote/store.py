@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -62,6 +63,14 @@ def write_csv(path: Path, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def readable(path: Path) -> None:
+    """Give `path` and everything under it the modes of a file or folder the user creates (the
+    umask's), as libraries that write through private temporary files (safetensors: 0600) do not."""
+    path = Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_dir(path: Path):
     """Yield a temporary directory beside `path`; on success it replaces `path` whole."""
@@ -70,10 +79,31 @@ def atomic_dir(path: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, like any new folder instead
+        readable(tmp)  # mkdtemp's 0700, like any new folder instead
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextmanager
+def locked(directory: Path):
+    """Hold an exclusive lock on `directory` (a `.lock` file in it) for the duration: two processes
+    asked for the same run never train it at the same time; the second waits, then finds the run
+    finished. The lock is the kernel's (flock), so a killed holder releases it."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the process that holds {directory} ...", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

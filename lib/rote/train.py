@@ -26,11 +26,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, config_hash, validate
+from .config import Config, OneLineError, config_hash, validate
 from .data import load_dataset
 from .evaluate import evaluate, evaluation_sets
 from .model import build_model, build_tokenizer, encode, load, save
-from .store import atomic_dir, atomic_path, home, write_csv, write_json
+from .store import atomic_dir, atomic_path, home, locked, write_csv, write_json
+
+
+class RunError(OneLineError, RuntimeError):
+    """A run directory that cannot be resumed as it is."""
 
 
 def run_dir(config: Config) -> Path:
@@ -131,12 +135,31 @@ def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
 def train(config: Config, device: str | None = None, stop_after: int | None = None,
           progress: bool = True, compile: bool | None = None) -> Path:
     """Train `config` to the end (or to `stop_after` steps, leaving it resumable); return its run
-    directory. A finished run is left as it is."""
+    directory. A finished run is left as it is; a run being trained by another process is waited
+    for (`store.locked`)."""
     validate(config)
-    device = device or default_device()
     run = run_dir(config)
     if (run / "final" / "model.safetensors").exists():
         return run
+    with locked(run):
+        if not (run / "final" / "model.safetensors").exists():
+            _train(config, run, device or default_device(), stop_after, progress, compile)
+    return run
+
+
+def resume_state(run: Path, device: str) -> dict:
+    """The training state saved in `run`: tensors and numbers only (`weights_only`: a run directory
+    on a shared file system must not be able to run code in whoever resumes it)."""
+    try:
+        return torch.load(run / "state.pt", map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means a corrupt or foreign file
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise RunError(f"cannot resume {run}: state.pt is unreadable ({reason}); delete {run / 'state.pt'} "
+                       "to restart this run from step 0 (or the whole directory)") from None
+
+
+def _train(config: Config, run: Path, device: str, stop_after: int | None, progress: bool,
+           compile: bool | None) -> None:
     frame = load_dataset(config)
     tokenizer = build_tokenizer(config)
     train_rows = training_rows(frame, config)
@@ -149,7 +172,7 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
     optimizer = make_optimizer(model, config)
     step, seconds, rows, predictions = 0, 0.0, [], []
     if (run / "state.pt").exists():
-        state = torch.load(run / "state.pt", map_location=device, weights_only=False)
+        state = resume_state(run, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, seconds = state["step"], state["seconds"]
@@ -222,7 +245,6 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
         save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
         with atomic_dir(run / "final") as tmp:
             save(model, tokenizer, tmp)
-    return run
 
 
 def is_finished(config: Config) -> bool:

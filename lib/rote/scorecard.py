@@ -1,0 +1,202 @@
+"""The replication scorecard: every observation's verdicts over a grid of noise rates and seeds.
+
+It reads the cell records written by `rote.sweep` (one folder per trained config, holding its claim
+records and metrics) and counts, per observation, task and noise rate, in how many runs the
+observation held. A run's verdict on an observation is `claims.overall` of its claims, so the
+scorecard applies exactly the rules and base rates of the chapters.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .claims import Claim, _with_ci, is_share, overall
+from .config import ConfigError, chapter_tasks, check_parameter_names
+from .sweep import NOISES, RECORDS, SEEDS, cell_dir, grid, is_done, sweep
+
+PARAMETERS = ("task", "profile", "noises", "seeds", "overrides", "run_sweep")  # the chapter's parameters cell
+
+# The paper's observations in one line each (the chapters give them whole).
+PAPER = {
+    0: "Noisy instances are answered correctly before their noisy label is memorized.",
+    1: "After memorization, earlier layers still compute the correct label; later layers override it.",
+    2: "Producing the noisy label relies on the correct reasoning: removing it harms memorization.",
+    3: "FDA noise is fitted by shifting existing heuristic neurons, not by dedicated look-up neurons.",
+    4: "Memorization is distributed: the noisy label needs many inputs, not one key.",
+}
+# What a cell of the table shows for the runs of one observation, task and noise rate.
+SUMMARIES = ("holds in every run", "holds in most runs", "holds in some runs", "holds in no run", "cannot be tested",
+             "not run yet")
+
+
+def default_cells(profile: str = "cpu", tasks=("fda", "thr"), noises=NOISES, seeds=None, overrides=None) -> list:
+    """The grid the scorecard expects: the committed grid unless told otherwise."""
+    return grid(tasks, noises, seeds if seeds is not None else {t: SEEDS[t] for t in tasks}, profile, overrides)
+
+
+def parameter_cells(namespace: dict) -> list:
+    """The grid of the scorecard chapter's parameters in `namespace`, every name and value checked
+    (one line naming what is allowed)."""
+    p = check_parameter_names(namespace, PARAMETERS)
+    if not isinstance(p["run_sweep"], bool):
+        raise ConfigError(f"run_sweep must be True or False, got {p['run_sweep']!r}")
+    return default_cells(p["profile"], chapter_tasks(p["task"]), p["noises"], p["seeds"], p["overrides"])
+
+
+@dataclass
+class Scorecard:
+    cells: list  # the grid's cells
+    verdicts: pd.DataFrame  # per cell and observation: the run's verdict (`run_verdicts`)
+    claims: pd.DataFrame  # every claim record of the cells with records (`claim_records`)
+    timings: pd.DataFrame  # per cell with records: training minutes and analysis seconds
+
+
+def scorecard(cells: list, records: Path = RECORDS, run_sweep: bool = False) -> Scorecard:
+    """The scorecard of `cells` from their saved records; with `run_sweep`, the cells without
+    records are run first (`rote.sweep` on a LocalCluster on this machine)."""
+    if run_sweep and not all(is_done(c, records) for c in cells):
+        sweep(cells, records=records)
+    timings = []
+    for cell in cells:
+        path = cell_dir(cell, records) / "cell.json"
+        if path.exists():
+            info = json.loads(path.read_text())
+            timings.append({"task": cell.task.upper(), "noise": f"{cell.noise:.0%}", "seed": cell.seed,
+                            "config": info["config_hash"], "training minutes": info["train_minutes"],
+                            "analysis seconds": sum(info["analysis_seconds"].values()), "trained on": info["device"]})
+    columns = ["task", "noise", "seed", "config", "training minutes", "analysis seconds", "trained on"]
+    return Scorecard(cells, run_verdicts(cells, records), claim_records(cells, records), pd.DataFrame(timings, columns=columns))
+
+
+def claim_records(cells: list, records: Path = RECORDS) -> pd.DataFrame:
+    """One row per claim record of every cell that has records, with the cell's noise and seed."""
+    rows = []
+    for cell in cells:
+        path = cell_dir(cell, records) / "claims.json"
+        if path.exists():
+            for record in json.loads(path.read_text()):
+                record = {k: (float("nan") if v is None else v) for k, v in record.items()}
+                rows.append({**record, "noise": cell.noise, "seed": cell.seed})
+    return pd.DataFrame(rows)
+
+
+def run_verdicts(cells: list, records: Path = RECORDS) -> pd.DataFrame:
+    """Per cell and observation: the run's verdict (`claims.overall`), or "not run yet"."""
+    claims = claim_records(cells, records)
+    rows = []
+    for cell in cells:
+        mine = claims[(claims["noise"] == cell.noise) & (claims["seed"] == cell.seed) & (claims["task"] == cell.task)] \
+            if len(claims) else claims
+        for observation in PAPER:
+            if observation == 3 and cell.task != "fda":
+                continue
+            found = [Claim(**{k: v for k, v in r.items() if k not in ("noise", "seed")}) for r in mine[mine["observation"] == observation].to_dict("records")] if len(mine) else []
+            rows.append({"observation": observation, "task": cell.task, "noise": cell.noise, "seed": cell.seed,
+                         "verdict": overall(found) if found else "not run yet"})
+    return pd.DataFrame(rows)
+
+
+def _tested(verdicts: list[str]) -> list[str]:
+    return [v for v in verdicts if v not in ("not run yet", "cannot be tested")]
+
+
+def summarize(verdicts: list[str]) -> str:
+    """One of SUMMARIES for the verdicts of the runs of one group, over the runs where the
+    observation could be tested."""
+    tested = _tested(verdicts)
+    if not tested:
+        return "cannot be tested" if "cannot be tested" in verdicts else "not run yet"
+    holding = sum(v == "holds" for v in tested)
+    if holding == len(tested):
+        return "holds in every run"
+    if holding == 0:
+        return "holds in no run"
+    return "holds in most runs" if holding > len(tested) / 2 else "holds in some runs"
+
+
+def counts(verdicts: list[str]) -> str:
+    """"holds in 2 of 3 runs (holds in part 1)" for the verdicts of one group, with the runs where
+    it could not be tested and those not run yet."""
+    tested = _tested(verdicts)
+    if verdicts.count("not run yet") == len(verdicts):
+        return f"not run yet ({len(verdicts)} runs)"
+    text = f"holds in {sum(v == 'holds' for v in tested)} of {len(tested)} runs" if tested else "no run tested"
+    others = [f"{v} {tested.count(v)}" for v in ("holds in part", "does not hold") if v in tested]
+    text += f" ({', '.join(others)})" if others else ""
+    for v in ("cannot be tested", "not run yet"):
+        if v in verdicts:
+            text += f"; {v} in {verdicts.count(v)}"
+    return text
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Observation x task rows, a column per noise rate and one over all: the verdict counts."""
+    rows = []
+    for (observation, task), group in verdicts.groupby(["observation", "task"], sort=True):
+        row = {"observation": observation, "paper's claim": PAPER[observation], "task": task.upper()}
+        for noise, runs in group.groupby("noise"):
+            row[f"noise {noise:.0%}"] = counts(list(runs["verdict"]))
+        row["all runs"] = counts(list(group["verdict"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def statistic_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and noise rate: each seed's statistic with its interval against its control, the
+    spread of the difference over seeds, and the verdict counts."""
+    rows = []
+    if not len(claims):
+        return pd.DataFrame(rows)
+    for (observation, task, claim, noise), group in claims.groupby(["observation", "task", "claim", "noise"], sort=True):
+        first = Claim(**{k: v for k, v in group.iloc[0].items() if k not in ("noise", "seed")})
+        p = is_share(first)
+        seeds = "; ".join(f"seed {r.seed}: {_with_ci(r.value, r.lo, r.hi, p)} vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
+                          for r in group.sort_values("seed").itertuples())
+        d = group["difference"].dropna()
+        spread = f"{_with_ci(d.mean(), d.min(), d.max(), p)}" if len(d) else "n/a"
+        rows.append({"observation": observation, "task": task.upper(), "claim": claim,
+                     "statistic vs control": f"{first.statistic} vs {first.control}", "noise": f"{noise:.0%}",
+                     "per seed: value [95% CI] vs control": seeds, "difference: mean [min, max] over seeds": spread,
+                     "verdicts": counts(list(group["verdict"]))})
+    return pd.DataFrame(rows)
+
+
+def heatmap_frame(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per observation, task and noise rate: the summary, the counts and, for tooltips,
+    each seed's verdict with the observation's first statistic against its control."""
+    rows = []
+    for (observation, task, noise), group in verdicts.groupby(["observation", "task", "noise"], sort=True):
+        details = []
+        for r in group.sort_values("seed").itertuples():
+            mine = claims[(claims["observation"] == observation) & (claims["task"] == task) & (claims["noise"] == noise)
+                          & (claims["seed"] == r.seed)] if len(claims) else claims
+            number = ""
+            if len(mine):
+                c = mine.iloc[0]
+                p = is_share(Claim(**{k: v for k, v in c.items() if k not in ("noise", "seed")}))
+                number = f": {_with_ci(c.value, c.lo, c.hi, p)} vs {_with_ci(c.control_value, float('nan'), float('nan'), p)}"
+            details.append(f"seed {r.seed} {r.verdict}{number}")
+        rows.append({"observation": f"{observation}", "task": task.upper(), "noise": f"{noise:.0%}",
+                     "summary": summarize(list(group["verdict"])), "counts": counts(list(group["verdict"])),
+                     "claim": PAPER[observation], "runs": " | ".join(details)})
+    return pd.DataFrame(rows)
+
+
+def robustness(verdicts: pd.DataFrame) -> str:
+    """The scorecard's conclusion in words: which observations hold in every run here, which in
+    some, which in none, and what is not run yet; computed from the verdicts."""
+    groups = {s: [] for s in SUMMARIES}
+    for (observation, task), group in verdicts.groupby(["observation", "task"], sort=True):
+        groups[summarize(list(group["verdict"]))].append(
+            f"Observation {observation} in {task.upper()} ({counts(list(group['verdict']))})")
+    said = {"holds in every run": "Robust here, holding in every run trained so far",
+            "holds in most runs": "Holding in most runs but not all",
+            "holds in some runs": "Holding in some runs only",
+            "holds in no run": "Not reproduced in any run",
+            "cannot be tested": "Not testable in the runs so far",
+            "not run yet": "Not run yet"}
+    parts = [f"{said[s]}: {'; '.join(groups[s])}." for s in SUMMARIES if groups[s]]
+    return " ".join(parts) if parts else "No cell of the grid has records yet."

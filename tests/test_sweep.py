@@ -1,0 +1,267 @@
+"""rote.sweep on Dask and the run-directory safety it needs: the lock, a SIGKILLed trainer or worker,
+a corrupt or hostile state.pt, bad grid input; and rote.scorecard's counting on known records."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rote
+from rote import scorecard, sweep
+from rote.claims import Claim
+from rote.config import ConfigError
+from rote.train import RunError, run_dir
+
+PYTHON = sys.executable
+# A tiny run long enough to be caught in the middle (a few seconds on one thread).
+LONG = {"max_steps": 400, "eval_every": 20, "checkpoint_every": 200}
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def _trainer(home: Path, **overrides) -> subprocess.Popen:
+    """A separate process training the tiny FDA config with `overrides` in `home`."""
+    code = ("import torch, sys; torch.set_num_threads(1); import rote; "
+            f"rote.train(rote.make_config('fda', 'tiny', **{overrides!r}), progress=False); print('trained')")
+    return subprocess.Popen([PYTHON, "-c", code], env={**os.environ, "ROTE_HOME": str(home)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(run: Path, proc, timeout: float = 120) -> int:
+    """Poll until `run` has a saved state past step 0 and no final model; return that step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = run / "metrics.csv"
+        if (run / "state.pt").exists() and metrics.exists() and not (run / "final").exists():
+            steps = pd.read_csv(metrics)["step"]
+            if steps.iloc[-1] > 0:
+                return int(steps.iloc[-1])
+        assert proc is None or proc.poll() is None, "the trainer ended before it could be interrupted"
+        time.sleep(0.02)
+    raise AssertionError("the run never reached a saved step")
+
+
+# ---- the run directory --------------------------------------------------------------------------------------
+
+def test_sigkilled_training_resumes_to_the_same_final_weights(tmp_path):
+    config = rote.make_config("fda", "tiny", **LONG)
+    os.environ["ROTE_HOME"] = str(tmp_path / "whole")
+    whole = rote.train(config, progress=False)
+
+    killed_home = tmp_path / "killed"
+    proc = _trainer(killed_home, **LONG)
+    run = killed_home / "runs" / whole.name
+    step = _wait_for_step(run, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final").exists() and step < config.max_steps
+    os.environ["ROTE_HOME"] = str(killed_home)
+    assert rote.train(config, progress=False) == run
+    _same_weights(whole, run)
+    steps = pd.read_csv(run / "metrics.csv")["step"]
+    assert list(steps) == list(range(0, config.max_steps + 1, config.eval_every))  # no evaluation twice
+
+
+def test_two_processes_never_train_the_same_run_at_once(tmp_path):
+    home = tmp_path / "shared"
+    first = _trainer(home, **LONG)
+    run = home / "runs" / run_dir(rote.make_config("fda", "tiny", **LONG)).name
+    _wait_for_step(run, first)
+    second = _trainer(home, **LONG)  # asked for the same config while the first trains it
+    out2, err2 = second.communicate(timeout=300)
+    out1, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0
+    assert "waiting for the process that holds" in err2  # the second waited for the lock
+    steps = pd.read_csv(run / "metrics.csv")["step"]
+    assert steps.is_unique and steps.is_monotonic_increasing
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def test_run_files_are_readable_by_the_group(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = rote.train(rote.make_config("fda", "tiny"), progress=False)
+    finally:
+        os.umask(old)
+    for path in [run / "metrics.csv", run / "state.pt", run / "final", run / "final" / "model.safetensors"]:
+        assert path.stat().st_mode & 0o040, path  # group-readable, unlike mkstemp's 0600
+
+
+def test_corrupt_state_gives_one_line_naming_the_run(tmp_path):
+    config = rote.make_config("fda", "tiny")
+    run = rote.train(config, stop_after=30, progress=False)
+    (run / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(RunError) as err:
+        rote.train(config, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and str(run) in message and "delete" in message and "state.pt" in message
+    (run / "state.pt").unlink()  # what the message says to do
+    assert rote.train(config, progress=False) == run and (run / "final" / "model.safetensors").exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_resuming_never_unpickles_arbitrary_objects(tmp_path):
+    config = rote.make_config("fda", "tiny")
+    run = rote.train(config, stop_after=30, progress=False)
+    marker = tmp_path / "code-ran"
+    with open(run / "state.pt", "wb") as handle:  # a state.pt that runs code when unpickled
+        pickle.dump({"model": _Payload(marker), "step": 20}, handle)
+    with pytest.raises(RunError):
+        rote.train(config, progress=False)
+    assert not marker.exists()
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,expected", [
+    (dict(tasks=["fdx"], noises=[0.05], seeds=[0]), "unknown task 'fdx'; allowed: fda, thr"),
+    (dict(tasks=["fda"], noises=[1.5], seeds=[0]), "noise must be in [0, 1), got 1.5"),
+    (dict(tasks=["fda"], noises=[], seeds=[0]), "empty grid"),
+    (dict(tasks=["fda"], noises=[0.05], seeds=[]), "empty grid"),
+    (dict(tasks=["fda"], noises=[0.05], seeds=[0], overrides={"n_layr": 2}), "unknown config field(s) n_layr"),
+])
+def test_bad_grid_fails_in_one_line(args, expected):
+    with pytest.raises(ConfigError) as err:
+        sweep.grid(profile="tiny", **args)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--tasks", "fdx"], "error: unknown task 'fdx'; allowed: fda, thr"),
+    (["--noise", "-0.1"], "error: noise must be in [0, 1), got -0.1"),
+    (["--seeds"], None),  # argparse: expected at least one argument
+    (["--scheduler", "tcp://127.0.0.1:9"], "error: cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+])
+def test_sweep_command_refuses_bad_input_before_any_work(argv, expected, tmp_path):
+    records = tmp_path / "records"
+    result = subprocess.run([PYTHON, "-m", "rote.sweep", "--profile", "tiny", "--records", str(records), *argv],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    if expected:
+        assert last.startswith(expected), result.stderr
+        assert "Traceback" not in result.stderr
+    assert not records.exists() and not (Path(os.environ["ROTE_HOME"]) / "runs").exists()
+
+
+def test_slurm_job_script(tmp_path):
+    cluster = sweep.slurm_cluster(jobs=0, threads=2, memory="6GB", walltime="01:00:00",
+                                  options=["--partition=cpu"], rote_home=str(tmp_path / "shared"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --partition=cpu" in script and "#SBATCH -t 01:00:00" in script
+    assert "#SBATCH --cpus-per-task=2" in script
+    assert f"export ROTE_HOME={tmp_path / 'shared'}" in script and "export OMP_NUM_THREADS=2" in script
+    assert "--nthreads 1" in script  # one cell at a time per job
+
+
+def _claims(records: Path, cell) -> str:
+    return (sweep.cell_dir(cell, records) / "claims.json").read_text()
+
+
+def test_grid_on_a_local_cluster_with_a_killed_worker_matches_cells_run_one_by_one(tmp_path):
+    from distributed import Client, LocalCluster
+
+    cells = sweep.grid(["fda", "thr"], [0.05, 0.1], [0], "tiny", LONG)
+    serial = tmp_path / "serial"
+    for cell in cells:
+        sweep.run_cell(cell, str(tmp_path / "home-serial"), str(serial))
+
+    home, records = tmp_path / "home-dask", tmp_path / "dask"
+    os.environ["ROTE_HOME"] = str(home)
+    with Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
+                             dashboard_address=":0")) as client:
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(
+            frame=sweep.sweep(cells, client, records, progress=False)))
+        runner.start()
+        victim = home / "runs" / cells[0].name  # training on a worker: kill that worker
+        _wait_for_step(victim, None)
+        for address, keys in client.processing().items():
+            if any(cells[0].name in str(k) for k in keys):
+                pid = client.run(os.getpid, workers=[address])[address]
+                os.kill(pid, signal.SIGKILL)
+                break
+        else:
+            pytest.fail("no worker was training the first cell")
+        runner.join(timeout=600)
+    frame = result["frame"]
+    assert sorted(frame["config_hash"]) == sorted(rote.config_hash(c.config) for c in cells)
+    for cell in cells:
+        assert _claims(records, cell) == _claims(serial, cell), cell
+        _same_weights(tmp_path / "home-serial" / "runs" / cell.name, home / "runs" / cell.name)
+    # a second sweep skips every cell with records
+    again = sweep.sweep(cells, None, records, progress=False)
+    assert list(again["finished"]) == list(frame["finished"])
+
+
+# ---- the scorecard ---------------------------------------------------------------------------------------------
+
+def _claim(observation: int, task: str, verdict: str, value: float = 0.5) -> Claim:
+    return Claim(observation, task, "a claim", "share of instances", value, value - 0.1, value + 0.1, "control",
+                 0.1, 0.05, 0.15, value - 0.1, value - 0.2, value, "rule", verdict, 10)
+
+
+def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
+    cells = scorecard.default_cells("tiny", ("fda",), (0.05, 0.1), [0, 1, 2])
+    verdicts = {(0.05, 0): "holds", (0.05, 1): "holds", (0.05, 2): "holds in part", (0.1, 0): "does not hold"}
+    for cell in cells:
+        if (cell.noise, cell.seed) in verdicts:
+            v = verdicts[cell.noise, cell.seed]
+            records = [_claim(o, "fda", v) for o in range(5)]
+            metrics = tmp_path / "m.csv"
+            metrics.write_text("step\n0\n")
+            info = {"config_hash": rote.config_hash(cell.config), "train_minutes": 1.0, "analysis_seconds": {"0": 1.0},
+                    "device": "1 CPU thread(s)"}
+            sweep.save_cell(cell, tmp_path, info, cell.config, records, metrics)
+    card = scorecard.scorecard(cells, tmp_path)
+    table = scorecard.verdict_table(card.verdicts).set_index("observation")
+    assert table.loc[0, "noise 5%"] == "holds in 2 of 3 runs (holds in part 1)"
+    assert table.loc[0, "noise 10%"] == "holds in 0 of 1 runs (does not hold 1); not run yet in 2"
+    assert table.loc[0, "all runs"] == "holds in 2 of 4 runs (holds in part 1, does not hold 1); not run yet in 2"
+    frame = scorecard.heatmap_frame(card.verdicts, card.claims).set_index(["observation", "noise"])
+    assert frame.loc[("0", "5%"), "summary"] == "holds in most runs"
+    assert frame.loc[("0", "10%"), "summary"] == "holds in no run"
+    assert "seed 2 holds in part: 50.0% [40.0%, 60.0%]" in frame.loc[("0", "5%"), "runs"]
+    stats = scorecard.statistic_table(card.claims)
+    assert stats.iloc[0]["difference: mean [min, max] over seeds"] == "40.0% [40.0%, 40.0%]"
+    assert "Holding in some runs only: Observation 0 in FDA (holds in 2 of 4 runs" in scorecard.robustness(card.verdicts)
+    assert len(card.timings) == 4
+
+
+def test_scorecard_parameters_are_checked():
+    base = dict(task="both", profile="tiny", noises=[0.05], seeds=[0], overrides={}, run_sweep=False)
+    assert len(scorecard.parameter_cells(base)) == 2
+    with pytest.raises(ConfigError, match="unknown parameter.*noise; allowed: task, profile, noises"):
+        scorecard.parameter_cells({**base, "noise": 0.1})
+    with pytest.raises(ConfigError, match="run_sweep must be True or False"):
+        scorecard.parameter_cells({**base, "run_sweep": "yes"})
