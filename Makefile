@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test book check-book reference bench clean
+.PHONY: install chromium test book check-book reference sweep bench clean
 
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -39,6 +39,10 @@ book: install
 # The committed reference runs (data/reference/) as finished runs: `make book` then loads them.
 reference: install
 	$(BIN)/python -m rote.reference
+
+# The scorecard's grid (rote.sweep on a LocalCluster; SWEEP="--seeds 0 1" etc. passes options).
+sweep: install
+	$(BIN)/python -m rote.sweep --profile $(PROFILE) $(SWEEP)
 
 check-book: install
 	$(BIN)/python -m rote.bookcheck _build/html
