@@ -260,8 +260,8 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
 
 def test_scorecard_parameters_are_checked():
     base = dict(task="both", profile="tiny", noises=[0.05], seeds=[0], overrides={}, run_sweep=False)
-    assert len(scorecard.parameter_cells(base)) == 2
+    assert len(scorecard.check_parameters(base)) == 2
     with pytest.raises(ConfigError, match="unknown parameter.*noise; allowed: task, profile, noises"):
-        scorecard.parameter_cells({**base, "noise": 0.1})
+        scorecard.check_parameters({**base, "noise": 0.1})
     with pytest.raises(ConfigError, match="run_sweep must be True or False"):
-        scorecard.parameter_cells({**base, "run_sweep": "yes"})
+        scorecard.check_parameters({**base, "run_sweep": "yes"})

@@ -77,8 +77,8 @@ def chapter_configs(notebook: Path, parameters: dict) -> list:
     without models; its parameters are checked all the same, as its own first cell does)."""
     values = {**chapter_defaults(notebook), **chapter_parameters(notebook, parameters)}
     if notebook.stem == "scorecard":
-        from .scorecard import parameter_cells
-        parameter_cells(values)
+        from .scorecard import check_parameters
+        check_parameters(values)
         return []
     configs = parameter_configs(values)
     return [] if notebook.stem in WITHOUT_MODELS else configs

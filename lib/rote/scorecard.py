@@ -37,7 +37,7 @@ def default_cells(profile: str = "cpu", tasks=("fda", "thr"), noises=NOISES, see
     return grid(tasks, noises, seeds if seeds is not None else {t: SEEDS[t] for t in tasks}, profile, overrides)
 
 
-def parameter_cells(namespace: dict) -> list:
+def check_parameters(namespace: dict) -> list:
     """The grid of the scorecard chapter's parameters in `namespace`, every name and value checked
     (one line naming what is allowed)."""
     p = check_parameter_names(namespace, PARAMETERS)
