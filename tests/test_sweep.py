@@ -184,6 +184,14 @@ def test_slurm_job_script(tmp_path):
     assert "--nthreads 1" in script  # one cell at a time per job
 
 
+def test_finished_and_started_runs_go_first_then_the_grid_order():
+    cells = sweep.grid(["fda"], [0.02, 0.05, 0.1, 0.2], [0], "tiny")
+    rote.train(cells[2].config, progress=False)  # finished
+    rote.train(cells[3].config, stop_after=30, progress=False)  # saved at step 20
+    ranked = sorted(cells, key=sweep.priorities(cells).get, reverse=True)
+    assert ranked == [cells[2], cells[3], cells[0], cells[1]]
+
+
 def _claims(records: Path, cell) -> str:
     return (sweep.cell_dir(cell, records) / "claims.json").read_text()
 

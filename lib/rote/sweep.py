@@ -216,6 +216,12 @@ def head_start(cell: Cell) -> int:
     return 0
 
 
+def priorities(cells: list[Cell]) -> dict:
+    """Dask priorities (higher runs first): runs with more steps done first (`head_start`), then the
+    grid's order, which Dask does not keep among equal priorities."""
+    return {c: head_start(c) * (len(cells) + 1) + len(cells) - i for i, c in enumerate(cells)}
+
+
 def sweep(cells: list[Cell], client=None, records: Path = RECORDS, threads: int = 1, gpu: bool = False,
           progress: bool = True) -> pd.DataFrame:
     """Run every cell without records on `client`'s cluster (a LocalCluster when None), with a
@@ -231,7 +237,7 @@ def sweep(cells: list[Cell], client=None, records: Path = RECORDS, threads: int 
         client = connect(threads=threads, gpu=gpu)
     if client is not None and progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-    ahead = {c: head_start(c) for c in todo}  # submitted in this order too: the first go to idle workers at once
+    ahead = priorities(todo)  # submitted in this order too: the first go to idle workers at once
     futures = {client.submit(run_cell, c, str(home()), str(records), threads, gpu, key=f"cell-{c.name}-{c.profile}",
                              pure=False, retries=1, priority=ahead[c]): c for c in sorted(todo, key=ahead.get, reverse=True)}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
