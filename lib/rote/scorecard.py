@@ -195,7 +195,7 @@ def robustness(verdicts: pd.DataFrame) -> str:
     said = {"holds in every run": "Robust here, holding in every run trained so far",
             "holds in most runs": "Holding in most runs but not all",
             "holds in some runs": "Holding in some runs only",
-            "holds in no run": "Not reproduced in any run",
+            "holds in no run": "Holding fully in no run (in part or not at all)",
             "cannot be tested": "Not testable in the runs so far",
             "not run yet": "Not run yet"}
     parts = [f"{said[s]}: {'; '.join(groups[s])}." for s in SUMMARIES if groups[s]]
