@@ -144,7 +144,7 @@ def save(claims: list[Claim], run: Path, observation: int, task: str | None = No
     path = claims_path(run, observation)
     kept = [c for c in load(run, observation) if task is not None and c.task != task] if path.exists() else []
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps([_plain(asdict(c)) for c in kept + list(claims)], indent=1) + "\n")
+        tmp.write_text(to_json(kept + list(claims)))
     return path
 
 
@@ -163,9 +163,19 @@ def load(run: Path, observation: int) -> list[Claim]:
     path = claims_path(run, observation)
     if not path.exists():
         return []
+    return [from_record(r) for r in json.loads(path.read_text())]
+
+
+def to_json(claims: list[Claim]) -> str:
+    """Claims as the JSON list `save` writes (NaN as null)."""
+    return json.dumps([_plain(asdict(c)) for c in claims], indent=1) + "\n"
+
+
+def from_record(record: dict) -> Claim:
+    """A Claim from a saved record or a table row: other keys (a grid's noise, seed) are left out,
+    null numbers read as NaN."""
     names = {f.name for f in fields(Claim)}
-    return [Claim(**{k: (float("nan") if v is None else v) for k, v in r.items() if k in names})
-            for r in json.loads(path.read_text())]
+    return Claim(**{k: (float("nan") if v is None else v) for k, v in record.items() if k in names})
 
 
 def _plain(record: dict) -> dict:

@@ -8,12 +8,12 @@ scorecard applies exactly the rules and base rates of the chapters.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .claims import Claim, _with_ci, is_share, overall
+from .claims import _with_ci, from_record, is_share, overall
 from .config import ConfigError, chapter_tasks, check_parameter_names
 from .sweep import NOISES, RECORDS, SEEDS, cell_dir, grid, is_done, sweep
 
@@ -78,8 +78,7 @@ def claim_records(cells: list, records: Path = RECORDS) -> pd.DataFrame:
         path = cell_dir(cell, records) / "claims.json"
         if path.exists():
             for record in json.loads(path.read_text()):
-                record = {k: (float("nan") if v is None else v) for k, v in record.items()}
-                rows.append({**record, "noise": cell.noise, "seed": cell.seed})
+                rows.append({**asdict(from_record(record)), "noise": cell.noise, "seed": cell.seed})
     return pd.DataFrame(rows)
 
 
@@ -93,7 +92,7 @@ def run_verdicts(cells: list, records: Path = RECORDS) -> pd.DataFrame:
         for observation in PAPER:
             if observation == 3 and cell.task != "fda":
                 continue
-            found = [Claim(**{k: v for k, v in r.items() if k not in ("noise", "seed")}) for r in mine[mine["observation"] == observation].to_dict("records")] if len(mine) else []
+            found = [from_record(r) for r in mine[mine["observation"] == observation].to_dict("records")] if len(mine) else []
             rows.append({"observation": observation, "task": cell.task, "noise": cell.noise, "seed": cell.seed,
                          "verdict": overall(found) if found else "not run yet"})
     return pd.DataFrame(rows)
@@ -151,7 +150,7 @@ def statistic_table(claims: pd.DataFrame) -> pd.DataFrame:
     if not len(claims):
         return pd.DataFrame(rows)
     for (observation, task, claim, noise), group in claims.groupby(["observation", "task", "claim", "noise"], sort=True):
-        first = Claim(**{k: v for k, v in group.iloc[0].items() if k not in ("noise", "seed")})
+        first = from_record(group.iloc[0].to_dict())
         p = is_share(first)
         seeds = "; ".join(f"seed {r.seed}: {_with_ci(r.value, r.lo, r.hi, p)} vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
                           for r in group.sort_values("seed").itertuples())
@@ -176,7 +175,7 @@ def heatmap_frame(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
             number = ""
             if len(mine):
                 c = mine.iloc[0]
-                p = is_share(Claim(**{k: v for k, v in c.items() if k not in ("noise", "seed")}))
+                p = is_share(from_record(c.to_dict()))
                 number = f": {_with_ci(c.value, c.lo, c.hi, p)} vs {_with_ci(c.control_value, float('nan'), float('nan'), p)}"
             details.append(f"seed {r.seed} {r.verdict}{number}")
         rows.append({"observation": f"{observation}", "task": task.upper(), "noise": f"{noise:.0%}",

@@ -145,12 +145,12 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
 
 def save_cell(cell: Cell, records: Path, info: dict, config: Config, claim_records: list, metrics: Path) -> Path:
     """Write a cell's records in one step (a folder renamed into place): all of them or none."""
-    from .claims import _plain
+    from .claims import to_json
 
     with atomic_dir(cell_dir(cell, records)) as tmp:
         (tmp / "cell.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True) + "\n")
-        (tmp / "claims.json").write_text(json.dumps([_plain(dataclasses.asdict(c)) for c in claim_records], indent=1) + "\n")
+        (tmp / "claims.json").write_text(to_json(claim_records))
         (tmp / "metrics.csv").write_bytes(Path(metrics).read_bytes())
     return cell_dir(cell, records)
 
