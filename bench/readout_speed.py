@@ -9,11 +9,11 @@ Each model comes from `rote.get_or_train` (trained first if no finished run exis
 profile that takes many minutes). Measured interleaved in one process, median of `--repeats`
 runs after one warm-up each:
 
-- "lens table": `rote.lens.logit_lens` (nnsight) vs `logit_lens_hooks` (plain hooks), the whole
+- "lens table": `rote.lens.logit_lens` with nnsight vs inside `rote.edits.plain_hooks()`, the whole
   readout as the chapter runs it: teacher-forced batch, residual states of every layer, the
   readout through ln_f and the unembedding, and the table of top-1 tokens, ranks and probabilities;
 - "states": only the step that differs, one forward pass collecting the embedding and every block
-  output at the answer positions (`lens_states` vs `lens_states_hooks`), on the same batch;
+  output at the answer positions (`lens_states`, nnsight vs plain hooks), on the same batch;
 - "forward": a plain forward pass of the same batch, for scale.
 
 The two paths are checked to agree before timing. Target: nnsight within 1.5x of plain hooks.
@@ -30,9 +30,21 @@ import torch
 
 import rote
 from rote.data import load_dataset
-from rote.lens import lens_states, lens_states_hooks, logit_lens, logit_lens_hooks, readout_batch
-from rote.override import questions
+from rote.edits import plain_hooks
+from rote.instances import questions
+from rote.lens import lens_states, logit_lens, readout_batch
 from rote.train import is_finished
+
+
+def hooked(call):
+    """`call` with plain torch hooks instead of nnsight."""
+    def run(*args, **kwargs):
+        with plain_hooks():
+            return call(*args, **kwargs)
+    return run
+
+
+lens_states_hooks, logit_lens_hooks = hooked(lens_states), hooked(logit_lens)
 
 
 def median_ms(fns: dict, repeats: int) -> dict:

@@ -29,7 +29,7 @@ import torch
 
 import rote
 from rote.data import load_dataset
-from rote.dynamics import first_reached
+from rote.train import first_reached
 from rote.model import build_model, build_tokenizer, encode
 from rote.train import answer_loss, answer_positions, make_optimizer
 

@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rote import claims, dynamics, override, reliance
+from rote import claims, instances
+from rote import observation0
+from rote import observation1
+from rote import observation2
+from rote import stats
 from rote.config import make_config
 from rote.data import generate
 
@@ -61,31 +65,31 @@ def _readout(correct_rank, control_rank, task="thr", n_layer=3):
                          "label_rank": 5, "control_rank": c, "bridge_rank": 9})
     entries = pd.DataFrame(rows)
     noisy = pd.DataFrame({"id": range(len(correct_rank)), "memorized": True, "corrected": False})
-    return override.LayerReadout(task, n_layer, noisy, noisy.iloc[:0], entries, pd.DataFrame())
+    return observation1.LayerReadout(task, n_layer, noisy, noisy.iloc[:0], entries, pd.DataFrame())
 
 
 def test_a_lens_share_that_only_reflects_the_label_prior_does_not_hold():
     rng = np.random.default_rng(0)
     prior = rng.integers(0, 8, size=(2, 400))  # correct label and control drawn the same way
-    cs = override.override_claims(_readout(prior[0], prior[1]))
+    cs = observation1.override_claims(_readout(prior[0], prior[1]))
     assert [c.verdict for c in cs] == ["does not hold", "does not hold"]
     assert cs[0].lo > 0.5  # against one half it would have "held"
-    signal = override.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]))
+    signal = observation1.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]))
     assert [c.verdict for c in signal] == ["holds", "holds"]
-    assert override.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]),
+    assert observation1.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]),
                                     margin=0.5, top_margin=0.5)[0].verdict == "does not hold"
 
 
 def test_control_answers_follow_the_label_prior():
     for task in ("thr", "fda"):
         frame = generate(make_config(task, "tiny", noise=0.2, seed=1))
-        noisy = override.questions(frame)
+        noisy = instances.questions(frame)
         noisy = noisy[noisy["noisy"]]
-        control = override.control_answers(noisy, frame, task, seed=0)
+        control = instances.control_answers(noisy, frame, task, seed=0)
         assert (control != noisy["answer"]).all() and (control != noisy["true"]).all()
         assert (control.str.len() == noisy["answer"].str.len()).all() or task == "thr"
         if task == "thr":
-            truths = override.questions(frame)
+            truths = instances.questions(frame)
             for inst, c in zip(noisy.itertuples(), control):
                 assert c in set(truths.loc[(truths["r2"] == inst.r2) & ~truths["noisy"], "true"])
                 assert c not in (inst.subject, inst.bridge)
@@ -98,7 +102,7 @@ def test_control_answers_follow_the_label_prior():
 
 def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
     rows, sizes = [], []
-    for method in reliance.METHODS[task]:
+    for method in observation2.METHODS[task]:
         for group, d in (("memorized noisy", noisy_contrast), ("clean", clean_contrast)):
             rows.append({"method": method, "layer": 0, "comparison": "target - control", "group": group, "n": 100,
                          "delta_logp": d, "lo": d - width, "hi": d + width, "acc": 0.0, "acc_lo": 0.0, "acc_hi": 0.0})
@@ -108,18 +112,18 @@ def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
                               "acc_change_hi": 0.0, "delta_logp": v, "delta_logp_lo": v - width,
                               "delta_logp_hi": v + width})
     noisy = pd.DataFrame({"id": range(100), "memorized": True})
-    return reliance.Reliance(task, 1, noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes), pd.DataFrame(rows))
+    return observation2.Reliance(task, 1, noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes), pd.DataFrame(rows))
 
 
 def test_a_removal_with_no_effect_on_the_clean_reference_is_uninformative():
-    cs = reliance.reliance_claims(_reliance(clean_contrast=-0.01, noisy_contrast=-0.5))
+    cs = observation2.reliance_claims(_reliance(clean_contrast=-0.01, noisy_contrast=-0.5))
     assert all(c.verdict == "cannot be tested" and "uninformative" in c.note for c in cs)
-    assert [c.verdict for c in reliance.reliance_claims(_reliance(-1.0, -0.5))] == ["holds", "holds"]
-    assert {c.verdict for c in reliance.reliance_claims(_reliance(-1.0, 0.01))} == {"does not hold"}
+    assert [c.verdict for c in observation2.reliance_claims(_reliance(-1.0, -0.5))] == ["holds", "holds"]
+    assert {c.verdict for c in observation2.reliance_claims(_reliance(-1.0, 0.01))} == {"does not hold"}
     # the thresholds are parameters: a weaker clean bar makes the removal count, a larger margin fails it
-    assert reliance.reliance_claims(_reliance(-0.05, -0.5), min_clean_effect=0.01)[0].verdict == "holds"
-    assert reliance.reliance_claims(_reliance(-0.05, -0.5))[0].verdict == "cannot be tested"
-    assert reliance.reliance_claims(_reliance(-1.0, -0.5), margin=0.6)[0].verdict == "does not hold"
+    assert observation2.reliance_claims(_reliance(-0.05, -0.5), min_clean_effect=0.01)[0].verdict == "holds"
+    assert observation2.reliance_claims(_reliance(-0.05, -0.5))[0].verdict == "cannot be tested"
+    assert observation2.reliance_claims(_reliance(-1.0, -0.5), margin=0.6)[0].verdict == "does not hold"
 
 
 # ---- Observation 0: robust to chance hits ----
@@ -128,18 +132,18 @@ def test_chance_hits_do_not_count_as_memorization():
     inst = pd.DataFrame({"id": [0, 1, 2], "noisy": True, "prompt": "p", "answer": ["N", "N", "N"], "true": ["T"] * 3})
     said = {0: "xNxTTNNN", 1: "NNTTTNNN", 2: "xTxNxTxx"}  # one-off hit then correct; memorized first; chance only
     pred = pd.DataFrame([{"step": s, "id": i, "prediction": c} for i, seq in said.items() for s, c in enumerate(seq)])
-    on = dynamics.stable_onsets(pred, inst, min_streak=2).set_index("id")
+    on = observation0.stable_onsets(pred, inst, min_streak=2).set_index("id")
     assert on.loc[0, "order"] == "correct first" and on.loc[0, "stable_noisy"] == 5 and on.loc[0, "chance_hits"] == 1
     assert on.loc[1, "order"] == "memorized first" and on.loc[2, "order"] == "never memorized"
-    assert dynamics.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
-    assert dynamics.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
-    assert dynamics.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
+    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
+    assert observation0.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
+    assert observation0.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
 
 
 # ---- Observation 3: the grid is not the training set ----
 
 def test_operand_grid_never_overlaps_the_training_pairs():
-    from rote.heuristics import operand_grid, training_pairs
+    from rote.instances import operand_grid, training_pairs
     for seed in (0, 1):
         frame = generate(make_config("fda", "tiny", noise=0.1, seed=seed))
         grid = operand_grid(frame, 2000, seed=seed)
@@ -150,9 +154,9 @@ def test_operand_grid_never_overlaps_the_training_pairs():
 # ---- Observation 4: same-sum inputs and the persistence of a noisy digit by place ----
 
 def test_same_sum_changes_keep_the_sum():
-    from rote.distributed import same_sum_changes
+    from rote.changes import same_sum_changes
     frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
-    noisy = override.questions(frame)
+    noisy = instances.questions(frame)
     noisy = noisy[noisy["noisy"]].head(30)
     changes = same_sum_changes(noisy, frame, seed=0)
     sums = dict(zip(noisy["id"], noisy["a"].astype(int) + noisy["b"].astype(int)))
@@ -163,7 +167,7 @@ def test_same_sum_changes_keep_the_sum():
 
 
 def test_digit_persistence_by_place_splits_on_the_true_digit():
-    from rote.distributed import digit_persistence_by_place
+    from rote.changes import digit_persistence_by_place
     changes = pd.DataFrame({"id": [0, 0], "answer": ["7143", "7143"], "orig_true": ["3830", "3830"],
                             "true": ["3831", "4830"], "prediction": ["7141", "4830"]})
     per = digit_persistence_by_place(changes)
@@ -176,14 +180,14 @@ def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5
     """A THR Distributed whose memorized noisy and clean instances are distributed on the given
     shares (the whole-input look-up on none), and whose changed questions get their own answer on
     one[0] / two[0] (noisy) and one[1] / two[1] (clean) of single- and two-input changes."""
-    from rote import distributed
-    from rote.reliance import Reliance
+    from rote import observation4
+    from rote.observation2 import Reliance
     rng = np.random.default_rng(0)
     counts, changes, twos = [], [], []
     for group, share, j in (("memorized noisy", noisy_share, 0), ("clean", clean_share, 1),
-                            (distributed.lookup_name("whole input"), 0.0, 0)):
+                            (observation4.lookup_name("whole input"), 0.0, 0)):
         counts.append(pd.DataFrame({"group": group, "id": range(n), "distributed": rng.random(n) < share}))
-        if group != distributed.lookup_name("whole input"):
+        if group != observation4.lookup_name("whole input"):
             changes.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
                                          "correct": rng.random(3 * n) < one[j], "kept": False}))
             twos.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
@@ -191,33 +195,33 @@ def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5
     noisy = pd.DataFrame({"id": range(n), "memorized": True})
     rel = Reliance("thr", 2, noisy, noisy, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     e = pd.DataFrame()
-    return distributed.Distributed("thr", 2, rel, pd.concat(changes, ignore_index=True), e, None, e, e,
-                                   pd.concat(counts, ignore_index=True), e, e,
-                                   extra={"two_changes": pd.concat(twos, ignore_index=True)})
+    return observation4.Distributed("thr", 2, rel, pd.concat(changes, ignore_index=True), e, None, e, e,
+                                   pd.concat(counts, ignore_index=True), e, e, pd.concat(twos, ignore_index=True))
 
 
 def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_distance_effect():
-    from rote import distributed
+    from rote import observation4
     # a whole-input look-up on noisy and clean alike: the look-up comparison alone would have "held"
-    look = distributed.distributed_claims(_planted_distributed(0.07, 0.07, one=(1, 1), two=(1, 1)), n_resamples=200)
+    look = observation4.distributed_claims(_planted_distributed(0.07, 0.07, one=(1, 1), two=(1, 1)), n_resamples=200)
     assert [c.verdict for c in look] == ["does not hold", "cannot be tested", "does not hold"]
     assert look[0].difference_lo > 0 and "measure finds only" in look[1].note
     assert claims.overall(look) == "does not hold"
-    assert distributed.distributed_claims(_planted_distributed(0.07, 0.07), min_share=0.01,
+    assert observation4.distributed_claims(_planted_distributed(0.07, 0.07), min_share=0.01,
                                           n_resamples=200)[0].verdict == "holds"
     # noisy labels distributed, but less than computed answers
     r = _planted_distributed(0.7, 1.0)
-    cs = distributed.distributed_claims(r, n_resamples=200)
+    cs = observation4.distributed_claims(r, n_resamples=200)
     assert [c.verdict for c in cs] == ["holds", "does not hold", "holds"]
-    assert distributed.distributed_claims(r, min_share=0.8, n_resamples=200)[0].verdict == "does not hold"
-    assert distributed.distributed_claims(r, clean_tolerance=0.5, n_resamples=200)[1].verdict == "holds"
-    assert distributed.distributed_claims(r, distance_margin=0.6, n_resamples=200)[2].verdict == "does not hold"
+    assert observation4.distributed_claims(r, min_share=0.8, n_resamples=200)[0].verdict == "does not hold"
+    assert observation4.distributed_claims(r, clean_tolerance=0.5, n_resamples=200)[1].verdict == "holds"
+    assert observation4.distributed_claims(r, distance_margin=0.6, n_resamples=200)[2].verdict == "does not hold"
 
 
 def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
-    from rote.distributed import fda_two_changes, knowledge_graph_of, thr_two_changes
+    from rote.changes import fda_two_changes, thr_two_changes
+    from rote.instances import knowledge_graph_of
     frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
-    inst = override.questions(frame).head(40)
+    inst = instances.questions(frame).head(40)
     ch = fda_two_changes(inst, n_changes=3, seed=0)
     orig = inst.set_index("id")
     assert len(ch) == 3 * len(inst)
@@ -227,7 +231,7 @@ def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
         assert sum(x != y for x, y in zip(before, after)) == 2 and row.a + row.b <= 9999
         assert row.true == f"{row.a + row.b:04d}" and min(row.a, row.b) >= 1000
     frame = generate(make_config("thr", "tiny", noise=0.2, seed=1))
-    graph, inst = knowledge_graph_of(frame), override.questions(frame).head(20)
+    graph, inst = knowledge_graph_of(frame), instances.questions(frame).head(20)
     ch = thr_two_changes(inst, graph, seed=0)
     assert set(ch["input"]) == {"subject & r1", "subject & r2", "r1 & r2"}
     for row in ch.itertuples():
@@ -239,8 +243,8 @@ def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
 def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate():
     from rote.data import load_dataset
     config = make_config("thr", "tiny", noise=0.5)
-    run = dynamics.training_dynamics(config, progress=False)
-    (c,) = dynamics.dynamics_claims(run)
+    run = observation0.training_dynamics(config, progress=False)
+    (c,) = observation0.dynamics_claims(run)
     assert c.verdict != "cannot be tested" and c.n > 0
     assert "first streak of >= 2 evaluations" in c.rule
     # the chance rate, recomputed by hand: the noisy label said before its stable onset (all evaluations without one)
@@ -256,14 +260,14 @@ def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate
     text = claims.sentence([c], 0, "generalization before memorization")
     assert "chance rate" in text and "by the first single evaluation" in text
     # the margin is a parameter: one above any possible difference fails the claim
-    assert dynamics.dynamics_claims(run, margin=1.0)[0].verdict == "does not hold"
+    assert observation0.dynamics_claims(run, margin=1.0)[0].verdict == "does not hold"
     assert c.verdict == claims.above(c.difference, c.difference_lo)
 
 
 def test_grid_share_ci_covers_the_grid_draw():
     a = np.array([[0.1] * 50, [0.3] * 50, [0.2] * 50])  # instances identical, grids not
     b = np.zeros((3, 40))
-    m, lo, hi, *_ , d, dlo, dhi = claims.grid_share_ci(a, b, n_resamples=500)
+    m, lo, hi, *_ , d, dlo, dhi = stats.grid_share_ci(a, b, n_resamples=500)
     assert m == pytest.approx(0.2) and lo == pytest.approx(0.1) and hi == pytest.approx(0.3)
-    assert claims.independent_share_ci(a[0], b[0])[1] == pytest.approx(0.1)  # one grid: no spread at all
+    assert stats.independent_share_ci(a[0], b[0])[1] == pytest.approx(0.1)  # one grid: no spread at all
     assert dlo == pytest.approx(0.1) and dhi == pytest.approx(0.3)

@@ -11,11 +11,12 @@ import torch
 
 from rote.config import make_config
 from rote.data import generate
+from rote.edits import plain_hooks
 from rote.heuristics import (KINDS, ablation_importance, answer_activations, auc, classify, digit_margin,
-                             eta_squared, fda_rows, neuron_heuristics, noisy_pairs, operand_grid,
-                             pattern_families, type_counts)
-from rote.interventions import prompt_batch
+                             eta_squared, neuron_heuristics, pattern_families, type_counts)
+from rote.instances import fda_rows, noisy_pairs, operand_grid
 from rote.model import build_model, build_tokenizer
+from rote.sites import prompt_batch
 
 
 @lru_cache
@@ -122,7 +123,8 @@ def test_answer_activations_match_hooks():
     ids, _, plen = prompt_batch(tok, rows, "true")
     ref = hook_activations(model, ids)[:, int(plen[0]) - 1 + torch.arange(4)]
     assert torch.allclose(acts, ref, atol=1e-5)
-    assert torch.allclose(answer_activations(model, tok, rows, hooks=True), ref, atol=1e-5)
+    with plain_hooks():
+        assert torch.allclose(answer_activations(model, tok, rows), ref, atol=1e-5)
 
 
 def test_ablation_importance_against_plain_hooks():
@@ -131,7 +133,8 @@ def test_ablation_importance_against_plain_hooks():
     means = torch.randn(4, config.n_layer, 4 * config.n_embd)
     imp = ablation_importance(model, tok, rows, means, chunk=48)
     assert imp.shape == (4, config.n_layer, 4 * config.n_embd)
-    assert torch.allclose(imp, ablation_importance(model, tok, rows, means, chunk=7, hooks=True), atol=1e-4)
+    with plain_hooks():
+        assert torch.allclose(imp, ablation_importance(model, tok, rows, means, chunk=7), atol=1e-4)
     ids, _, plen = prompt_batch(tok, rows, "true")
     cols = int(plen[0]) - 1 + torch.arange(4)
     target = ids[:, cols + 1]

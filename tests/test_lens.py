@@ -10,11 +10,19 @@ import torch
 
 from rote.config import make_config
 from rote.data import generate
-from rote.lens import lens_states, lens_states_hooks, logit_lens, logit_lens_hooks, read_out, readout_batch
+from rote.edits import plain_hooks
+from rote.lens import lens_states, logit_lens, read_out, readout_batch
 from rote.model import build_model, build_tokenizer
 
 COLUMNS = ["id", "layer", "position", "top1", "top1_prob", "true_rank", "true_prob", "label_rank",
            "label_prob", "bridge_rank", "bridge_prob"]
+
+
+
+def hooked(call, *args, **kwargs):
+    """`call` run with plain torch hooks (`rote.edits.plain_hooks`), the reference."""
+    with plain_hooks():
+        return call(*args, **kwargs)
 
 
 @lru_cache
@@ -66,9 +74,9 @@ def test_readout_of_last_block_is_the_models_logits(task):
 def test_nnsight_agrees_with_hooks(task, teacher_forcing):
     _, model, tok, rows = setup(task)
     ids, where, *_ = readout_batch(tok, rows, teacher_forcing)
-    assert torch.allclose(lens_states(model, ids, where), lens_states_hooks(model, ids, where), atol=1e-6)
+    assert torch.allclose(lens_states(model, ids, where), hooked(lens_states, model, ids, where), atol=1e-6)
     a = logit_lens(model, tok, rows, teacher_forcing, batch_size=7)  # several batches
-    b = logit_lens_hooks(model, tok, rows, teacher_forcing, batch_size=64)
+    b = hooked(logit_lens, model, tok, rows, teacher_forcing, batch_size=64)
     assert list(a.columns) == list(b.columns) and len(a) == len(b)
     assert (a["top1"] == b["top1"]).all()
     for column in a.columns.drop("top1"):
@@ -114,11 +122,11 @@ def test_fda_teacher_forcing_changes_only_later_positions():
 
 def test_hooks_reference_uses_no_nnsight(monkeypatch):
     _, model, tok, rows = setup("thr")
-    expected = logit_lens_hooks(model, tok, rows)
+    expected = hooked(logit_lens, model, tok, rows)
 
     def refuse(model):
         raise AssertionError("nnsight used")
-    monkeypatch.setattr("rote.lens.traced", refuse)
-    assert logit_lens_hooks(model, tok, rows).equals(expected)
+    monkeypatch.setattr("rote.edits.traced", refuse)
+    assert hooked(logit_lens, model, tok, rows).equals(expected)
     with pytest.raises(AssertionError, match="nnsight used"):
         logit_lens(model, tok, rows)

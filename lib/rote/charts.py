@@ -5,6 +5,7 @@ import altair as alt
 import pandas as pd
 
 from . import vega  # noqa: F401 - registers the offline renderer the book is executed with
+from .sites import PLACES
 
 MEASURES = {
     "test_acc": "test accuracy",
@@ -51,7 +52,7 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
 
 READOUTS = {"share_correct": "correct label", "share_noisy": "noisy label", "share_bridge": "bridge entity"}
 RANKS = {"mean_rank_correct": "correct label", "mean_rank_noisy": "noisy label", "mean_rank_bridge": "bridge entity"}
-POSITION_NAMES = {"0": "thousands", "1": "hundreds", "2": "tens", "3": "units", "all": "all differing digits"}
+POSITION_NAMES = {**{str(k): place for k, place in enumerate(PLACES)}, "all": "all differing digits"}
 
 
 def _layer_label(layer: int) -> str:

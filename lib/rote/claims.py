@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .stats import Comparison
 from .store import atomic_path
 
 VERDICTS = ("holds", "holds in part", "does not hold", "cannot be tested")
@@ -53,6 +54,21 @@ class Claim:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
+def compared(comparison: Comparison, verdict: str, **fields) -> Claim:
+    """A claim from a statistic measured against its control (`rote.stats.Comparison`)."""
+    return Claim(**comparison._asdict(), verdict=verdict, **fields)
+
+
+def exceeds(comparison: Comparison, margin: float = 0.0, **fields) -> Claim:
+    """The claim "the statistic exceeds its control by more than `margin`" (verdict by `above`)."""
+    return compared(comparison, above(comparison.difference, comparison.difference_lo, margin), **fields)
+
+
+def untestable(note: str, **fields) -> Claim:
+    """A claim that cannot be tested on this run, and why (`note`)."""
+    return Claim(**Comparison.missing()._asdict(), verdict="cannot be tested", note=note, **fields)
+
+
 def above(difference: float, lo: float, margin: float = 0.0) -> str:
     """The verdict of "the statistic exceeds its control by more than `margin`": holds when the
     difference's 95% interval lies above `margin`, holds in part when only the difference itself
@@ -80,55 +96,6 @@ def overall(claims: list[Claim]) -> str:
     if all(v == "does not hold" for v in tested):
         return "does not hold"
     return "holds in part"
-
-
-# ---- intervals shared by the observations -----------------------------------------------------------
-
-def paired_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
-    """Means of a and b (paired per instance) and of a - b, each with a percentile-bootstrap
-    interval from the same resampling of instances: (a, a_lo, a_hi, b, b_lo, b_hi, d, d_lo, d_hi)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0:
-        return (float("nan"),) * 9
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(n_resamples, a.size))
-    return _with_intervals([(x.mean(), x[idx].mean(1)) for x in (a, b, a - b)], level)
-
-
-def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
-    """`paired_share_ci` for two independent samples (each resampled on its own)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0 or b.size == 0:
-        return (float("nan"),) * 9
-    rng = np.random.default_rng(seed)
-    ma = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(1)
-    mb = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(1)
-    return _with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level)
-
-
-def grid_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
-    """`independent_share_ci` where the values also depend on a random grid: a [G, n_a] and b
-    [G, n_b] hold each instance's value under each of G grids drawn independently. Each resample
-    draws one grid and resamples the instances of a and of b, so the intervals cover both random
-    choices; the values are means over grids."""
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    if a.shape[1] == 0 or b.shape[1] == 0:
-        return (float("nan"),) * 9
-    rng = np.random.default_rng(seed)
-    g = rng.integers(0, len(a), n_resamples)
-    ma = np.take_along_axis(a[g], rng.integers(0, a.shape[1], size=(n_resamples, a.shape[1])), 1).mean(1)
-    mb = np.take_along_axis(b[g], rng.integers(0, b.shape[1], size=(n_resamples, b.shape[1])), 1).mean(1)
-    return _with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level)
-
-
-def _with_intervals(estimates, level: float) -> tuple:
-    """(value, lo, hi) for each (value, bootstrap resamples) pair, flattened: percentile intervals."""
-    tail = (1 - level) / 2 * 100
-    out = []
-    for value, resampled in estimates:
-        lo, hi = np.percentile(resampled, [tail, 100 - tail])
-        out += [float(value), float(lo), float(hi)]
-    return tuple(out)
 
 
 # ---- saved beside the run ------------------------------------------------------------------------------

@@ -44,24 +44,27 @@ def n_noisy(noise: float, n: int) -> int:
     return int(round(noise * n))
 
 
-def fda_sum_pairs(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n distinct unordered operand pairs (a, b), both four-digit, a + b <= 9999, in random order."""
+def operand_pairs(n: int, rng: np.random.Generator, excluded=frozenset(), unordered: bool = False,
+                  batch: int | None = None) -> np.ndarray:
+    """n distinct FDA operand pairs (a, b), both in 1000..8999 with a + b <= 9999, drawn uniformly
+    from `rng` in batches of `batch` candidates (default: twice the pairs still missing, plus 64),
+    leaving out the pairs in `excluded`; with `unordered`, (a, b) and (b, a) are the same pair."""
     pairs, seen = [], set()
     while len(pairs) < n:
-        cand = rng.integers(1000, 9000, size=(2 * (n - len(pairs)) + 64, 2))
-        for a, b in cand[cand.sum(1) <= 9999]:
-            key = (min(a, b), max(a, b))
-            if key not in seen:
+        cand = rng.integers(1000, 9000, size=(batch or 2 * (n - len(pairs)) + 64, 2))
+        for a, b in cand[cand.sum(1) <= 9999].tolist():
+            key = (min(a, b), max(a, b)) if unordered else (a, b)
+            if key not in seen and (a, b) not in excluded:
                 seen.add(key)
                 pairs.append((a, b))
                 if len(pairs) == n:
                     break
-    return np.array(pairs, dtype=np.int64)
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def generate_fda(config: Config) -> pd.DataFrame:
     rng = np.random.default_rng(config.seed)
-    pairs = fda_sum_pairs(config.n_train + config.n_test, rng)
+    pairs = operand_pairs(config.n_train + config.n_test, rng, unordered=True)
     true = pairs.sum(1)
     label = true.copy()
     noisy = np.zeros(len(pairs), dtype=bool)

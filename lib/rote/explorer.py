@@ -11,9 +11,10 @@ import html
 import pandas as pd
 import torch
 
+from .instances import differing_positions
 from .lens import lens_states, logit_lens, read_out, readout_batch
-from .override import differing_positions, position_name
-from .reliance import REMOVED, Reliance, removal_effects
+from .observation2 import REMOVED, Reliance, removal_effects
+from .sites import position_name
 from .vega import static_book
 
 LIVE_ONLY = ("<p><i>With a live kernel this cell is an explorer: pick a task, any memorized noisy instance "
@@ -142,7 +143,7 @@ def explorer(models: dict):
         group = "memorized noisy" if bool(row["noisy"].iloc[0]) else "clean"
         layer = layer_box.value
         effects = removal_effects(model, tok, {group: row}, result.task, [layer], result.fits,
-                                  pool=result.extra.get("pool"), seed=0)
+                                  pool=result.pool, seed=0)
         effects["removed"] = [REMOVED[(result.task, m)][0 if r == "target" else 1]
                               for m, r in zip(effects["method"], effects["removed"])]
         out.clear_output(wait=True)

@@ -38,21 +38,25 @@ four answer readout positions at once, on the first `n_ablate` (32) grid rows te
 true sum; its importance at position k is the mean drop of the true digit k's logit margin (its
 logit minus the largest other logit; log-probs barely move on answers the model is sure of), and
 it "matters" at position k from `important` = 0.05.
+
+The drivers of a label (Observation 3) are read against these units: a driving neuron is
+"dedicated" when it is on and reaches half its activation on under 1% of the grid, else "heuristic"
+when its unit is a heuristic neuron (`driver_category`); `categories_on_grid` recomputes that on
+other grids, and `neuron_heatmap` draws one unit's activation over the grid's digit pairs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from .interventions import Site, activations, prompt_batch, run_edited, run_edited_hooks
-from .lens import hf
-from .override import questions
+from .edits import activations, per_copy, run
+from .instances import carries, digits, operand_grid
+from .sites import PLACES, Site, hf, prompt_batch, readout_columns
 
-PLACES = ("thousands", "hundreds", "tens", "units")
 KINDS = ("operand digit", "result digit", "digit sum mod 10", "carry", "operand range", "result range",
          "same digit")
 TYPES = (*KINDS, "unclassified", "rarely active")
@@ -61,58 +65,7 @@ TOLERANCE = 0.05  # families within this of the best eta^2 count as equally good
 RARE = 0.01  # share of grid rows with a positive activation below which a unit is "rarely active"
 
 
-# ---- the grid -------------------------------------------------------------------------------------
-
-def digits(x, place: int) -> np.ndarray:
-    """Digit `place` (0 = thousands .. 3 = units) of four-digit numbers."""
-    return (np.asarray(x, dtype=np.int64) // 10 ** (3 - place)) % 10
-
-
-def fda_rows(a, b) -> pd.DataFrame:
-    """FDA instances for operand pairs, labelled with their true sum (clean)."""
-    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    s = a + b
-    if len(a) and ((a < 1000) | (a > 9999) | (b < 1000) | (b > 9999) | (s > 9999)).any():
-        raise ValueError("operands must be four-digit numbers with a four-digit sum")
-    true = [f"{x:04d}" for x in s]
-    return pd.DataFrame({"id": np.arange(len(a)), "prompt": [f"{x}+{y}=" for x, y in zip(a, b)],
-                         "answer": true, "true": true, "noisy": False, "a": a, "b": b})
-
-
-def noisy_pairs(frame: pd.DataFrame) -> set:
-    """The operand pairs of noisy training instances, in both orders."""
-    q = questions(frame)
-    q = q[q["noisy"]]
-    return {(int(x), int(y)) for x, y in zip(q["a"], q["b"])} | {(int(y), int(x)) for x, y in zip(q["a"], q["b"])}
-
-
-def training_pairs(frame: pd.DataFrame) -> set:
-    """The operand pairs of all training questions (clean and noisy), in both orders."""
-    q = questions(frame)
-    return {(int(x), int(y)) for x, y in zip(q["a"], q["b"])} | {(int(y), int(x)) for x, y in zip(q["a"], q["b"])}
-
-
-GRID_STREAM = 7  # the grid's random stream is (seed, GRID_STREAM): never the data generator's draw
-
-
-def operand_grid(frame: pd.DataFrame | None = None, n: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """`n` distinct clean operand pairs drawn uniformly from a, b in 1000..8999, a + b <= 9999, from
-    the random stream (seed, `GRID_STREAM`), independent of the data generator's, leaving out every
-    training pair of `frame` in either order (see the module docstring)."""
-    rng = np.random.default_rng([seed, GRID_STREAM])
-    excluded = training_pairs(frame) if frame is not None else set()
-    picked, seen = [], set()
-    while len(picked) < n:
-        cand = rng.integers(1000, 9000, size=(2 * n + 64, 2))
-        for a, b in cand[cand.sum(1) <= 9999].tolist():
-            if (a, b) not in seen and (a, b) not in excluded:
-                seen.add((a, b))
-                picked.append((a, b))
-                if len(picked) == n:
-                    break
-    pairs = np.array(picked, dtype=np.int64).reshape(-1, 2)
-    return fda_rows(pairs[:, 0], pairs[:, 1])
-
+# ---- the patterns -------------------------------------------------------------------------------------
 
 def pattern_families(a, b, edges: dict | None = None) -> dict:
     """{family name: (kind, integer category of each pair)} for operand pairs (module docstring).
@@ -128,9 +81,9 @@ def pattern_families(a, b, edges: dict | None = None) -> dict:
         out[f"sum {place} digit"] = ("result digit", digits(s, d))
     for d, place in enumerate(PLACES):
         out[f"{place} digit sum mod 10"] = ("digit sum mod 10", (digits(a, d) + digits(b, d)) % 10)
+    carry = carries(a, b)
     for d, place in enumerate(PLACES[:3]):
-        unit = 10 ** (3 - d)
-        out[f"carry into {place}"] = ("carry", ((a % unit + b % unit) >= unit).astype(np.int64))
+        out[f"carry into {place}"] = ("carry", carry[:, d])
     for name, x in (("a", a), ("b", b)):
         out[f"{name} range"] = ("operand range", np.searchsorted(edges[name], x, side="right"))
     out["sum range"] = ("result range", np.searchsorted(edges["s"], s, side="right"))
@@ -151,17 +104,16 @@ def range_edges(a, b) -> dict:
 
 # ---- activations ----------------------------------------------------------------------------------
 
-def answer_activations(model, tokenizer, rows: pd.DataFrame, column: str = "true", batch_size: int = 512,
-                       hooks: bool = False) -> torch.Tensor:
+def answer_activations(model, tokenizer, rows: pd.DataFrame, column: str = "true", batch_size: int = 512) -> torch.Tensor:
     """Post-GELU MLP activations at the four answer readout positions, teacher-forced on `column`:
     [N, 4 positions, n_layer, n_neurons] (float32, cpu)."""
     ids, _, plen = prompt_batch(tokenizer, rows, column)
     if (plen != plen[0]).any():
         raise ValueError("prompts of different lengths")
-    cols = int(plen[0]) - 1 + torch.arange(4)
+    cols = readout_columns(plen[0], torch.arange(4))
     n_layer = hf(model).config.n_layer
     sites = [Site("neuron", layer) for layer in range(n_layer)]
-    acts = activations(model, ids, sites, batch_size, hooks)  # site -> [N, T, 1, M]
+    acts = activations(model, ids, sites, batch_size)  # site -> [N, T, 1, M]
     return torch.stack([acts[s][:, cols, 0] for s in sites], 2).float().cpu()
 
 
@@ -242,17 +194,6 @@ def classify(x: np.ndarray, families: dict, match: float = MATCH, rare: float = 
 
 # ---- importance by ablation ----------------------------------------------------------------------
 
-def _ablate_chunk(layer_neurons, n_rows: int, cols: torch.Tensor, values: torch.Tensor):
-    """Edit of the neuron point: row copy c (rows c*n_rows..) gets neuron layer_neurons[c] set to
-    `values[c]` [4] at the answer columns `cols`."""
-    def fn(h):
-        h = h.clone()
-        for c, j in enumerate(layer_neurons):
-            h[c * n_rows:(c + 1) * n_rows, cols, j] = values[c].to(h)
-        return h
-    return fn
-
-
 def digit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The target token's logit minus the largest other logit: logits [..., V], target [...]."""
     t = logits.gather(-1, target[..., None]).squeeze(-1)
@@ -261,17 +202,15 @@ def digit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tensor, chunk: int = 64,
-                        hooks: bool = False) -> torch.Tensor:
+def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Per answer position, layer and neuron, the mean drop in the true digit's logit margin
     (`digit_margin`: its logit minus the largest other logit) when the
     neuron is set to `means` [4, n_layer, M] (its grid mean per position) at all four answer
     readout positions, over `rows` (teacher-forced on the true sum): [4, n_layer, M]."""
     model_hf = hf(model)
-    run = run_edited_hooks if hooks else run_edited
     ids, mask, plen = prompt_batch(tokenizer, rows, "true")
     ids, mask = ids.to(model_hf.device), mask.to(model_hf.device)
-    cols = int(plen[0]) - 1 + torch.arange(4)
+    cols = readout_columns(plen[0], torch.arange(4))
     targets = ids[:, cols + 1]
 
     def margin(logits):
@@ -291,7 +230,7 @@ def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tenso
     for layer in range(n_layer):
         for start in range(0, m, chunk):
             js = list(range(start, min(start + chunk, m)))
-            edit = _ablate_chunk(js, len(ids), suffix_cols, means[:, layer, js].T)
+            edit = per_copy(js, len(ids), suffix_cols, means[:, layer, js].T)
             cache = DynamicCache(config=model_hf.config)
             for i, (k, v) in enumerate(kv):
                 cache.update(k.repeat(len(js), 1, 1, 1), v.repeat(len(js), 1, 1, 1), i)
@@ -313,7 +252,6 @@ class Heuristics:
     match: float = MATCH
     rare: float = RARE
     important: float = 0.05
-    extra: dict = field(default_factory=dict)
 
     def unit(self, position: int, layer: int, neuron: int) -> pd.Series:
         """The table row of one unit."""
@@ -323,17 +261,17 @@ class Heuristics:
 
 def neuron_heuristics(model, tokenizer, frame: pd.DataFrame | None = None, n_grid: int = 3000,
                       n_ablate: int = 32, seed: int = 0, match: float = MATCH, rare: float = RARE,
-                      important: float = 0.05, hooks: bool = False) -> Heuristics:
+                      important: float = 0.05) -> Heuristics:
     """Activations of every MLP neuron over a clean operand grid at the four answer readout
     positions, their heuristic type, and their importance by mean ablation on the first `n_ablate`
     grid rows (a unit "matters" when its importance is at least `important` nats)."""
     grid = operand_grid(frame, n_grid, seed)
-    acts = answer_activations(model, tokenizer, grid, hooks=hooks)
+    acts = answer_activations(model, tokenizer, grid)
     n, p, n_layer, m = acts.shape
     edges = range_edges(grid["a"], grid["b"])
     fams = pattern_families(grid["a"], grid["b"], edges)
     table = classify(acts.reshape(n, -1).numpy(), fams, match, rare)
-    importance = ablation_importance(model, tokenizer, grid.head(n_ablate), acts.mean(0), hooks=hooks)
+    importance = ablation_importance(model, tokenizer, grid.head(n_ablate), acts.mean(0))
     table.insert(0, "neuron", np.tile(np.arange(m), p * n_layer))
     table.insert(0, "layer", np.tile(np.repeat(np.arange(n_layer), m), p))
     table.insert(0, "position", np.repeat(np.arange(p), n_layer * m))
@@ -351,3 +289,70 @@ def type_counts(h: Heuristics) -> pd.DataFrame:
     out["_o"] = out["type"].map(order)
     out["_p"] = out["position"].map(PLACES.index)
     return out.sort_values(["_p", "_o"]).drop(columns=["_o", "_p"]).reset_index(drop=True)
+
+
+# ---- the drivers of a label among them ----------------------------------------------------------------
+
+def driver_category(act, high_share, unit_type, dedicated: float) -> np.ndarray:
+    """What a neuron that drives a label is: "dedicated" when it is on (act > 0) and reaches half
+    that activation on less than `dedicated` of the clean grid (`high_share`), else "heuristic" when
+    its unit's type is one of KINDS, else "other"."""
+    return np.where((np.asarray(act) > 0) & (np.asarray(high_share) < dedicated), "dedicated",
+                    np.where(np.isin(unit_type, KINDS), "heuristic", "other"))
+
+
+DEDICATED = 0.01  # a neuron on for the noisy instance that reaches half its activation on less than
+#                   this share of the clean grid is dedicated to the instance
+N_GRIDS = 3  # independent grids drawn besides the main one, so that intervals cover the grid's draw
+
+
+def categories_on_grid(model, tokenizer, frame: pd.DataFrame, tables: list[pd.DataFrame], heur: Heuristics,
+                       n_grid: int, seed: int, dedicated: float) -> list[np.ndarray]:
+    """The `driver_category` of every row of each neuron table in `tables` (columns position, layer,
+    neuron, act) recomputed on another grid (`operand_grid` with `seed`): the share of that grid
+    reaching half the neuron's activation and the unit's type classified on that grid, only for the
+    units the tables use."""
+    grid = operand_grid(frame, n_grid, seed)
+    acts = answer_activations(model, tokenizer, grid)
+    rows = pd.concat(tables, ignore_index=True)
+    units = rows[["position", "layer", "neuron"]].astype(np.int64).drop_duplicates().reset_index(drop=True)
+    x = acts[:, *(torch.tensor(units[c].to_numpy()) for c in units.columns)].numpy()
+    typ = classify(x, pattern_families(grid["a"], grid["b"], range_edges(grid["a"], grid["b"])),
+                   heur.match, heur.rare)["type"].to_numpy()
+    where = {u: i for i, u in enumerate(units.itertuples(index=False, name=None))}
+    out = []
+    for t in tables:
+        u = np.array([where[k] for k in t[["position", "layer", "neuron"]].astype(np.int64).itertuples(
+            index=False, name=None)], dtype=np.int64)
+        a = t["act"].to_numpy(float)
+        high = np.where(a > 0, (x[:, u] >= a / 2).mean(0), np.nan) if len(u) else np.zeros(0)
+        out.append(driver_category(a, high, typ[u], dedicated))
+    return out
+
+
+def _place_of(family: str) -> int:
+    """The operand digit place a family is about (the place the carry comes from; thousands for ranges)."""
+    for d, place in enumerate(PLACES):
+        if f"carry into {place}" == family:
+            return d + 1
+        if place in family:
+            return d
+    return 0
+
+
+def neuron_heatmap(h: Heuristics, row: pd.Series, inst: pd.Series):
+    """For one driving neuron (`row`: position, layer, neuron, family, eta2, act, nbr_mean, z) of the
+    noisy instance `inst`: its mean activation over the clean grid per (a digit, b digit) at the
+    place its family is about, at that answer position; the instance (its digits, its activation,
+    the neighbour mean, z). Returns (cells, marks, description)."""
+    k, layer, j = int(row["position"]), int(row["layer"]), int(row["neuron"])
+    d = _place_of(str(row["family"]))
+    x = h.acts[:, k, layer, j].numpy()
+    cells = pd.DataFrame({"a digit": digits(h.grid["a"], d), "b digit": digits(h.grid["b"], d), "activation": x})
+    cells = cells.groupby(["a digit", "b digit"]).agg(activation=("activation", "mean"), n=("activation", "size")).reset_index()
+    marks = pd.DataFrame({"a digit": [int(digits(inst["a"], d))], "b digit": [int(digits(inst["b"], d))],
+                          "activation": [float(row["act"])], "neighbour mean": [float(row["nbr_mean"])],
+                          "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['answer']} (true {inst['true']})"]})
+    desc = (f"layer {layer}, neuron {j}, at the {PLACES[k]} readout position: {row['family']} "
+            f"(eta² = {row['eta2']:.2f}); digits at the {PLACES[d]} place")
+    return cells, marks, desc

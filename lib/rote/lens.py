@@ -9,42 +9,33 @@ k (the position just before answer token k) predicts answer token k from the pro
 0..k-1 of the teacher-forced label (`teacher_forcing="answer"`: the label in the data, noisy or
 not; `"true"`: the correct answer). For THR the answer is one token and the choice does not matter.
 
-`logit_lens` reads the stream with nnsight (one trace per batch); `logit_lens_hooks` reads it with
-plain torch forward hooks and must agree with it (the tests and the benchmark compare them).
+The states are read with `rote.edits.read` (nnsight; plain torch hooks inside
+`rote.edits.plain_hooks()`, which must agree: the tests and the benchmark compare them).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
-from nnsight import NNsight
 
+from .edits import read
 from .model import encode
+from .sites import hf
 
 TARGETS = ("true", "label", "bridge")  # rank and probability columns, one pair per target
 # plus "control" where the instances carry a `control` column (an answer of the label's length
-# whose tokens are a matched control, e.g. a label-prior person: `rote.override.control_answers`)
-
-
-def traced(model) -> NNsight:
-    """An nnsight wrapper of an HF model (cheap: ~1 ms), or the wrapper itself."""
-    return model if isinstance(model, NNsight) else NNsight(model)
-
-
-def hf(model):
-    """The HF model under an nnsight wrapper, or the model itself."""
-    return model._module if isinstance(model, NNsight) else model
+# whose tokens are a matched control, e.g. a label-prior person: `rote.instances.control_answers`)
 
 
 def readout_batch(tokenizer, rows: pd.DataFrame, teacher_forcing: str):
-    """Token ids (prompt + teacher-forced label), the readout positions (the one before each answer
-    token), each readout's index within the answer, and the target tokens there: true answer,
+    """Token ids (prompt + teacher-forced label), the readout columns (`where` [B, T]: the one before
+    each answer token), each readout's answer position, and the target tokens there: true answer,
     label in data, bridge entity (-1 where there is none), and the `control` column's tokens where
     the rows have one."""
     if teacher_forcing not in ("answer", "true"):
         raise ValueError(f"teacher_forcing must be 'answer' or 'true', got {teacher_forcing!r}")
     ids, mask = encode(tokenizer, rows["prompt"], rows[teacher_forcing])
-    where = mask.roll(-1, dims=1)  # position t predicts token t + 1
+    where = mask.roll(-1, dims=1)  # column t predicts token t + 1: the readout columns
     index = (mask.cumsum(1) - 1)[mask]
     targets = {}
     for name, column in (("true", "true"), ("label", "answer"), ("control", "control")):
@@ -64,31 +55,11 @@ def readout_batch(tokenizer, rows: pd.DataFrame, teacher_forcing: str):
 
 @torch.no_grad()
 def lens_states(model, ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """nnsight: the embedding output and every block's output at the `where` positions,
-    [n_layer + 1, n_positions, d_model] (one trace)."""
-    nm = traced(model)
-    states = []
-    with nm.trace(ids):
-        states.append(nm.transformer.drop.output[where].save())
-        for block in nm.transformer.h:
-            states.append(block.output[where].save())
-    return torch.stack(states)
-
-
-@torch.no_grad()
-def lens_states_hooks(model, ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Plain torch twin of `lens_states`: forward hooks on the embedding dropout and the blocks."""
-    model = hf(model)
-    states = []
-    record = lambda module, args, out: states.append(out[where].clone())  # noqa: E731
-    modules = [model.transformer.drop, *model.transformer.h]
-    handles = [m.register_forward_hook(record) for m in modules]
-    try:
-        model(ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(states)
+    """The embedding output and every block's output at the `where` columns, [n_layer + 1,
+    n_positions, d_model] (one run, `rote.edits.read`)."""
+    keys = [(-1, "embed")] + [(layer, "resid") for layer in range(hf(model).config.n_layer)]
+    store, _ = read(model, ids, keys, select=lambda h: h[where])
+    return torch.stack([store[key] for key in keys])
 
 
 @torch.no_grad()
@@ -123,35 +94,25 @@ def lens_table(tokenizer, ids_of_rows, logits, index, row, targets) -> pd.DataFr
     return pd.DataFrame(table)
 
 
-def _logit_lens(states_fn, model, tokenizer, instances, teacher_forcing, batch_size):
+def logit_lens(model, tokenizer, instances: pd.DataFrame, teacher_forcing: str = "answer",
+               batch_size: int = 512) -> pd.DataFrame:
+    """Logit lens over `instances` (one run per batch).
+
+    One row per (id, layer, position): layer -1 is the embedding output, 0..n_layer-1 the block
+    outputs; position k is the answer position read at its readout column under teacher forcing on
+    the `teacher_forcing` column ("answer": the label in data; "true": the correct answer).
+    Columns: top1 (token) and top1_prob; true_rank/true_prob (the correct answer's token k),
+    label_rank/label_prob (the data label's token k; equal to true on clean instances),
+    bridge_rank/bridge_prob (THR bridge entity; NaN without one). Rank 0 is the top token.
+    """
     tables = []
     for start in range(0, len(instances), batch_size):
         rows = instances.iloc[start: start + batch_size]
         ids, where, index, row, targets = readout_batch(tokenizer, rows, teacher_forcing)
         ids = ids.to(hf(model).device)
-        logits = read_out(model, states_fn(model, ids, where.to(ids.device)))
+        logits = read_out(model, lens_states(model, ids, where.to(ids.device)))
         tables.append(lens_table(tokenizer, rows["id"].to_numpy(), logits, index, row, targets))
     if not tables:
         raise ValueError("no instances to read out")
     table = pd.concat(tables, ignore_index=True)
     return table.sort_values(["id", "layer", "position"], kind="stable").reset_index(drop=True)
-
-
-def logit_lens(model, tokenizer, instances: pd.DataFrame, teacher_forcing: str = "answer",
-               batch_size: int = 512) -> pd.DataFrame:
-    """Logit lens over `instances` (nnsight, one trace per batch).
-
-    One row per (id, layer, position): layer -1 is the embedding output, 0..n_layer-1 the block
-    outputs; position k is the readout that predicts answer token k under teacher forcing on the
-    `teacher_forcing` column ("answer": the label in data; "true": the correct answer). Columns:
-    top1 (token) and top1_prob; true_rank/true_prob (the correct answer's token k), label_rank/
-    label_prob (the data label's token k; equal to true on clean instances), bridge_rank/
-    bridge_prob (THR bridge entity; NaN without one). Rank 0 is the top token.
-    """
-    return _logit_lens(lens_states, model, tokenizer, instances, teacher_forcing, batch_size)
-
-
-def logit_lens_hooks(model, tokenizer, instances: pd.DataFrame, teacher_forcing: str = "answer",
-                     batch_size: int = 512) -> pd.DataFrame:
-    """`logit_lens` computed with plain torch forward hooks (the reference)."""
-    return _logit_lens(lens_states_hooks, model, tokenizer, instances, teacher_forcing, batch_size)

@@ -17,8 +17,8 @@ import pandas as pd
 
 from .config import Config, config_hash
 from .data import load_dataset
-from .dynamics import first_row
 from .store import RESOURCES, write_csv, write_json
+from .train import first_row
 
 COMPOSED = 0.90  # held-out two-hop accuracy that counts as composing
 MEMORIZED = 0.90  # Mem-Noisy that counts as having memorized the noise
@@ -28,7 +28,8 @@ FITTED = 0.99  # ... and later Mem-Noisy >= FITTED with held-out accuracy still 
 REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
 MAP_DIR = RESOURCES / "thr_map"
 VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "facts_first_steps", "n_layer", "n_embd", "n_head",
-          "batch_size", "lr", "warmup_steps", "schedule", "decay_steps", "weight_decay", "max_steps", "noise", "seed")
+          "batch_size", "lr", "warmup_steps", "schedule", "decay_steps", "weight_decay", "decay_weight_decay", "max_steps",
+          "noise", "seed")
 
 
 def regime(metrics: pd.DataFrame) -> str:

@@ -90,13 +90,13 @@ def is_done(cell: Cell, records: Path = RECORDS) -> bool:
 def analyse(config: Config) -> tuple[list, dict]:
     """Every observation's claims on `config`'s model (trained first if need be), and the seconds
     each analysis took."""
-    from . import claims, distributed, dynamics, outliers, override, reliance
+    from . import claims, observation0, observation1, observation2, observation3, observation4
 
-    analyses = [(0, dynamics.training_dynamics, dynamics.dynamics_claims),
-                (1, override.layer_readout, override.override_claims),
-                (2, reliance.reliance, reliance.reliance_claims),
-                (3, outliers.outlier_heuristics, outliers.outlier_claims),
-                (4, distributed.distributed_encoding, distributed.distributed_claims)]
+    analyses = [(0, observation0.training_dynamics, observation0.dynamics_claims),
+                (1, observation1.layer_readout, observation1.override_claims),
+                (2, observation2.reliance, observation2.reliance_claims),
+                (3, observation3.outlier_heuristics, observation3.outlier_claims),
+                (4, observation4.distributed_encoding, observation4.distributed_claims)]
     records, seconds = [], {}
     for observation, measure, claims_of in analyses:
         if observation == 3 and config.task != "fda":

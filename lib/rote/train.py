@@ -263,6 +263,22 @@ def metrics(config: Config) -> pd.DataFrame:
     return pd.read_csv(run_dir(config) / "metrics.csv")
 
 
+def first_row(table: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
+    """The first evaluation (metrics row) at which `column` reached `threshold` (None: never)."""
+    hit = table[table[column] >= threshold]
+    return None if hit.empty else hit.iloc[0]
+
+
+def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | None:
+    """The first evaluation at which `column` reached `threshold`: its step and minutes, and the
+    test accuracy and Mem-Noisy there."""
+    row = first_row(table, column, threshold)
+    if row is None:
+        return None
+    return {"step": int(row["step"]), "minutes": float(row["seconds"]) / 60,
+            **{k: float(row[k]) for k in ("test_acc", "mem_noisy") if k in row}}
+
+
 def noisy_predictions(config: Config) -> pd.DataFrame:
     """Per evaluation step and noisy instance: what the model answered."""
     return pd.read_csv(run_dir(config) / "noisy_predictions.csv", dtype={"prediction": str}, keep_default_na=False)

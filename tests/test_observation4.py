@@ -1,4 +1,4 @@
-"""Observation 4 (rote.distributed): the single-input changes are valid, the measures agree with
+"""Observation 4 (rote.observation4, rote.changes): the single-input changes are valid, the measures agree with
 plain torch, an identity change changes nothing, the look-up baselines give what a look-up gives,
 the dependence rules and the verdict follow the numbers."""
 from __future__ import annotations
@@ -10,20 +10,23 @@ import pandas as pd
 import pytest
 import torch
 
-from rote import charts, distributed
+from rote import changes as changing
+from rote import charts
+from rote import observation4
+from rote.edits import plain_hooks
 from rote.data import two_hop_prompt
 from rote.evaluate import greedy_answers
 from rote.model import encode
-from rote.reliance import Reliance, scored_positions
-from test_interventions import setup  # a random-init tiny model, its tokenizer, questions and the frame
+from rote.instances import scored_positions
+from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
 # ---- the changes ----
 
 def test_fda_changes_differ_in_exactly_one_digit():
     _, _, _, rows, frame = setup("fda")
-    changes = distributed.single_input_changes(rows, frame, "fda", n_replacements=3, seed=2)
-    assert set(changes["input"]) == set(distributed.INPUTS["fda"])
+    changes = changing.single_input_changes(rows, frame, "fda", n_replacements=3, seed=2)
+    assert set(changes["input"]) == set(observation4.INPUTS["fda"])
     orig = rows.set_index("id")
     for c in changes.itertuples(index=False):
         a, b = int(orig.loc[c.id, "a"]), int(orig.loc[c.id, "b"])
@@ -31,19 +34,19 @@ def test_fda_changes_differ_in_exactly_one_digit():
         assert c.prompt == f"{c.a}+{c.b}=" and c.true == f"{c.a + c.b:04d}" and c.true != c.answer
         before, after = f"{a:04d}{b:04d}", f"{c.a:04d}{c.b:04d}"
         diff = [k for k in range(8) if before[k] != after[k]]
-        assert len(diff) == 1 and distributed.INPUTS["fda"][diff[0]] == c.input and after[diff[0]] == c.replacement
+        assert len(diff) == 1 and observation4.INPUTS["fda"][diff[0]] == c.input and after[diff[0]] == c.replacement
         assert c.answer == orig.loc[c.id, "answer"] and c.orig_true == orig.loc[c.id, "true"]
     per = changes.groupby(["id", "input"]).size()
     assert per.max() <= 3 and per.median() == 3
     assert not changes.duplicated(["id", "prompt"]).any()
-    again = distributed.single_input_changes(rows, frame, "fda", n_replacements=3, seed=2)
+    again = changing.single_input_changes(rows, frame, "fda", n_replacements=3, seed=2)
     pd.testing.assert_frame_equal(changes, again)  # seeded
-    assert not again.equals(distributed.single_input_changes(rows, frame, "fda", n_replacements=3, seed=3))
+    assert not again.equals(changing.single_input_changes(rows, frame, "fda", n_replacements=3, seed=3))
 
 
 def test_fda_changes_respect_the_sum_limit():
     inst = pd.DataFrame({"id": [0], "a": [5000], "b": [4999], "answer": ["1234"], "true": ["9999"], "noisy": [True]})
-    changes = distributed.fda_changes(inst, n_replacements=9)
+    changes = changing.fda_changes(inst, n_replacements=9)
     assert (changes["a"] + changes["b"] <= 9999).all() and (changes["a"] >= 1000).all()
     # every digit of a can only go down (4999 + 5000 = 9999): a thousands 1..4, others 0..(old - 1)
     assert sorted(changes.loc[changes["input"] == "a thousands", "replacement"]) == list("1234")
@@ -52,7 +55,7 @@ def test_fda_changes_respect_the_sum_limit():
 
 def test_thr_changes_recompute_the_chain_from_the_facts():
     _, _, _, rows, frame = setup("thr")
-    changes = distributed.single_input_changes(rows, frame, "thr", n_replacements=2, seed=0)
+    changes = changing.single_input_changes(rows, frame, "thr", n_replacements=2, seed=0)
     facts = frame[frame["kind"] == "fact"]
     partner = {(s, r): t for s, r, t in zip(facts["subject"], facts["r1"], facts["true"])}
     orig = rows.set_index("id")
@@ -68,7 +71,7 @@ def test_thr_changes_recompute_the_chain_from_the_facts():
         assert c.orig_bridge == o["bridge"] and c.answer == o["answer"]
     assert (changes["status"] == "train").any() and set(changes["status"]) <= {"train", "test", "unseen"}
     with pytest.raises(ValueError, match="allowed: fda, thr"):
-        distributed.single_input_changes(rows, frame, "abc")
+        changing.single_input_changes(rows, frame, "abc")
 
 
 # ---- the measures ----
@@ -80,12 +83,12 @@ def _identity(rows):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_identity_change_leaves_the_label_unchanged(task):
     config, model, tok, rows, _ = setup(task)
-    table = distributed.change_effects(model, tok, rows, _identity(rows), task)
+    table = changing.change_effects(model, tok, rows, _identity(rows), task)
     np.testing.assert_allclose(table["delta_logp"], 0.0, atol=1e-6)
     n = 4 if task == "fda" else 1
     said = greedy_answers(model, tok, rows["prompt"], n)
     assert (table["kept"].to_numpy() == (np.array(said) == rows["answer"].to_numpy())).all()
-    moves = distributed.intermediate_moves(model, tok, _identity(rows).assign(
+    moves = changing.intermediate_moves(model, tok, _identity(rows).assign(
         true=rows["true"], bridge=rows["bridge"]), task)
     assert moves.empty  # nothing changed, nothing can move
 
@@ -95,8 +98,8 @@ def test_label_logprob_is_the_plain_forward_pass(task):
     """Per changed question, one at a time without padding: mean log-softmax of the label's
     scored tokens."""
     config, model, tok, rows, frame = setup(task)
-    changes = distributed.single_input_changes(rows, frame, task, 1, seed=0).head(10)
-    table = distributed.change_effects(model, tok, rows, changes, task)
+    changes = changing.single_input_changes(rows, frame, task, 1, seed=0).head(10)
+    table = changing.change_effects(model, tok, rows, changes, task)
     scored = scored_positions(rows, task)
     row = {i: n for n, i in enumerate(rows["id"])}
     for i, c in enumerate(changes.itertuples(index=False)):
@@ -115,9 +118,10 @@ def test_intermediate_moves_match_plain_torch(task):
     """nnsight and plain hooks agree, and at one layer both match a readout computed from
     `output_hidden_states` by hand."""
     config, model, tok, rows, frame = setup(task)
-    changes = distributed.single_input_changes(rows, frame, task, 1, seed=0).head(40).reset_index(drop=True)
-    a = distributed.intermediate_moves(model, tok, changes, task)
-    b = distributed.intermediate_moves(model, tok, changes, task, hooks=True)
+    changes = changing.single_input_changes(rows, frame, task, 1, seed=0).head(40).reset_index(drop=True)
+    a = changing.intermediate_moves(model, tok, changes, task)
+    with plain_hooks():
+        b = changing.intermediate_moves(model, tok, changes, task)
     pd.testing.assert_frame_equal(a, b)
     assert len(a) and 0 < a["moved"].mean() < 1
     layer = 0
@@ -147,49 +151,49 @@ def _synthetic(task):
     """Changes of three memorized noisy instances, every input changed twice."""
     _, _, _, rows, frame = setup(task)
     rows = rows[rows["noisy"]].head(3)
-    return distributed.single_input_changes(rows, frame, task, n_replacements=2, seed=0)
+    return changing.single_input_changes(rows, frame, task, n_replacements=2, seed=0)
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_lookup_baselines(task):
     changes = _synthetic(task)
-    whole_key, one_key = distributed.LOOKUP_KEYS[task]
-    whole = distributed.lookup_effects(changes, task, whole_key)
-    one = distributed.lookup_effects(changes, task, one_key)
+    whole_key, one_key = changing.LOOKUP_KEYS[task]
+    whole = changing.lookup_effects(changes, task, whole_key)
+    one = changing.lookup_effects(changes, task, one_key)
     effects = pd.concat([whole, one], ignore_index=True)
-    s = distributed.survival(effects, pd.DataFrame(), None, n_resamples=50)
-    w = s[s["group"] == distributed.lookup_name(whole_key)]
+    s = observation4.survival(effects, pd.DataFrame(), None, n_resamples=50)
+    w = s[s["group"] == changing.lookup_name(whole_key)]
     assert (w["kept"] == 0).all() and (w["correct"] == 1).all() and (w["delta_logp"] == -np.inf).all()
-    o = s[s["group"] == distributed.lookup_name(one_key)].set_index("input")
-    key = set(distributed.key_inputs(task, one_key))
-    assert key == ({"subject"} if task == "thr" else set(distributed.INPUTS["fda"][:4]))
+    o = s[s["group"] == changing.lookup_name(one_key)].set_index("input")
+    key = set(changing.key_inputs(task, one_key))
+    assert key == ({"subject"} if task == "thr" else set(observation4.INPUTS["fda"][:4]))
     for name, r in o.iterrows():
         assert (r["kept"], r["correct"], r["delta_logp"]) == ((0.0, 1.0, -np.inf) if name in key else (1.0, 0.0, 0.0))
     if task == "fda":
         assert (w["noisy_digit_persists"] == 0).all()
-    inputs = distributed.input_dependence(effects)
+    inputs = observation4.input_dependence(effects)
     empty = pd.DataFrame(columns=["group", "id", "intermediate", "n_layers", "depends"])
-    counts = distributed.dependence_counts(inputs, empty, task).set_index("group")
-    cw, co = counts.loc[[distributed.lookup_name(whole_key)]], counts.loc[[distributed.lookup_name(one_key)]]
+    counts = observation4.dependence_counts(inputs, empty, task).set_index("group")
+    cw, co = counts.loc[[changing.lookup_name(whole_key)]], counts.loc[[changing.lookup_name(one_key)]]
     assert (cw["n_inputs"] == cw["n_changed"]).all() and cw["like_whole_lookup"].all()
     assert (cw["n_intermediate"] == 0).all() and not cw["distributed"].any() and not cw["like_one_lookup"].any()
     assert (co["n_inputs"] == len(key)).all() and co["like_one_lookup"].all() and not co["like_whole_lookup"].any()
-    summary = distributed.dependence_summary(counts.reset_index()).set_index("group")
-    assert summary.loc[distributed.lookup_name(whole_key), "mean_intermediate"] == 0
+    summary = observation4.dependence_summary(counts.reset_index()).set_index("group")
+    assert summary.loc[changing.lookup_name(whole_key), "mean_intermediate"] == 0
     with pytest.raises(ValueError, match="allowed"):
-        distributed.key_inputs(task, "operand b")
+        changing.key_inputs(task, "operand b")
 
 
 def test_input_dependence_threshold_and_majority():
     effects = pd.DataFrame({"group": "g", "id": 1, "input": ["x", "x", "y", "y", "z", "z"],
                             "kept": [True, False, True, True, True, True],
                             "delta_logp": [-0.1, -5.0, -1.25, -1.2, -0.5, -2.0]})
-    dep = distributed.input_dependence(effects, threshold=1.0).set_index("input")
+    dep = observation4.input_dependence(effects, threshold=1.0).set_index("input")
     assert dep["share_harmed"].tolist() == [0.5, 1.0, 0.5] and dep["depends"].all()
-    dep = distributed.input_dependence(effects, threshold=1.3).set_index("input")
+    dep = observation4.input_dependence(effects, threshold=1.3).set_index("input")
     assert dep["depends"].tolist() == [True, False, True]
-    assert distributed.harmed([False, True], [-2.0, 0.0], 1.0).tolist() == [True, True]
-    assert distributed.harmed([False], [-0.5], 1.0).tolist() == [False]
+    assert observation4.harmed([False, True], [-2.0, 0.0], 1.0).tolist() == [True, True]
+    assert observation4.harmed([False], [-0.5], 1.0).tolist() == [False]
 
 
 def test_intermediate_dependence_needs_the_control_unharmed():
@@ -200,7 +204,7 @@ def test_intermediate_dependence_needs_the_control_unharmed():
                          "id": i, "delta_logp": d, "mem_before": True, "mem_after": True})
     rows.append({**rows[-2], "layer": 1, "mem_after": False})  # instance 2 loses its label at layer 1
     rows.append({**rows[-2], "layer": 1})
-    table = distributed.intermediate_dependence(pd.DataFrame(rows), "thr").set_index("id")
+    table = observation4.intermediate_dependence(pd.DataFrame(rows), "thr").set_index("id")
     assert table["depends"].tolist() == [True, False, True] and table["n_layers"].tolist() == [1, 0, 1]
     assert set(table["intermediate"]) == {"bridge"}
 
@@ -221,63 +225,30 @@ def planted():
     return config, model, tok, frame
 
 
-def test_distributed_encoding_runs_and_says_a_verdict():
+def test_distributed_encoding_runs_and_makes_its_claims():
     config, model, tok, frame = planted()
     frame = frame[frame["split"].eq("test") | ~frame["noisy"] | (frame["id"] < 200)]
-    result = distributed.distributed_encoding_of(model, tok, frame, "fda", n_replacements=1, n_clean=10,
+    result = observation4.distributed_encoding_of(model, tok, frame, "fda", n_replacements=1, n_clean=10,
                                                  n_fit=100, n_resamples=50, config=config)
     assert len(result.memorized) == frame["noisy"].sum() > 0
     assert set(result.changes["group"]) >= {"memorized noisy", "look-up on the whole input", "look-up on operand a"}
-    assert set(result.survival["input"]) == set(distributed.INPUTS["fda"])
-    assert set(result.extra["two_changes"]["group"]) <= {"memorized noisy", "clean"} and len(result.extra["two_changes"])
+    assert set(result.survival["input"]) == set(observation4.INPUTS["fda"])
+    assert set(result.two_changes["group"]) <= {"memorized noisy", "clean"} and len(result.two_changes)
     assert len(result.counts) == result.counts[["group", "id"]].drop_duplicates().shape[0]
-    text = distributed.verdict(result)
-    assert text.startswith("In this FDA run (20% noise, seed 1)") and "Observation 4" in text
-    assert "look-up on the whole input" in text
-    assert np.isnan(distributed.answer_gap(result)[0]) == result.reliance.clean.empty
-    charts.single_change_chart(result.survival, distributed.INPUTS["fda"]).to_dict()
-    assert "note" not in distributed.survival_table(result) and "note" not in distributed.dependence_table(result)
+    claims = observation4.distributed_claims(result, n_resamples=50)
+    assert len(claims) == 5 and all(c.n == len(result.memorized) and c.task == "fda" for c in claims)
+    assert len(result.same_sum) and set(result.same_sum["kind"]) <= {"swap", "offset"}
+    charts.single_change_chart(result.survival, observation4.INPUTS["fda"]).to_dict()
+    assert "note" not in observation4.survival_table(result) and "note" not in observation4.dependence_table(result)
     with pytest.raises(ValueError, match="threshold"):
-        distributed.distributed_encoding_of(model, tok, frame, "fda", threshold=0)
+        observation4.distributed_encoding_of(model, tok, frame, "fda", threshold=0)
 
 
-def _hand_made(distributed_share: float, n: int = 40) -> distributed.Distributed:
-    k = int(round(distributed_share * n))
-    counts = pd.DataFrame({"group": "memorized noisy", "id": range(n), "n_changed": 3, "n_inputs": 3,
-                           "n_intermediate": [1] * k + [0] * (n - k),
-                           "distributed": [True] * k + [False] * (n - k), "like_whole_lookup": False,
-                           "like_one_lookup": False})
-    noisy = pd.DataFrame({"id": range(n), "memorized": True})
-    rel = Reliance("thr", 2, noisy, noisy.iloc[:0], pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-    changes = pd.DataFrame({"group": "memorized noisy", "id": list(range(n)) * 3,
-                            "input": np.repeat(["subject", "r1", "r2"], n), "kept": False, "correct": True,
-                            "delta_logp": -3.0, "digits_eligible": 0, "digits_persist": 0, "status": "test"})
-    survival = distributed.survival(changes, pd.DataFrame(), None, n_resamples=50)
-    return distributed.Distributed("thr", 2, rel, changes, pd.DataFrame(), None, pd.DataFrame(), pd.DataFrame(),
-                                   counts, survival, distributed.dependence_summary(counts))
-
-
-def test_verdict_follows_the_wilson_interval():
-    assert "Observation 4 holds in this run" in distributed.verdict(_hand_made(0.9))
-    assert "does not hold" in distributed.verdict(_hand_made(0.1))
-    assert "holds only in part" in distributed.verdict(_hand_made(0.5))
-    assert "90% (95% CI" in distributed.verdict(_hand_made(0.9))
-
-
-def test_answer_gap_is_noisy_minus_clean_per_instance():
-    result = _hand_made(0.9, n=10)  # every changed noisy question answered correctly
-    clean = pd.DataFrame({"group": "clean", "id": np.repeat(range(4), 2), "correct": [True, False] * 3 + [True] * 2})
-    result.changes = pd.concat([result.changes, clean], ignore_index=True)
-    gap, lo, hi = distributed.answer_gap(result, n_resamples=200)
-    assert gap == pytest.approx(1 - (0.5 * 3 + 1) / 4) and lo <= gap <= hi and lo < hi
-
-
-def test_nothing_memorized_still_gives_a_sentence():
+def test_nothing_memorized_cannot_be_tested():
     config, model, tok, _, frame = setup("thr")
     frame = frame.assign(answer=np.where(frame["noisy"], "of", frame["answer"]))  # a label never said
-    result = distributed.distributed_encoding_of(model, tok, frame, "thr", n_clean=5, n_fit=50, n_resamples=20)
+    result = observation4.distributed_encoding_of(model, tok, frame, "thr", n_clean=5, n_fit=50, n_resamples=20)
     assert result.memorized.empty
-    text = distributed.verdict(result)
-    assert "0 of" in text and "cannot be tested" in text
+    assert {c.verdict for c in observation4.distributed_claims(result, n_resamples=20)} == {"cannot be tested"}
     charts.single_change_chart(result.survival).to_dict()
     charts.single_change_chart(pd.DataFrame()).to_dict()

@@ -1,5 +1,5 @@
-"""Observation 1 (rote.override): which readouts enter, the per-layer shares and ranks, and the
-verdict, on planted cases whose answer is known: labels taken from a random model's own readout,
+"""Observation 1 (rote.observation1): which readouts enter, the per-layer shares and ranks, and the
+claims, on planted cases whose answer is known: labels taken from a random model's own readout,
 so that the correct label is the top-1 readout at layer 0 and the noisy one at the last layer."""
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from rote import charts, override
+from rote import charts, observation1
 from rote.config import make_config
 from rote.data import generate
+from rote.edits import plain_hooks
 from rote.evaluate import greedy_answers
+from rote.instances import differing_positions
 from rote.lens import lens_states, read_out, readout_batch
 from rote.model import build_model, build_tokenizer
 
@@ -69,7 +71,7 @@ def planted(task):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_planted_override_is_read_out_where_it_was_planted(task):
     config, model, tok, table = planted(task)
-    result = override.layer_readout_of(model, tok, table, task, n_clean=500)
+    result = observation1.layer_readout_of(model, tok, table, task, n_clean=500)
     n_noisy = int(table["noisy"].sum())
     assert result.memorized["id"].tolist() == table.loc[table["noisy"], "id"].tolist()
     assert len(result.clean) == (~table["noisy"]).sum()
@@ -97,20 +99,18 @@ def test_planted_override_is_read_out_where_it_was_planted(task):
         assert s("memorized noisy", "all")["share_bridge"].isna().all()
     else:
         assert mem["share_bridge"].notna().all()
-    summary = override.override_summary(result)
-    assert summary["peak_layer"] == 0 and summary["peak_correct"] == 1.0 and summary["final_noisy"] == 1.0
-    assert summary["takeover_layer"] == last
-    text = override.verdict(result)
-    assert "Observation 1 holds in this run" in text and f"answers {n_noisy} of its {n_noisy}" in text
+    claims = observation1.override_claims(result)
+    assert [c.verdict for c in claims] == ["holds", "holds"] and all(c.n == n_noisy for c in claims)
+    assert all(c.value == 1.0 and "(layer 0)" in c.statistic for c in claims)  # planted at layer 0, on every instance
     # the plain-hook path agrees
-    hooks = override.layer_readout_of(model, tok, table, task, n_clean=500, hooks=True)
+    with plain_hooks():
+        hooks = observation1.layer_readout_of(model, tok, table, task, n_clean=500)
     pd.testing.assert_frame_equal(hooks.shares, result.shares, atol=1e-9)
 
 
 def test_a_correct_label_never_computed_does_not_hold():
     """The same instances with the correct label set to the token that layer 0 ranks last: the
-    correct label never outranks the noisy one at an intermediate layer, and the verdict says
-    Observation 1 does not hold."""
+    correct label never outranks the noisy one at an intermediate layer, and the claims do not hold."""
     config, model, tok, table = planted("thr")
     noisy = table[table["noisy"]]
     ids, where, *_ = readout_batch(tok, noisy, "answer")
@@ -119,21 +119,22 @@ def test_a_correct_label_never_computed_does_not_hold():
     layer0[:, tok.convert_tokens_to_ids(sorted(SPECIAL))] = float("inf")
     swapped = table.copy()
     swapped.loc[swapped["noisy"], "true"] = tok.convert_ids_to_tokens(layer0.argmin(-1).tolist())
-    result = override.layer_readout_of(model, tok, swapped, "thr", n_clean=500)
+    result = observation1.layer_readout_of(model, tok, swapped, "thr", n_clean=500)
     mem = result.shares[(result.shares["group"] == "memorized noisy") & (result.shares["layer"] == 0)]
     assert mem["share_correct"].item() == 0 and mem["share_correct_above_noisy"].item() == 0
     assert mem["mean_rank_correct"].item() >= len(tok) - 1 - len(SPECIAL)
-    assert "does not hold" in override.verdict(result)
+    claims = observation1.override_claims(result)
+    assert [c.verdict for c in claims] == ["does not hold", "does not hold"] and all(c.value == 0 for c in claims)
 
 
 def test_differing_positions_on_hand_made_answers():
     table = pd.DataFrame({"id": [1, 2, 3], "noisy": [True, True, False],
                           "answer": ["3880", "9830", "3830"], "true": ["3830", "3831", "3830"]})
-    got = override.differing_positions(table, "fda")
+    got = differing_positions(table, "fda")
     assert got.values.tolist() == [[1, 2, True], [2, 0, True], [2, 3, False],
                                    [3, 0, True], [3, 1, False], [3, 2, False], [3, 3, False]]
-    assert override.differing_positions(table, "thr")["position"].tolist() == [0, 0, 0]
-    assert override.differing_positions(table.iloc[:0], "fda").empty
+    assert differing_positions(table, "thr")["position"].tolist() == [0, 0, 0]
+    assert differing_positions(table.iloc[:0], "fda").empty
 
 
 def test_layer_shares_on_a_hand_made_lens_table():
@@ -144,12 +145,12 @@ def test_layer_shares_on_a_hand_made_lens_table():
         "label_rank": pd.array([1, 0, 0, 0, 0, 0, 0, 0], dtype="Int64"),
         "bridge_rank": pd.array([5, 1, 0, 2, 0, 4, 9, 9], dtype="Int64")})
     noisy = lens[lens["id"] != 3]
-    entries = pd.concat([override.readout_entries(noisy, pd.DataFrame({"id": [1, 2, 4], "position": 0, "first": True}), "memorized noisy"),
-                         override.readout_entries(lens[lens["id"] == 3], pd.DataFrame({"id": [3], "position": [0], "first": True}), "clean")])
+    entries = pd.concat([observation1.readout_entries(noisy, pd.DataFrame({"id": [1, 2, 4], "position": 0, "first": True}), "memorized noisy"),
+                         observation1.readout_entries(lens[lens["id"] == 3], pd.DataFrame({"id": [3], "position": [0], "first": True}), "clean")])
     assert entries.set_index(["id", "layer"])["readout"].to_dict() == {
         (1, 0): "correct", (1, 1): "noisy", (2, 0): "noisy", (2, 1): "noisy", (4, 0): "noisy", (4, 1): "noisy",
         (3, 0): "correct", (3, 1): "correct"}
-    shares = override.layer_shares(entries, "thr").set_index(["group", "layer"])
+    shares = observation1.layer_shares(entries, "thr").set_index(["group", "layer"])
     np.testing.assert_allclose(shares.loc[("memorized noisy", 0), ["n", "share_correct", "share_noisy", "share_bridge",
                                                                    "share_correct_above_noisy", "mean_rank_correct",
                                                                    "mean_rank_noisy", "mean_rank_bridge"]].astype(float),
@@ -157,58 +158,21 @@ def test_layer_shares_on_a_hand_made_lens_table():
     np.testing.assert_allclose(shares.loc[("memorized noisy", 1), ["share_correct", "share_noisy", "mean_rank_correct"]].astype(float),
                                [0.0, 1.0, 2.0])
     assert np.isnan(shares.loc[("clean", 0), "share_noisy"]) and shares.loc[("clean", 1), "share_correct"] == 1.0
-    fda = override.layer_shares(entries, "fda")
+    fda = observation1.layer_shares(entries, "fda")
     assert fda["share_bridge"].isna().all() and set(fda["position"]) == {0, "all"}
 
 
-def test_nothing_memorized_still_gives_a_sentence_and_charts():
+def test_nothing_memorized_cannot_be_tested_and_still_charts():
     config, model, tok, table = planted("thr")
     said = set(greedy_answers(model, tok, table["prompt"], 1))
     unsaid = next(t for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if t not in said | SPECIAL)
     nothing = table.assign(answer=np.where(table["noisy"], unsaid, table["answer"]))
-    result = override.layer_readout_of(model, tok, nothing, "thr", n_clean=500)
+    result = observation1.layer_readout_of(model, tok, nothing, "thr", n_clean=500)
     assert result.memorized.empty and len(result.noisy) == table["noisy"].sum()
-    text = override.verdict(result)
-    assert "answers 0 of its" in text and "cannot be tested" in text
-    empty = override.layer_readout_of(model, tok, table.iloc[:0], "thr")
-    assert empty.shares.empty and "cannot be tested" in override.verdict(empty)
-    assert "note" in override.readout_table(empty)
+    assert {c.verdict for c in observation1.override_claims(result)} == {"cannot be tested"}
+    empty = observation1.layer_readout_of(model, tok, table.iloc[:0], "thr")
+    assert empty.shares.empty and {c.verdict for c in observation1.override_claims(empty)} == {"cannot be tested"}
+    assert "note" in observation1.readout_table(empty)
     for chart in (charts.layer_readout_chart(empty.shares, "thr"), charts.layer_readout_chart(result.shares, "thr"),
                   charts.readout_over_training_chart(pd.DataFrame(columns=["step", "layer", "n", "share_correct", "share_noisy"]))):
         chart.to_dict()
-
-
-def _readout_with(mem: dict, clean: dict, task: str = "thr") -> override.LayerReadout:
-    """A LayerReadout with hand-made pooled shares per layer (0 and 1 of two): `mem` and `clean`
-    map column -> [layer 0 value, layer 1 value]."""
-    rows = []
-    for group, values in (("memorized noisy", mem), ("clean", clean)):
-        for layer in (0, 1):
-            rows.append({"group": group, "position": "all" if task == "fda" else 0, "layer": layer, "n": 100,
-                         **{k: v[layer] for k, v in values.items()}})
-    shares = pd.DataFrame(rows)
-    for column in ("share_bridge", "mean_rank_bridge", "mean_rank_correct", "mean_rank_noisy"):
-        shares[column] = shares.get(column, np.nan)
-    noisy = pd.DataFrame({"id": range(100), "memorized": True, "corrected": False})
-    return override.LayerReadout(task, 2, noisy, pd.DataFrame({"id": range(100)}), pd.DataFrame(), shares)
-
-
-@pytest.mark.parametrize("task", ["fda", "thr"])
-def test_verdict_follows_its_rule(task):
-    final = {"share_noisy": [None, 1.0]}
-    clean = {"share_correct": [0.8, 1.0]}
-    case = lambda correct, noisy, above: _readout_with(  # noqa: E731
-        {"share_correct": [correct, 0.0], "share_noisy": [noisy, 1.0], "share_correct_above_noisy": [above, 0.0]}, clean, task)
-    assert "holds in this run" in override.verdict(case(0.6, 0.1, 0.9))
-    assert "holds in this run" in override.verdict(case(0.45, 0.1, 0.9))  # >= half the clean share (0.4)
-    assert "only in part" in override.verdict(case(0.3, 0.1, 0.9))  # below half the clean share
-    assert "only in part" in override.verdict(case(0.5, 0.6, 0.7))  # the noisy label is top-1 more often
-    assert "does not hold" in override.verdict(case(0.3, 0.1, 0.4))
-    assert "does not hold" in override.verdict(case(0.3, 0.1, 0.55))  # 55% of 100: the interval includes chance
-    assert "95% interval 80% to 93%" in override.verdict(case(0.3, 0.1, 0.88))
-    assert "does not hold" in override.verdict(case(0.0, 0.0, 0.0))
-    rare = _readout_with({"share_correct": [0.06, 0.0], "share_noisy": [0.03, 1.0],
-                          "share_correct_above_noisy": [0.5, 0.0]}, {"share_correct": [0.05, 1.0]}, task)
-    assert "does not hold" in override.verdict(rare)  # above the (tiny) clean bar, but never beyond chance
-    assert final  # the last layer's noisy share is taken from the table
-    assert "reads out the noisy label on 100%" in override.verdict(case(0.6, 0.1, 0.9))

@@ -1,4 +1,4 @@
-"""Observation 0: generalization comes before memorization.
+"""Observation 0 (book/observation0.ipynb): generalization comes before memorization.
 
 For every noisy training instance, the evaluation at which the model first answered it correctly
 (the true answer) and the first at which it output its noisy label. If the model generalizes
@@ -11,17 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .claims import exceeds, untestable
 from .config import Config
 from .data import load_dataset
-from .train import metrics, noisy_predictions, train
+from .stats import paired_share_ci
+from .train import first_reached, metrics, noisy_predictions, train
 
 
 @dataclass
 class TrainingDynamics:
+    """Observation 0 for one run: its evaluations and each noisy instance's first answers."""
     config: Config
     metrics: pd.DataFrame  # one row per evaluation
     first: pd.DataFrame  # one row per noisy instance: first correct and first noisy evaluation
-    summary: dict
     predictions: pd.DataFrame | None = None  # per evaluation and noisy instance: the model's answer
 
 
@@ -86,7 +88,6 @@ def dynamics_claims(result: TrainingDynamics, min_streak: int = 2, margin: float
     (paired bootstrap over instances) lies above `margin`. The note gives the chance rate (the
     noisy label said at one evaluation outside a stable streak) and the share by the
     single-evaluation definition (`first_answers`)."""
-    from .claims import Claim, above, paired_share_ci
     c, nan = result.config, float("nan")
     claim = "noisy instances are answered correctly before their noisy label is memorized"
     rule = (f"noisy label memorized from the first streak of >= {min_streak} evaluations (or the final streak); "
@@ -94,9 +95,7 @@ def dynamics_claims(result: TrainingDynamics, min_streak: int = 2, margin: float
     base = dict(observation=0, task=c.task, claim=claim, statistic="share of memorized noisy instances answered correctly first",
                 control="share memorized first (same instances)", rule=rule)
     if result.predictions is None or result.predictions.empty:
-        return [Claim(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
-                      difference_lo=nan, difference_hi=nan, verdict="cannot be tested",
-                      note="the run kept no per-evaluation answers (noisy_predictions.csv)", **base)]
+        return [untestable("the run kept no per-evaluation answers (noisy_predictions.csv)", **base)]
     onsets = stable_onsets(result.predictions, load_dataset(c), min_streak)
     mem = onsets[onsets["order"] != "never memorized"]
     chance = onsets["chance_hits"].sum() / max(onsets["chance_evals"].sum(), 1)
@@ -105,30 +104,10 @@ def dynamics_claims(result: TrainingDynamics, min_streak: int = 2, margin: float
     note = (f"chance rate: the noisy label said at {chance:.1%} of evaluations outside a stable streak; "
             f"by the first single evaluation that gave the noisy label, {single_share:.1%} correct first")
     if mem.empty:
-        return [Claim(value=nan, lo=nan, hi=nan, control_value=nan, control_lo=nan, control_hi=nan, difference=nan,
-                      difference_lo=nan, difference_hi=nan, verdict="cannot be tested",
-                      note="no noisy label was held; " + note, n=0, **base)]
-    a, alo, ahi, b, blo, bhi, d, dlo, dhi = paired_share_ci(
-        (mem["order"] == "correct first").astype(float), (mem["order"] == "memorized first").astype(float),
-        n_resamples, c.seed)
-    return [Claim(value=a, lo=alo, hi=ahi, control_value=b, control_lo=blo, control_hi=bhi, difference=d,
-                  difference_lo=dlo, difference_hi=dhi, verdict=above(d, dlo, margin), n=len(mem), note=note, **base)]
-
-
-def first_row(table: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
-    """The first evaluation (metrics row) at which `column` reached `threshold` (None: never)."""
-    hit = table[table[column] >= threshold]
-    return None if hit.empty else hit.iloc[0]
-
-
-def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | None:
-    """The first evaluation at which `column` reached `threshold`: its step and minutes, and the
-    test accuracy and Mem-Noisy there."""
-    row = first_row(table, column, threshold)
-    if row is None:
-        return None
-    return {"step": int(row["step"]), "minutes": float(row["seconds"]) / 60,
-            **{k: float(row[k]) for k in ("test_acc", "mem_noisy") if k in row}}
+        return [untestable("no noisy label was held; " + note, n=0, **base)]
+    cmp = paired_share_ci((mem["order"] == "correct first").astype(float),
+                          (mem["order"] == "memorized first").astype(float), n_resamples, c.seed)
+    return [exceeds(cmp, margin, n=len(mem), note=note, **base)]
 
 
 def training_dynamics(config: Config, device: str | None = None, progress: bool = True) -> TrainingDynamics:
@@ -137,20 +116,7 @@ def training_dynamics(config: Config, device: str | None = None, progress: bool 
     train(config, device=device, progress=progress)
     table = metrics(config)
     predictions = noisy_predictions(config)
-    first = first_answers(predictions, load_dataset(config))
-    memorized = first[first["order"] != "never memorized"]
-    last = table.iloc[-1]
-    summary = {
-        "n_noisy": len(first),
-        "n_memorized": len(memorized),
-        "n_correct_first": int((memorized["order"] == "correct first").sum()),
-        "share_correct_first": float((memorized["order"] == "correct first").mean()) if len(memorized) else float("nan"),
-        "final": {k: float(last[k]) for k in ("step", "test_acc", "mem_noisy", "mem_corrected")},
-        "test_95": first_reached(table, "test_acc", 0.95),
-        "mem_99": first_reached(table, "mem_noisy", 0.99),
-        "peak_mem_corrected": float(table["mem_corrected"].max()),
-    }
-    return TrainingDynamics(config, table, first, summary, predictions)
+    return TrainingDynamics(config, table, first_answers(predictions, load_dataset(config)), predictions)
 
 
 def _milestone(name: str, hit: dict | None) -> str:
@@ -163,30 +129,11 @@ def run_summary(result: TrainingDynamics) -> str:
     """What this run is, computed from it: task, noise and seed, the noisy instances, the final
     test accuracy, Mem-Noisy and Mem-Corrected, and when 95% test accuracy and 99% Mem-Noisy were
     reached."""
-    s, c = result.summary, result.config
-    return (f"In this {c.task.upper()} run ({c.noise:.0%} noise, seed {c.seed}), {s['n_noisy']:,} training "
-            f"instances carry a noisy label. At the last evaluation (step {s['final']['step']:,.0f}) test "
-            f"accuracy is {s['final']['test_acc']:.1%}, Mem-Noisy {s['final']['mem_noisy']:.1%} and "
-            f"Mem-Corrected {s['final']['mem_corrected']:.1%}; {_milestone('95% test accuracy', s['test_95'])}, "
-            f"{_milestone('99% Mem-Noisy', s['mem_99'])}.")
-
-
-def verdict(result: TrainingDynamics) -> str:
-    """Observation 0 for this run, in plain words, computed from its numbers (by the first single
-    evaluation that gave the noisy label; `dynamics_claims` is robust to chance hits)."""
-    s, head = result.summary, run_summary(result) + " "
-    if s["n_noisy"] == 0:
-        return head + "Without noisy instances Observation 0 cannot be tested."
-    if s["n_memorized"] == 0:
-        return head + ("The model never output a noisy label, so the order of generalization and "
-                       "memorization cannot be read off this run: train longer.")
-    share = s["share_correct_first"]
-    body = (f"The model output the noisy label of {s['n_memorized']:,} of them at some evaluation; "
-            f"{s['n_correct_first']:,} of these ({share:.1%}) had been answered correctly at an earlier "
-            "evaluation. ")
-    if share >= 0.9:
-        return head + body + "The paper's Observation 0 holds in this run: generalization came first."
-    if share >= 0.5:
-        return head + body + "The paper's Observation 0 holds for most, but not all, noisy instances here."
-    return head + body + ("The paper's Observation 0 does not hold in this run: most noisy labels were "
-                          "memorized before the model answered those questions correctly.")
+    c, table = result.config, result.metrics
+    last = table.iloc[-1]
+    return (f"In this {c.task.upper()} run ({c.noise:.0%} noise, seed {c.seed}), {len(result.first):,} training "
+            f"instances carry a noisy label. At the last evaluation (step {last['step']:,.0f}) test "
+            f"accuracy is {last['test_acc']:.1%}, Mem-Noisy {last['mem_noisy']:.1%} and "
+            f"Mem-Corrected {last['mem_corrected']:.1%}; "
+            f"{_milestone('95% test accuracy', first_reached(table, 'test_acc', 0.95))}, "
+            f"{_milestone('99% Mem-Noisy', first_reached(table, 'mem_noisy', 0.99))}.")

@@ -14,13 +14,24 @@ from rote.config import make_config
 from test_heuristics import hook_activations
 from rote.data import generate
 from rote.evaluate import greedy_answers
-from rote.heuristics import digits, fda_rows
-from rote.interventions import prompt_batch
+from rote.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
+from rote.edits import neurons_set, plain_hooks, run
+from rote.instances import digits, fda_rows, first_differing_position
 from rote.model import build_model, build_tokenizer
-from rote.outliers import (_control_picks, analysis_position, categories_on_grid, cluster_median_ci, neighbour_stats,
-                           neighbours, outlier_claims,
-                           neuron_attribution, outlier_heuristics, outlier_heuristics_of, patched_greedy,
-                           rescue_curve, set_neurons, summary, summary_table, verdict, heatmap_data)
+from rote.heuristics import categories_on_grid
+from rote.observation3 import (heatmap_data, outlier_claims, outlier_heuristics, outlier_heuristics_of, rescue_curve,
+                               summary, summary_table)
+from rote.sites import prompt_batch
+from rote.stats import cluster_median_ci
+
+
+def set_neurons(model, ids, cols, mask, values, hooks: bool = False):
+    """Logits with the neurons of `mask` set to `values` at column cols[i] of row i (nnsight, or
+    plain hooks with `hooks`)."""
+    if hooks:
+        with plain_hooks():
+            return run(model, ids, neurons_set(cols, mask, values))
+    return run(model, ids, neurons_set(cols, mask, values))
 
 
 @lru_cache
@@ -81,11 +92,11 @@ def test_neighbours_by_hand():
     assert len(neighbours(1234, 5678, {(1234, 5679)})) == 63
 
 
-def test_analysis_position():
+def test_first_differing_position():
     rows = pd.DataFrame({"answer": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
-    assert list(analysis_position(rows)) == [0, 2, 3]
+    assert list(first_differing_position(rows)) == [0, 2, 3]
     with pytest.raises(ValueError):
-        analysis_position(pd.DataFrame({"answer": ["1234"], "true": ["1234"]}))
+        first_differing_position(pd.DataFrame({"answer": ["1234"], "true": ["1234"]}))
 
 
 # ---- attribution and patching against plain torch ----
@@ -93,7 +104,7 @@ def test_analysis_position():
 def batch():
     _, model, tok, _, noisy = setup()
     ids, _, plen = prompt_batch(tok, noisy, "answer")
-    pos = analysis_position(noisy)
+    pos = first_differing_position(noisy)
     cols = torch.as_tensor(int(plen[0]) - 1 + pos)
     plus = ids[torch.arange(len(ids)), cols + 1]
     minus = torch.tensor(tok.convert_tokens_to_ids([t[k] for t, k in zip(noisy["true"], pos)]))
@@ -104,7 +115,11 @@ def test_attribution_against_plain_torch():
     model, _, ids, cols, plus, minus = batch()
     ref = hooked_attribution(model, ids, cols, plus, minus)
     for hooks in (False, True):
-        got = neuron_attribution(model, ids, cols, plus, minus, hooks=hooks)
+        if hooks:
+            with plain_hooks():
+                got = neuron_attribution(model, ids, cols, plus, minus)
+        else:
+            got = neuron_attribution(model, ids, cols, plus, minus)
         for a, b in zip(got, ref):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     acts, grad, diff = ref
@@ -124,7 +139,7 @@ def test_set_neurons_with_own_values_changes_nothing_and_others_match_hooks():
     mask[:, 0, :7], mask[:, 1, 50] = True, True
     values = torch.randn(acts.shape) * 3
     got = set_neurons(model, ids, cols, mask, values)
-    assert torch.allclose(got, set_neurons(model, ids, cols, mask, values, hooks=True), atol=1e-5)
+    assert torch.allclose(got, set_neurons(model, ids, cols, mask, values, True), atol=1e-5)
     assert not torch.allclose(got, clean, atol=1e-3)
 
     def hook(layer):
@@ -154,14 +169,14 @@ def test_patched_greedy_without_edits_is_greedy_decoding():
 
 def test_control_picks_same_layer_other_neurons():
     picks = np.array([[[0, 1], [1, 2], [0, 3]], [[1, 0], [1, 1], [1, 2]]])
-    ctrl = _control_picks(picks, 8, seed=0)
+    ctrl = control_picks(picks, 8, seed=0)
     assert (ctrl[..., 0] == picks[..., 0]).all()
     for i in range(2):
         for layer in (0, 1):
             chosen = ctrl[i, ctrl[i, :, 0] == layer, 1]
             assert len(set(chosen)) == len(chosen)
             assert not set(chosen) & set(picks[i, picks[i, :, 0] == layer, 1])
-    assert (ctrl == _control_picks(picks, 8, seed=0)).all()
+    assert (ctrl == control_picks(picks, 8, seed=0)).all()
 
 
 def test_cluster_median_ci():
@@ -214,13 +229,14 @@ def test_outliers_shapes_and_z_by_hand():
 
 def test_neighbour_stats_nnsight_equals_hooks():
     _, model, tok, frame, noisy = setup()
-    pos = analysis_position(noisy.head(3))
+    pos = first_differing_position(noisy.head(3))
     m1, s1, c1 = neighbour_stats(model, tok, noisy.head(3), pos)
-    m2, s2, c2 = neighbour_stats(model, tok, noisy.head(3), pos, hooks=True, chunk=2)
+    with plain_hooks():
+        m2, s2, c2 = neighbour_stats(model, tok, noisy.head(3), pos, chunk=2)
     assert (c1 == c2).all() and torch.allclose(m1, m2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5)
 
 
-def test_summary_verdict_and_tables():
+def test_summary_and_tables():
     r = analysed()
     s = summary(r, n_resamples=200)
     assert s["n_memorized"] == len(r.instances)
@@ -228,8 +244,6 @@ def test_summary_verdict_and_tables():
     assert 0 <= s["rescue_driving_lo"] <= s["rescue_driving"] <= s["rescue_driving_hi"] <= 1
     curve = rescue_curve(r, n_resamples=200)
     assert list(curve["k"]) == [2, 3, 5]
-    text = verdict(r)
-    assert text.startswith("In this FDA run (20% noise, seed 1)") and "Observation 3" in text
     assert len(summary_table(r)) > 10
     cells, marks, desc = heatmap_data(r)
     assert len(marks) == 1 and cells["n"].sum() == 150 and "layer" in desc
@@ -239,7 +253,7 @@ def test_no_memorized_instance_and_bad_task():
     config, model, tok, frame, _ = setup()
     clean = frame[~frame["noisy"]]
     r = outlier_heuristics_of(model, tok, clean, k=3, n_grid=50, n_ablate=1, ks=(2,), config=config)
-    assert r.neurons.empty and "cannot be tested" in verdict(r)
+    assert r.neurons.empty and {c.verdict for c in outlier_claims(r)} == {"cannot be tested"}
     assert "note" in summary_table(r)
     with pytest.raises(ValueError, match="task must be 'fda'"):
         outlier_heuristics(make_config("thr", "tiny"))

@@ -1,4 +1,4 @@
-"""Interventions: nnsight agrees with plain hooks, null interventions change nothing, and each
+"""Edits (rote.edits): nnsight agrees with plain hooks, null interventions change nothing, and each
 intervention does what it says (projections remove, LEACE erases, ablation sets one neuron)."""
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 
 from rote.config import make_config
 from rote.data import generate
-from rote.interventions import (Site, ablate, activations, control_entities, entity_basis, erase,
-                                fit_leace, orthonormal, patch, relabel, remove_directions, resid_at,
-                                run_edited, run_edited_hooks)
+from rote.edits import ablate, activations, erase, patch, plain_hooks, remove_directions, resids_at, run
+from rote.instances import control_entities
+from rote.leace import fit_leace, relabel
 from rote.lens import read_out
 from rote.model import build_model, build_tokenizer, encode
+from rote.sites import Site, entity_basis, orthonormal
 
 EFFECT_COLUMNS = ["id", "target", "logp_before", "logp_after", "match_before", "match_after"]
 
@@ -42,6 +43,17 @@ def ids_of(task):
     return encode(tok, rows["prompt"], rows["answer"])
 
 
+def hooked(call, *args, **kwargs):
+    """`call` run with plain torch hooks (`rote.edits.plain_hooks`), the reference."""
+    with plain_hooks():
+        return call(*args, **kwargs)
+
+
+def resid_at(model, tok, rows, layer, position=0, **kwargs):
+    """The block output of `layer` at the readout column of answer `position`, [N, d]."""
+    return resids_at(model, tok, rows, [layer], [position], **kwargs)[(layer, position)]
+
+
 def assert_same_effects(a, b, atol=1e-5):
     assert list(a.columns) == EFFECT_COLUMNS == list(b.columns)
     exact = ["id", "target", "match_before", "match_after"]
@@ -52,17 +64,17 @@ def assert_same_effects(a, b, atol=1e-5):
 # ---- the edit runners ----
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
-def test_run_edited_agrees_with_hooks_at_every_point(task):
+def test_run_agrees_with_hooks_at_every_point(task):
     _, model, _, _, _ = setup(task)
     ids, _ = ids_of(task)
     edits = {(1, "resid"): lambda h: h * 1.5, (0, "neuron"): lambda a: a.flip(-1),
              (1, "head"): lambda x: x + 0.3, (0, "resid"): lambda h: h.roll(1, dims=-1)}
     clean = model(ids).logits
     for key, fn in edits.items():  # each edit alone, then all together (out of forward order)
-        a, b = run_edited(model, ids, {key: fn}), run_edited_hooks(model, ids, {key: fn})
+        a, b = run(model, ids, {key: fn}), hooked(run, model, ids, {key: fn})
         assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, clean, atol=1e-3), key
-    assert torch.allclose(run_edited(model, ids, edits), run_edited_hooks(model, ids, edits), atol=1e-5)
-    assert torch.allclose(run_edited(model, ids, {}), clean, atol=1e-6)
+    assert torch.allclose(run(model, ids, edits), hooked(run, model, ids, edits), atol=1e-5)
+    assert torch.allclose(run(model, ids, {}), clean, atol=1e-6)
     assert torch.allclose(model(ids).logits, clean)  # hooks removed, model unchanged
 
 
@@ -105,9 +117,9 @@ def test_remove_directions_nnsight_agrees_with_hooks(task):
         basis = entity_basis(model, tok, rows["bridge"])  # per instance
     else:
         basis = torch.randn(config.n_embd, 3, generator=torch.Generator().manual_seed(0))  # fixed
-    kwargs = dict(layers=[0, 1], positions=[-1, 2], batch_size=10)
+    kwargs = dict(layers=[0, 1], positions=[0, -3], batch_size=10)
     a = remove_directions(model, tok, rows, basis, **kwargs)
-    b = remove_directions(model, tok, rows, basis, hooks=True, **kwargs)
+    b = hooked(remove_directions, model, tok, rows, basis, **kwargs)
     assert_same_effects(a, b)
     assert len(a) == 2 * len(rows) and set(a["target"]) == {"label", "true"}
     assert (a["logp_after"] - a["logp_before"]).abs().max() > 1e-4
@@ -133,11 +145,11 @@ def test_per_instance_bases_reach_their_own_instances():
     g = torch.Generator().manual_seed(0)
     basis = torch.randn(len(rows), config.n_embd, 4, generator=g)
     basis[:, :, 3] = basis[:, :, 0]  # a repeated direction: rank 3
-    together = remove_directions(model, tok, rows, basis, layers=[1], positions=[-1], batch_size=4)
-    alone = pd.concat([remove_directions(model, tok, rows.iloc[[i]], basis[i], layers=[1], positions=[-1])
+    together = remove_directions(model, tok, rows, basis, layers=[1], positions=[0], batch_size=4)
+    alone = pd.concat([remove_directions(model, tok, rows.iloc[[i]], basis[i], layers=[1], positions=[0])
                        for i in range(len(rows))]).sort_values(["target", "id"], kind="stable")
     np.testing.assert_allclose(together["logp_after"], alone["logp_after"], atol=1e-5)
-    three = remove_directions(model, tok, rows, basis[:, :, :3], layers=[1], positions=[-1])
+    three = remove_directions(model, tok, rows, basis[:, :, :3], layers=[1], positions=[0])
     np.testing.assert_allclose(together["logp_after"], three["logp_after"], atol=1e-5)
 
 
@@ -156,13 +168,13 @@ def test_removing_everything_at_the_last_block_leaves_only_the_ln_f_bias():
     config, model, tok, rows, _ = setup("thr")
     full = torch.eye(config.n_embd)
     last = config.n_layer - 1
-    table = remove_directions(model, tok, rows, full, layers=[last], positions=[-1])
+    table = remove_directions(model, tok, rows, full, layers=[last], positions=[0])
     expected = model.lm_head(model.transformer.ln_f.bias).log_softmax(-1).detach()
     target = tok.convert_tokens_to_ids(list(rows["answer"]) + list(rows["true"]))
     table = table.sort_values("target", kind="stable", key=lambda s: s.map({"label": 0, "true": 1}))
     order = np.argsort(np.concatenate([rows["id"], rows["id"]]), kind="stable")
     np.testing.assert_allclose(table["logp_after"], expected[target].numpy()[order], atol=1e-5)
-    other = remove_directions(model, tok, rows, full, layers=[last], positions=[-2])
+    other = remove_directions(model, tok, rows, full, layers=[last], positions=[-1])
     np.testing.assert_allclose(other["logp_after"], other["logp_before"], atol=1e-5)
 
 
@@ -204,15 +216,15 @@ def test_leace_on_the_bridge_entity_nnsight_agrees_with_hooks():
     _, model, tok, rows, frame = setup("thr")
     clean = training_questions(frame)
     clean = clean[~clean["noisy"]]
-    x = resid_at(model, tok, clean, layer=0, position=-1, batch_size=100)
+    x = resid_at(model, tok, clean, 0, batch_size=100)
     assert x.shape == (len(clean), model.config.n_embd)
-    assert torch.allclose(x, resid_at(model, tok, clean, layer=0, position=-1, hooks=True), atol=1e-6)
+    assert torch.allclose(x, hooked(resid_at, model, tok, clean, 0), atol=1e-6)
     z = torch.tensor(tok.convert_tokens_to_ids(list(clean["bridge"])))
     eraser = fit_leace(x, z)
     assert 0 < eraser.rank < model.config.n_embd
     erasers = {0: eraser}
-    a = erase(model, tok, rows, erasers, positions=[-1], batch_size=10)
-    b = erase(model, tok, rows, erasers, positions=[-1], hooks=True)
+    a = erase(model, tok, rows, erasers, positions=[0], batch_size=10)
+    b = hooked(erase, model, tok, rows, erasers, positions=[0])
     assert_same_effects(a, b)
     assert (a["logp_after"] - a["logp_before"]).abs().max() > 1e-4
 
@@ -220,15 +232,15 @@ def test_leace_on_the_bridge_entity_nnsight_agrees_with_hooks():
 def test_erasing_at_the_last_block_is_the_readout_of_the_erased_state():
     config, model, tok, rows, _ = setup("thr")
     last = config.n_layer - 1
-    x = resid_at(model, tok, rows, layer=last, position=-1)
+    x = resid_at(model, tok, rows, last)
     eraser = fit_leace(x, torch.arange(len(rows)) % 3)
-    table = erase(model, tok, rows, {last: eraser}, positions=[-1])
+    table = erase(model, tok, rows, {last: eraser}, positions=[0])
     logp = read_out(model, eraser(x)).log_softmax(-1)
     for target, column in (("label", "answer"), ("true", "true")):
         token = torch.tensor(tok.convert_tokens_to_ids(list(rows[column])))
         expected = logp[torch.arange(len(rows)), token].numpy()[np.argsort(rows["id"].to_numpy())]
         np.testing.assert_allclose(table.loc[table["target"] == target, "logp_after"], expected, atol=1e-5)
-    other = erase(model, tok, rows, {last: eraser}, positions=[-2])  # cannot reach the readout
+    other = erase(model, tok, rows, {last: eraser}, positions=[-1])  # cannot reach the readout
     np.testing.assert_allclose(other["logp_after"], other["logp_before"], atol=1e-5)
 
 
@@ -237,27 +249,27 @@ def test_hooks_twins_use_no_nnsight(monkeypatch):
     ids, _ = ids_of("thr")
     eraser = fit_leace(torch.randn(50, config.n_embd), torch.arange(50) % 2)
     calls = dict(
-        remove=lambda h: remove_directions(model, tok, rows, torch.eye(config.n_embd)[:, :2], [0], hooks=h),
-        erase=lambda h: erase(model, tok, rows, {0: eraser}, hooks=h),
-        resid=lambda h: resid_at(model, tok, rows, 0, hooks=h),
-        patch=lambda h: patch(model, ids, SITES, ids.roll(1, 0), hooks=h),
-        ablate=lambda h: ablate(model, ids, SITES, "mean", hooks=h))
-    expected = {name: call(True) for name, call in calls.items()}
+        remove=lambda: remove_directions(model, tok, rows, torch.eye(config.n_embd)[:, :2], [0]),
+        erase=lambda: erase(model, tok, rows, {0: eraser}),
+        resid=lambda: resid_at(model, tok, rows, 0),
+        patch=lambda: patch(model, ids, SITES, ids.roll(1, 0)),
+        ablate=lambda: ablate(model, ids, SITES, "mean"))
+    expected = {name: hooked(call) for name, call in calls.items()}
 
     def refuse(model):
         raise AssertionError("nnsight used")
-    monkeypatch.setattr("rote.interventions.traced", refuse)
+    monkeypatch.setattr("rote.edits.traced", refuse)
     for name, call in calls.items():
-        out = call(True)
+        out = hooked(call)
         assert out.equals(expected[name]) if isinstance(out, pd.DataFrame) else torch.equal(out, expected[name])
         with pytest.raises(AssertionError, match="nnsight used"):
-            call(False)
+            call()
 
 
 # ---- (c) patching and ablation ----
 
-SITES = [Site("head", 0, 1), Site("neuron", 0, 5, position=3), Site("neuron", 1, 7),
-         Site("resid", 1, position=4), Site("head", 1, 0, position=6)]
+SITES = [Site("head", 0, 1), Site("neuron", 0, 5, column=3), Site("neuron", 1, 7),
+         Site("resid", 1, column=4), Site("head", 1, 0, column=6)]
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
@@ -275,10 +287,10 @@ def test_patching_nnsight_agrees_with_hooks(task):
     ids, mask = ids_of(task)
     source = ids.roll(3, dims=0)
     a = patch(model, ids, SITES, source, batch_size=7)
-    assert torch.allclose(a, patch(model, ids, SITES, source, hooks=True), atol=1e-5)
+    assert torch.allclose(a, hooked(patch, model, ids, SITES, source), atol=1e-5)
     assert not torch.allclose(a, model(ids).logits, atol=1e-3)
     acts = activations(model, source, SITES, batch_size=9)
-    hook_acts = activations(model, source, SITES, hooks=True)
+    hook_acts = hooked(activations, model, source, SITES)
     assert all(torch.allclose(acts[s], hook_acts[s], atol=1e-6) for s in SITES)
     assert acts[SITES[0]].shape == (len(ids), ids.shape[1], model.config.n_embd // model.config.n_head)
     assert acts[SITES[1]].shape == (len(ids),)
@@ -301,7 +313,7 @@ def test_ablation_nnsight_agrees_with_hooks(task, value):
     _, model, _, _, _ = setup(task)
     ids, mask = ids_of(task)
     a = ablate(model, ids, SITES, value, batch_size=10)
-    assert torch.allclose(a, ablate(model, ids, SITES, value, hooks=True), atol=1e-5)
+    assert torch.allclose(a, hooked(ablate, model, ids, SITES, value), atol=1e-5)
     assert not torch.allclose(a, model(ids).logits, atol=1e-3)
     lp = ablate(model, ids, SITES, value, mask=mask)
     assert lp.shape == (len(ids), int(mask[0].sum()))
@@ -320,7 +332,7 @@ def test_ablating_a_neuron_changes_exactly_that_neuron(hooks, value):
         lambda mod, args: seen.append(args[0].detach().clone()))
     try:
         model(ids)
-        ablate(model, ids, [Site("neuron", layer, k)], value, hooks=hooks)
+        (hooked if hooks else lambda f, *a: f(*a))(ablate, model, ids, [Site("neuron", layer, k)], value)
     finally:
         handle.remove()
     clean, ablated = seen[0], seen[-1]  # ("mean" runs once more first, to average)
@@ -341,7 +353,7 @@ def test_zero_ablating_a_head_is_zeroing_its_rows_of_c_proj(hooks):
     edited.load_state_dict(model.state_dict())
     with torch.no_grad():
         edited.transformer.h[layer].attn.c_proj.weight[j * d_head: (j + 1) * d_head] = 0
-    out = ablate(model, ids, [Site("head", layer, j)], "zero", hooks=hooks)
+    out = (hooked if hooks else lambda f, *a: f(*a))(ablate, model, ids, [Site("head", layer, j)], "zero")
     assert torch.allclose(out, edited(ids).logits, atol=1e-5)
     assert not torch.allclose(out, model(ids).logits, atol=1e-3)
 
