@@ -1,0 +1,78 @@
+"""Every chapter's numbers on the reference models, written to one folder so that two versions of
+the package can be compared file by file (a refactor must leave them byte-identical).
+
+    make reference                                   # the published reference runs, into ROTE_HOME
+    python bench/chapter_numbers.py /tmp/numbers-a   # then, on another version of the package:
+    python bench/chapter_numbers.py /tmp/numbers-b && diff -r /tmp/numbers-a /tmp/numbers-b
+
+Writes claims.json (every observation's claim records, both tasks) and the tables each chapter
+shows (readout, removal effects and contrasts, heuristic types, Observation 3's summary and rescue
+curve, Observation 4's survival and dependence), one CSV each, and prints the seconds each
+observation's analysis took (one torch thread).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import rote
+from rote import claims, heuristics, observation0, observation1, observation2, observation3, observation4
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save = lambda name, frame: frame.to_csv(args.out / f"{name}.csv", index=False)  # noqa: E731
+    records = []
+    for task in ("fda", "thr"):
+        config, seconds = rote.make_config(task, args.profile), []
+        t = time.perf_counter()
+        r0 = observation0.training_dynamics(config, progress=False)
+        records += claims.record(observation0.dynamics_claims(r0), config, 0)
+        (args.out / f"{task}_run_summary.txt").write_text(observation0.run_summary(r0))
+        seconds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r1 = observation1.layer_readout(config, progress=False)
+        records += claims.record(observation1.override_claims(r1), config, 1)
+        save(f"{task}_readout", observation1.readout_table(r1))
+        save(f"{task}_over_training", observation1.readout_over_training(config, r1.memorized))
+        seconds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r2 = observation2.reliance(config, progress=False)
+        records += claims.record(observation2.reliance_claims(r2), config, 2)
+        save(f"{task}_effects", observation2.effects_table(r2))
+        save(f"{task}_contrasts", observation2.contrasts_table(r2))
+        save(f"{task}_removal_rows", r2.effects)
+        seconds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        if task == "fda":
+            r3 = observation3.outlier_heuristics(config, progress=False)
+            records += claims.record(observation3.outlier_claims(r3), config, 3)
+            save("fda_types", heuristics.type_counts(r3.heuristics))
+            save("fda_summary", observation3.summary_table(r3))
+            save("fda_rescue", observation3.rescue_curve(r3))
+            save("fda_neurons", r3.neurons)
+            cells, _, description = observation3.heatmap_data(r3)
+            save("fda_heat", cells)
+            (args.out / "fda_heat.txt").write_text(description)
+        seconds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r4 = observation4.distributed_encoding(config, progress=False)
+        records += claims.record(observation4.distributed_claims(r4), config, 4)
+        save(f"{task}_survival", observation4.survival_table(r4))
+        save(f"{task}_dependence", observation4.dependence_table(r4))
+        seconds.append(time.perf_counter() - t)
+        print(task, "seconds per observation 0-4:", " ".join(f"{s:.1f}" for s in seconds), flush=True)
+    (args.out / "claims.json").write_text(claims.to_json(records))
+
+
+if __name__ == "__main__":
+    main()
