@@ -167,6 +167,28 @@ def test_patched_greedy_without_edits_is_greedy_decoding():
     assert [tok.decode(g) for g in gen.tolist()] == greedy_answers(model, tok, noisy["prompt"], 4)
 
 
+@pytest.mark.parametrize("hooks", [False, True])
+def test_patched_greedy_with_a_cache_is_decoding_the_whole_sequence_each_step(hooks):
+    """The cached decoding equals running the whole sequence with the edit at every step, and the
+    edit changes what is written."""
+    model, tok, ids, cols, plus, minus = batch()
+    acts, _, _ = neuron_attribution(model, ids, cols, plus, minus)
+    mask = torch.zeros(acts.shape, dtype=torch.bool)
+    mask[:, 0, :40], mask[:, 1, :40] = True, True
+    values = torch.randn(acts.shape, generator=torch.Generator().manual_seed(0)) * 4
+    x = ids[:, :10]
+    for _ in range(4):  # the reference: every step runs the whole sequence, edited at cols[i]
+        x = torch.cat([x, set_neurons(model, x, cols, mask, values, hooks)[:, -1].argmax(-1, keepdim=True)], 1)
+    if hooks:
+        with plain_hooks():
+            gen = patched_greedy(model, ids[:, :10], cols, mask, values)
+    else:
+        gen = patched_greedy(model, ids[:, :10], cols, mask, values)
+    assert torch.equal(gen, x[:, -4:])
+    plain = patched_greedy(model, ids[:, :10], cols, torch.zeros_like(mask), values)
+    assert not torch.equal(gen, plain)
+
+
 def test_control_picks_same_layer_other_neurons():
     picks = np.array([[[0, 1], [1, 2], [0, 3]], [[1, 0], [1, 1], [1, 2]]])
     ctrl = control_picks(picks, 8, seed=0)

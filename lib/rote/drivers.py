@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from transformers import DynamicCache
 
 from .edits import neurons_set, read, run
 from .heuristics import DEDICATED, Heuristics, driver_category
@@ -65,29 +66,35 @@ def neuron_attribution(model, ids: torch.Tensor, cols: torch.Tensor, plus: torch
 
 @torch.no_grad()
 def activations_at(model, ids: torch.Tensor, cols: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Post-GELU activations of every layer at column cols[i] of row i: [N, n_layer, M]. Tokens
-    after a batch's last column are not run (a causal model's activations there do not see them)."""
+    """Post-GELU activations of every layer at column cols[i] of row i: [N, n_layer, M]. Rows run
+    in order of their column, and tokens after a batch's last column are not run (a causal model's
+    activations there do not see them)."""
     keys = [(layer, "neuron") for layer in range(hf(model).config.n_layer)]
-    out = []
+    order = torch.argsort(torch.as_tensor(cols), stable=True)
+    ids, cols, out = ids[order], torch.as_tensor(cols)[order], []
     for start in range(0, len(ids), batch_size):
         c = cols[start:start + batch_size]
         x = ids[start:start + batch_size, : int(c.max()) + 1]
         pick = lambda h, c=c: h[torch.arange(len(h), device=h.device), c.to(h.device)]  # noqa: E731
         store, _ = read(model, x.to(hf(model).device), keys, select=pick)
         out.append(torch.stack([store[key].cpu() for key in keys], 1))
-    return torch.cat(out).float()
+    return torch.cat(out).float()[torch.argsort(order)] if out else torch.zeros(0)
 
 
 @torch.no_grad()
 def patched_greedy(model, prompt_ids: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
                    n_tokens: int = 4) -> torch.Tensor:
-    """Greedy decoding of `n_tokens` with the neurons set as in `rote.edits.neurons_set` at every
-    step (the edit applies once a row's column is inside the sequence): the generated ids [N, n_tokens]."""
-    x = prompt_ids.to(hf(model).device)
+    """Greedy decoding of `n_tokens` with the neurons set as in `rote.edits.neurons_set` (each row's
+    column is edited when the decoding reaches it): the generated ids [N, n_tokens]. Each step runs
+    only the new token, with the keys and values of the earlier ones cached (edited where they were)."""
+    model_hf = hf(model)
+    step, cache, offset, out = prompt_ids.to(model_hf.device), DynamicCache(config=model_hf.config), 0, []
     for _ in range(n_tokens):
-        logits = run(model, x, neurons_set(cols, mask, values))
-        x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return x[:, -n_tokens:].cpu()
+        logits = run(model, step, neurons_set(cols - offset, mask, values), cache=cache, use_cache=True)
+        offset += step.shape[1]
+        step = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(step)
+    return torch.cat(out, 1).cpu()
 
 
 @torch.no_grad()

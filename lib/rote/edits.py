@@ -251,10 +251,11 @@ def resids_at(model, tokenizer, rows: pd.DataFrame, layers, positions=(0,), colu
 
 def set_at(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
     """Edit fn: in row i at column cols[i], the entries where mask[i] is set take values[i]; rows
-    whose column lies beyond the sequence are left alone."""
+    whose column lies outside the sequence are left alone (with a cache, columns count from the
+    first token run)."""
     def fn(h):
         c = cols.to(h.device)
-        ok = c < h.shape[1]
+        ok = (c >= 0) & (c < h.shape[1])
         rows = torch.arange(len(h), device=h.device)[ok]
         h = h.clone()
         h[rows, c[ok]] = torch.where(mask[ok].to(h.device), values[ok].to(h), h[rows, c[ok]])

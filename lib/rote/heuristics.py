@@ -53,9 +53,9 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from .edits import activations, per_copy, run
+from .edits import per_copy, read, run
 from .instances import carries, digits, operand_grid
-from .sites import PLACES, Site, hf, prompt_batch, readout_columns
+from .sites import PLACES, hf, prompt_batch, readout_columns
 
 KINDS = ("operand digit", "result digit", "digit sum mod 10", "carry", "operand range", "result range",
          "same digit")
@@ -111,10 +111,12 @@ def answer_activations(model, tokenizer, rows: pd.DataFrame, column: str = "true
     if (plen != plen[0]).any():
         raise ValueError("prompts of different lengths")
     cols = readout_columns(plen[0], torch.arange(4))
-    n_layer = hf(model).config.n_layer
-    sites = [Site("neuron", layer) for layer in range(n_layer)]
-    acts = activations(model, ids, sites, batch_size)  # site -> [N, T, 1, M]
-    return torch.stack([acts[s][:, cols, 0] for s in sites], 2).float().cpu()
+    keys = [(layer, "neuron") for layer in range(hf(model).config.n_layer)]
+    ids, out = ids[:, : int(cols.max()) + 1], []  # a causal model: the last answer token is not needed
+    for start in range(0, len(ids), batch_size):
+        store, _ = read(model, ids[start: start + batch_size].to(hf(model).device), keys, select=lambda h: h[:, cols])
+        out.append(torch.stack([store[key].cpu() for key in keys], 2))
+    return torch.cat(out).float()
 
 
 # ---- match scores and classification -----------------------------------------------------------------
