@@ -10,7 +10,11 @@ activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100
 position). "rote eager" is `rote.train`'s step without compilation: the fused tanh-GELU and logits
 at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long runs
 (torch.compile; its one-off compile time is printed apart). Variants of it: fused AdamW, the
-optimizer step compiled too (the whole step), and bf16 autocast (eager).
+optimizer step compiled too (the whole step, what `rote.train` runs), the whole step on one thread,
+bf16 autocast (eager: on a CPU without AVX-512 BF16 it falls back to slow kernels), and several
+models trained together in one process (`torch.func.stack_module_state` + `vmap`, compiled: the
+seeds of a scorecard cell). Then two one-thread worker processes stepping at the same time (a
+LocalCluster's layout), against the naive loop's rate measured above (not interleaved).
 
 Milestones: a fresh run of the cpu profile (a temporary ROTE_HOME, nothing reused), minutes of
 wall time (training and evaluations) until test accuracy >= 90% and >= 95% and Mem-Noisy >= 99%,
@@ -19,9 +23,12 @@ each with the test accuracy and Mem-Noisy of that evaluation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -67,7 +74,54 @@ def fused(model, config):
     return torch.optim.AdamW(optimizer.param_groups, lr=config.lr, betas=(0.9, 0.98), fused=True)
 
 
-def throughput(config, steps: int) -> tuple[dict, float]:
+def one_thread(step):
+    """`step` run on one torch thread (in this process; the thread count is restored after)."""
+    def run(*args):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            step(*args)
+        finally:
+            torch.set_num_threads(threads)
+    return run
+
+
+def stacked(config, vocab_size: int, k: int):
+    """A step training `k` models of `config` (seeds 0..k-1) together: their parameters stacked
+    (`torch.func.stack_module_state`), one compiled `vmap` of the gradient of `answer_loss` over
+    (model, its own batch), one AdamW over the stacks with rote's groups, gradients clipped per
+    model. Returns (step, stacked parameters, optimizer) in the bench's loop signature; the
+    batch it is given holds the k batches one after another."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    models = [build_model(dataclasses.replace(config, seed=s), vocab_size) for s in range(k)]
+    for model in models:
+        model.config._attn_implementation = "eager"  # sdpa's CPU backward has no vmap rule
+    params, buffers = stack_module_state(models)
+    skeleton = models[0]
+
+    def loss(p, b, ids, positions):
+        return functional_call(skeleton, (p, b), (ids, positions), strict=False)
+
+    skeleton.forward = lambda ids, positions: answer_loss(skeleton, ids, positions)  # noqa: E731
+    grads = torch.compile(vmap(grad(loss)), dynamic=False)
+    names = list(params)
+    matrices = [params[n] for n in names if params[n].dim() >= 3]  # stacked: one more dimension
+    rest = [params[n] for n in names if params[n].dim() < 3]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+
+    def step(_, opt, ids, mask, positions):
+        g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), positions.view(k, -1, positions.shape[1]))
+        norms = torch.stack([g[n].flatten(1).pow(2).sum(1) for n in names]).sum(0).sqrt()
+        scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
+        for n in names:
+            params[n].grad = g[n] * scale.view(-1, *[1] * (g[n].dim() - 1))
+        opt.step()
+    return step, params, optimizer
+
+
+def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     """Median seconds per step of the naive loop and of rote's loop and its variants, interleaved,
     on the same batches."""
     frame = load_dataset(config)
@@ -86,26 +140,74 @@ def throughput(config, steps: int) -> tuple[dict, float]:
              "compiled + fused AdamW": (rote_step(compiled()), m := fresh(), fused(m, config)),
              "compiled step + optimizer": (rote_step(compiled()), m2 := fresh(),
                                            compiled_optimizer(make_optimizer(m2, config))),
-             "eager bf16 autocast": (rote_step(answer_loss, bf16=True), fresh(), None)}
+             "compiled step + optimizer, 1 thread": (one_thread(rote_step(compiled())), m3 := fresh(),
+                                                     compiled_optimizer(make_optimizer(m3, config))),
+             "eager bf16 autocast": (rote_step(answer_loss, bf16=True), fresh(), None),
+             f"{k} models together (vmap, compiled)": stacked(config, len(tok), k)}
     loops = {name: (step, model, opt or make_optimizer(model, config)) for name, (step, model, opt) in loops.items()}
+    models = {name: k if "together" in name else 1 for name in loops}  # models (batches) per step
     positions = answer_positions(mask)
     times = {name: [] for name in loops}
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for name, (step, model, opt) in loops.items():  # compile (and warm) every loop before timing
-        step(model, opt, ids[:config.batch_size], mask[:config.batch_size], positions[:config.batch_size])
+        n = config.batch_size * models[name]
+        step(model, opt, ids[:n], mask[:n], positions[:n])
     compile_s = time.perf_counter() - start
     for i in range(steps + 3):
-        batch = torch.randint(0, len(ids), (config.batch_size,), generator=g)
+        batch = torch.randint(0, len(ids), (config.batch_size * k,), generator=g)
         for name, (step, model, opt) in loops.items():
+            b = batch[: config.batch_size * models[name]]
             t = time.perf_counter()
-            step(model, opt, ids[batch], mask[batch], positions[batch])
+            step(model, opt, ids[b], mask[b], positions[b])
             if i >= 3:  # warm-up steps are not timed
                 times[name].append(time.perf_counter() - t)
     tokens = config.batch_size * ids.shape[1]
-    out = {name: {"ms_per_step": 1000 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
+    out = {name: {"ms_per_step": 1000 * statistics.median(t), "tokens_per_s": models[name] * tokens / statistics.median(t)}
            for name, t in times.items()}
     return out, compile_s
+
+
+def worker(task: str, steps: int) -> None:
+    """One one-thread worker of `concurrent_workers`: compile and warm rote's whole step, say
+    "ready", wait for "go", then print its median ms per step."""
+    torch.set_num_threads(1)
+    config = rote.make_config(task, "cpu")
+    tok = build_tokenizer(config)
+    train = load_dataset(config).query("split == 'train'")
+    ids, mask = encode(tok, train["prompt"], train["answer"])
+    positions, model = answer_positions(mask), build_model(config, len(tok))
+    step = rote_step(torch.compile(answer_loss, dynamic=False))
+    opt = compiled_optimizer(make_optimizer(model, config))
+    g = torch.Generator().manual_seed(os.getpid())
+    batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
+    for b in batches[:3]:
+        step(model, opt, ids[b], mask[b], positions[b])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    times = []
+    for b in batches[3:]:
+        t = time.perf_counter()
+        step(model, opt, ids[b], mask[b], positions[b])
+        times.append(time.perf_counter() - t)
+    print(1000 * statistics.median(times), flush=True)
+
+
+def concurrent_workers(task: str, steps: int, n: int = 2) -> list[float]:
+    """Median ms per step of each of `n` one-thread worker processes stepping at the same time
+    (they start together once all have compiled)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", task, "--steps", str(steps)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    ms = [float(p.stdout.readline()) for p in procs]
+    for p in procs:
+        p.wait()
+    return ms
 
 
 def milestones(config, keep: bool) -> dict:
@@ -145,15 +247,22 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
     parser.add_argument("--no-runs", action="store_true", help="throughput only, no full training runs")
     parser.add_argument("--keep", action="store_true", help="keep the trained runs in ROTE_HOME for the book")
+    parser.add_argument("--worker", choices=["fda", "thr"], help=argparse.SUPPRESS)  # see concurrent_workers
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.worker:
+        return worker(args.worker, args.steps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
     tasks = ["fda", "thr"] if args.task == "both" else [args.task]
     for task in tasks:
         config = rote.make_config(task, "cpu")
         with tempfile.TemporaryDirectory() as home:
             os.environ["ROTE_HOME"] = home
             t, compile_s = throughput(config, args.steps)
+            workers = concurrent_workers(task, args.steps)
         del os.environ["ROTE_HOME"]
+        tokens = t["naive"]["tokens_per_s"] * t["naive"]["ms_per_step"] / 1000  # per step
+        t["2 one-thread workers at once (sum)"] = {"ms_per_step": statistics.mean(workers) / 2,
+                                                   "tokens_per_s": sum(tokens / (ms / 1000) for ms in workers)}
         print(f"\n{task}: {config.n_layer} layers x {config.n_embd}, batch {config.batch_size}")
         print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
         for name, r in t.items():
