@@ -11,7 +11,7 @@ activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100
 position). "rote eager" is `rote.train`'s step without compilation: the fused tanh-GELU and logits
 at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long runs
 (torch.compile; its one-off compile time is printed apart). Variants of it: fused AdamW, the
-optimizer step compiled too (the whole step, what `rote.train` runs), the whole step on one thread,
+optimizer step compiled too (the whole step; `rote.train` compiles the loss only), the whole step on one thread,
 bf16 autocast (eager: on a CPU without AVX-512 BF16 it falls back to slow kernels), and several
 models trained together in one process (`torch.func.stack_module_state` + `vmap`, compiled: the
 seeds of a scorecard cell). Then two one-thread worker processes stepping at the same time (a
@@ -37,6 +37,7 @@ import torch
 
 import rote
 from rote.data import load_dataset
+from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
 from rote.train import first_reached
 from rote.model import build_model, build_tokenizer, encode
 from rote.train import answer_loss, answer_positions, make_optimizer
@@ -256,13 +257,12 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.steps)
-    if any("=" not in pair for pair in args.set):
-        raise SystemExit(f"--set takes field=value pairs, got {args.set}")
+    changes = parse(args.set)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
     tasks = ["fda", "thr"] if args.task == "both" else [args.task]
     for task in tasks:
         try:
-            config = rote.make_config(task, "cpu", **dict(pair.split("=", 1) for pair in args.set))
+            config = rote.make_config(task, "cpu", **changes)
         except rote.config.ConfigError as err:
             raise SystemExit(f"ConfigError: {err}") from None
         with tempfile.TemporaryDirectory() as home:
