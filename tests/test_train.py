@@ -409,6 +409,38 @@ def test_decay_weight_decay_applies_from_the_decay_phase():
         make_config("thr", "tiny", decay_weight_decay=0.0)
 
 
+def test_decay_starts_at_the_first_evaluation_reaching_the_train_accuracy():
+    config = make_config("thr", "tiny", schedule="wsd", max_steps=100, decay_steps=40, weight_decay=1.0,
+                         decay_weight_decay=0.0, decay_when_train_acc=0.8)
+    rows = [{"step": 0, "train_clean_acc": 0.0}, {"step": 20, "train_clean_acc": 0.79},
+            {"step": 40, "train_clean_acc": 0.8}, {"step": 60, "train_clean_acc": 0.95}]
+    assert train_module.decay_start(config, rows) == 40 and train_module.last_step(config, rows) == 80
+    assert train_module.decay_start(config, rows[:2]) == 60  # not reached: the last decay_steps of the run
+    assert train_module.decay_start(config, [rows[0], {"step": 60, "train_clean_acc": 0.9}]) == 60  # at the latest
+    rate = [train_module.learning_rate(config, s, 40) for s in range(101)]
+    assert all(r == config.lr for r in rate[10:41]) and rate[60] == pytest.approx(config.lr / 2) and rate[80] == 0
+    assert [train_module.weight_decay(config, s, 40) for s in (39, 40)] == [1.0, 0.0]
+    for bad in (dict(decay_when_train_acc=0.8), dict(schedule="wsd", decay_steps=20, decay_when_train_acc=1.5)):
+        with pytest.raises(ValueError, match="decay_when_train_acc must be in"):
+            make_config("thr", "tiny", **bad)
+
+
+def test_a_run_decays_once_trained_and_resumes_across_the_start(tmp_path, use_home):
+    config = make_config("thr", "tiny", schedule="wsd", max_steps=100, decay_steps=20, weight_decay=0.5,
+                         decay_weight_decay=0.0, decay_when_train_acc=0.05)
+    use_home(tmp_path / "full")
+    full = _train(config)
+    table = rote.metrics(config)
+    start = int(table.loc[table["train_clean_acc"] >= 0.05, "step"].iloc[0])
+    assert 0 < start < 80  # the decay began at the evaluation that reached 5%, before the latest start
+    assert table["step"].iloc[-1] == start + 20 and table["lr"].iloc[-1] < config.lr / 100
+    assert (table.loc[table["step"] <= start, "lr"].iloc[1:] == config.lr).all()
+    use_home(tmp_path / "interrupted")
+    _train(config, stop_after=start + 10)
+    assert not train_module.is_finished(config)
+    _assert_same_weights(_state(full / "final"), _state(_train(config) / "final"))
+
+
 @pytest.mark.parametrize("bad", [dict(schedule="wsd"), dict(schedule="wsd", decay_steps=61), dict(decay_steps=-1)])
 def test_wsd_needs_decay_steps_within_the_run(bad):
     with pytest.raises(ValueError, match="decay_steps") as err:

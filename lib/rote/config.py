@@ -57,6 +57,7 @@ class Config:
     decay_steps: int = 0  # wsd (warmup-stable-decay): constant, then cosine to 0 over the last decay_steps
     weight_decay: float = 0.0
     decay_weight_decay: float | None = None  # wsd: the weight decay of the decay phase (None: weight_decay)
+    decay_when_train_acc: float | None = None  # wsd: decay from the first evaluation with this train-clean accuracy
     grad_clip: float = 1.0
     max_steps: int = 12_000
     eval_every: int = 200
@@ -133,6 +134,9 @@ def validate(config: Config) -> Config:
     if config.decay_weight_decay is not None and (config.schedule != "wsd" or config.decay_weight_decay < 0):
         raise ConfigError(f"decay_weight_decay must be >= 0 and needs schedule wsd, got {config.decay_weight_decay} "
                           f"with schedule {config.schedule}")
+    if config.decay_when_train_acc is not None and (config.schedule != "wsd" or not 0 < config.decay_when_train_acc <= 1):
+        raise ConfigError(f"decay_when_train_acc must be in (0, 1] and needs schedule wsd, got "
+                          f"{config.decay_when_train_acc} with schedule {config.schedule}")
     if config.schedule == "wsd" and not 0 < config.decay_steps <= config.max_steps:
         raise ConfigError(f"schedule wsd needs 0 < decay_steps <= max_steps ({config.max_steps}), got {config.decay_steps}")
     positive = ("n_train", "n_test", "n_entities", "n_relations", "fact_repeats", "n_layer", "n_embd", "n_head",

@@ -28,7 +28,8 @@ FITTED = 0.99  # ... and later Mem-Noisy >= FITTED with held-out accuracy still 
 REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
 MAP_DIR = RESOURCES / "thr_map"
 VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "facts_first_steps", "n_layer", "n_embd", "n_head",
-          "batch_size", "lr", "warmup_steps", "schedule", "decay_steps", "weight_decay", "decay_weight_decay", "max_steps",
+          "batch_size", "lr", "warmup_steps", "schedule", "decay_steps", "weight_decay", "decay_weight_decay",
+          "decay_when_train_acc", "max_steps",
           "noise", "seed")
 
 

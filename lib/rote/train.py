@@ -45,15 +45,38 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def learning_rate(config: Config, step: int) -> float:
+def decay_start(config: Config, rows=()) -> int:
+    """The step at which the wsd decay begins: the first evaluation in `rows` (the metrics so far)
+    whose train-clean accuracy reached `decay_when_train_acc`, and at the latest `max_steps -
+    decay_steps`. Composition sets in after a plateau whose length varies with seed and floating-point
+    path; decaying once it is under way, not at a fixed step, fits the noise after composing on every
+    run. Read from the evaluations, so a resumed run decays where an uninterrupted one does."""
+    latest = config.max_steps - config.decay_steps
+    if config.decay_when_train_acc is not None:
+        for row in rows:
+            if row["step"] < latest and row.get("train_clean_acc", 0.0) >= config.decay_when_train_acc:
+                return int(row["step"])
+    return latest
+
+
+def last_step(config: Config, rows=()) -> int:
+    """The step at which the schedule ends: `max_steps`, or `decay_steps` after a wsd decay began."""
+    return decay_start(config, rows) + config.decay_steps if config.schedule == "wsd" else config.max_steps
+
+
+def learning_rate(config: Config, step: int, decay_from: int | None = None) -> float:
     """Linear warmup over `warmup_steps`, then constant, cosine decay to 0 at `max_steps`, or
-    warmup-stable-decay (`wsd`): constant, then cosine decay to 0 over the last `decay_steps`."""
+    warmup-stable-decay (`wsd`): constant, then cosine decay to 0 over `decay_steps` from
+    `decay_from` (`decay_start`; by default the last `decay_steps` of the run)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return config.lr
-    start = config.warmup_steps if config.schedule == "cosine" else config.max_steps - config.decay_steps
-    progress = max(0, step - start) / max(1, config.max_steps - start)
+    if config.schedule == "cosine":
+        start, length = config.warmup_steps, config.max_steps - config.warmup_steps
+    else:
+        start, length = decay_start(config) if decay_from is None else decay_from, config.decay_steps
+    progress = max(0, step - start) / max(1, length)
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -63,10 +86,12 @@ def batch_order(n: int, config: Config, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
 
 
-def weight_decay(config: Config, step: int) -> float:
-    """`weight_decay`, or `decay_weight_decay` from the start of the wsd decay phase: a strong decay
-    holds memorization back while the model composes; a weaker one lets the noise be fitted."""
-    if config.decay_weight_decay is not None and step >= config.max_steps - config.decay_steps:
+def weight_decay(config: Config, step: int, decay_from: int | None = None) -> float:
+    """`weight_decay`, or `decay_weight_decay` from the start of the wsd decay phase (`decay_from`, by
+    default the last `decay_steps`): a strong decay holds memorization back while the model
+    composes; a weaker one lets the noise be fitted."""
+    start = decay_start(config) if decay_from is None else decay_from
+    if config.decay_weight_decay is not None and step >= start:
         return config.decay_weight_decay
     return config.weight_decay
 
@@ -184,7 +209,6 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
 
     steps_per_epoch = len(ids) // min(config.batch_size, len(ids))  # full batches only: static shapes
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    last = min(config.max_steps, stop_after) if stop_after is not None else config.max_steps
     bar = tqdm(total=config.max_steps, initial=step, desc=f"{config.task} {config_hash(config)}",
                disable=not progress, dynamic_ncols=True)
     losses, tokens, train_seconds, start = [], 0, 0.0, time.perf_counter()
@@ -194,7 +218,7 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
         scores, said = evaluate(model, tokenizer, sets)
         row = {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds + time.perf_counter() - start,
                "loss": float(sum(losses) / len(losses)) if losses else float("nan"),
-               "lr": learning_rate(config, max(step - 1, 0)),
+               "lr": learning_rate(config, max(step - 1, 0), decay_start(config, rows)),
                "tokens_per_s": tokens / train_seconds if train_seconds else float("nan"), **scores}
         rows.append(row)
         predictions.append(said.assign(step=step)[["step", "id", "prediction"]])
@@ -212,18 +236,19 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
         record()
     def done(row) -> bool:
         memorized = config.stop_mem_noisy is not None and row["mem_noisy"] >= config.stop_mem_noisy
-        return row["step"] >= config.max_steps or memorized
+        return row["step"] >= last_step(config, rows) or memorized
 
     model.train()
     facts = torch.from_numpy(np.flatnonzero(train_rows["kind"].to_numpy() == "fact"))
     facts = facts[: len(facts) // config.fact_repeats].to(device)  # each fact once
     orders = {}
-    while step < last and not done(rows[-1]):
+    decay_from = decay_start(config, rows)
+    while (stop_after is None or step < stop_after) and not done(rows[-1]):
         t0 = time.perf_counter()
         batch = batch_at(step, config, len(ids), facts, orders)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        optimizer.param_groups[0]["weight_decay"] = weight_decay(config, step)  # group 0: matrices
+            group["lr"] = learning_rate(config, step, decay_from)
+        optimizer.param_groups[0]["weight_decay"] = weight_decay(config, step, decay_from)  # group 0: matrices
         with amp:
             loss = step_loss(model, ids[batch], positions[batch])
         optimizer.zero_grad(set_to_none=True)
@@ -238,8 +263,9 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
         bar.update(1)
         if step % config.checkpoint_every == 0:
             save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
-        if step % config.eval_every == 0 or step == config.max_steps:
+        if step % config.eval_every == 0 or step == last_step(config, rows):
             record()
+            decay_from = decay_start(config, rows)
     bar.close()
     if done(rows[-1]):
         save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
