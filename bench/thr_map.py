@@ -9,6 +9,8 @@ Each set-up is the THR `cpu` profile with the given fields changed. It trains li
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.regimes.record` writes its
 configuration, outcome and metrics to lib/rote/resources/thr_map/, from which the appendix draws the map. Minutes
 are wall time on this machine with `--threads` threads per run: compare runs made the same way.
+A run on another thread count is another record (`<run>-<N>threads`) but the same run directory:
+give it its own ROTE_HOME (`ROTE_HOME=/tmp/two python bench/thr_map.py --set seed=0 --threads 2`).
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def test_fact_repeats_is_validated_and_does_not_change_the_data():
 def test_record_and_redraw(tmp_path):
     config = rote.make_config("thr", "tiny", fact_repeats=2)
     m = curves([0.0, 0.95, 0.94], [0.0, 0.2, 0.995])
-    row = regimes.record(config, m, note="synthetic", root=tmp_path)
+    row = regimes.record(config, m, note="synthetic", root=tmp_path, threads=1)
     assert row["regime"] == "generalize, then memorize" and row["run"] == rote.config_hash(config)
     assert row["min_to_test_95"] == 1.0 and row["mem_noisy_at_test_95"] == 0.2
     assert row["min_to_mem_99"] == 2.0 and row["test_at_mem_99"] == 0.94
@@ -71,15 +71,17 @@ def test_record_and_redraw(tmp_path):
     frame = load_dataset(config)
     per_fact = ((frame["kind"] == "two_hop") & (frame["split"] == "train")).sum() / (frame["kind"] == "fact").sum()
     assert row["two_hop_per_fact"] == pytest.approx(per_fact, abs=0.005)
-    regimes.record(config, m, note="again", root=tmp_path)  # the same run replaces its row
+    regimes.record(config, m, note="again", root=tmp_path, threads=1)  # the same run replaces its row
     other = rote.make_config("thr", "tiny", seed=1)
-    regimes.record(other, curves([0.0, 0.01], [0.0, 0.0]), root=tmp_path)
+    regimes.record(other, curves([0.0, 0.01], [0.0, 0.0]), root=tmp_path, threads=1)
+    regimes.record(config, m, note="two threads", root=tmp_path, threads=2)  # another path: another record
     runs, all_curves = regimes.runs_map(tmp_path)
-    assert list(runs["run"]) == [rote.config_hash(config), rote.config_hash(other)]
-    assert runs["note"].iloc[0] == "again" and len(all_curves) == 5
+    assert list(runs["run"]) == [rote.config_hash(config), rote.config_hash(other), f"{rote.config_hash(config)}-2threads"]
+    assert runs["note"].iloc[0] == "again" and len(all_curves) == 8
+    assert regimes.recorded_config(runs["run"].iloc[2], tmp_path) == config
     assert regimes.recorded_config(row["run"], tmp_path) == config
     text = regimes.summary(runs, config)
-    assert "2 set-ups: 1 generalize, then memorize, 1 neither" in text and "not trained here" in text
+    assert "3 runs: 2 generalize, then memorize, 1 neither" in text and "not trained here" in text
     # This build's run memorized first although the map's recorded run of the same config composed
     # first: the summary reads this build's metrics and says that the two differ.
     rote.store.write_csv(rote.run_dir(config) / "metrics.csv", curves([0.0, 0.3, 0.95], [0.0, 0.6, 0.995]))

@@ -91,13 +91,20 @@ def outcome(config: Config, metrics: pd.DataFrame) -> dict:
     }
 
 
+def record_name(config: Config, threads: int) -> str:
+    """A recorded run's name in the map: its config hash, and the torch thread count when it is not
+    1 (the same config on another thread count is another floating-point path: another record)."""
+    return config_hash(config) if threads == 1 else f"{config_hash(config)}-{threads}threads"
+
+
 def record(config: Config, metrics: pd.DataFrame, note: str = "", root: Path = MAP_DIR,
            threads: int | None = None) -> dict:
-    """Save `config`'s outcome (a row of runs.csv, replacing an earlier one of the same run), its
-    whole config and its metrics (<run>/config.json, <run>/metrics.csv) under `root`."""
+    """Save `config`'s outcome (a row of runs.csv, replacing an earlier one of the same run and
+    thread count), its whole config and its metrics (<run>/config.json, <run>/metrics.csv) under `root`."""
     import torch
 
-    row = {**outcome(config, metrics), "threads": threads or torch.get_num_threads(), "note": note}
+    threads = threads or torch.get_num_threads()
+    row = {**outcome(config, metrics), "run": record_name(config, threads), "threads": threads, "note": note}
     write_json(root / row["run"] / "config.json", dataclasses.asdict(config))
     write_csv(root / row["run"] / "metrics.csv", metrics)
     path = root / "runs.csv"
@@ -153,10 +160,10 @@ def _then(name: str, value: float) -> str:
 
 
 def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
-    """The map in sentences: how many set-ups fell in each regime, the one that came closest to
+    """The map in sentences: how many runs fell in each regime, the one that came closest to
     composing, and what this build's run of `config` did (`this_build`)."""
     counts = runs["regime"].value_counts()
-    parts = [f"{len(runs)} set-ups: " + ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts) + "."]
+    parts = [f"{len(runs)} runs: " + ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts) + "."]
     best = runs.sort_values(["peak_test", "final_test"], ascending=False).iloc[0]
     parts.append(f"Highest held-out two-hop accuracy: {best['peak_test']:.1%} (run {best['run']}, "
                  f"{best['n_entities']} people x {best['n_relations']} relations, {best['two_hop_per_fact']:g} two-hop "
