@@ -4,6 +4,7 @@
     python bench/thr_map.py --set                   # the THR cpu profile itself
     python bench/thr_map.py --rerun 421a4a528e37     # train a recorded run again from its saved config
     python bench/thr_map.py --rerun --threads 1      # every run of the map, one thread each
+    python bench/thr_map.py --robustness             # the profile's robustness check (4 runs)
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.regimes.record` writes its
@@ -11,10 +12,17 @@ configuration, outcome and metrics to lib/rote/resources/thr_map/, from which th
 are wall time on this machine with `--threads` threads per run: compare runs made the same way.
 A run on another thread count is another record (`<run>-<N>threads`) but the same run directory:
 give it its own ROTE_HOME (`ROTE_HOME=/tmp/two python bench/thr_map.py --set seed=0 --threads 2`).
+`--robustness` does so itself: it trains seeds 0, 1 and 2 on one thread and seed 0 on two (the
+profile, or the profile with `--set`'s fields changed), as child processes using at most this
+machine's cores at once, records each and prints the check's outcome.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import time
 
 import torch
 
@@ -43,16 +51,44 @@ def run(config, note: str = "") -> dict:
     return row
 
 
+ROBUSTNESS = ((0, 1), (1, 1), (2, 1), (0, 2))  # (seed, torch threads) of the robustness check
+
+
+def robustness(pairs: list[str], note: str) -> None:
+    """Train the robustness check's runs of the profile with `pairs` changed, in child processes of
+    this script (a run on 2 threads in its own ROTE_HOME: the same config has one run directory),
+    at most as many threads at once as this machine has cores; then print the check's outcome."""
+    cores, pending, running = os.cpu_count() or 1, list(ROBUSTNESS), []
+    while pending or running:
+        running = [(threads, p) for threads, p in running if p.poll() is None]
+        if pending and (not running or sum(t for t, _ in running) + pending[0][1] <= cores):
+            seed, threads = pending.pop(0)
+            home = rote.store.home() if threads == 1 else rote.store.home() / f"threads-{threads}"
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ROTE_HOME": str(home)}
+            command = [sys.executable, __file__, "--set", *pairs, f"seed={seed}", "--threads", str(threads),
+                       "--note", f"{note or 'robustness check'}: seed {seed} on {threads} thread(s)"]
+            running.append((threads, subprocess.Popen(command, env=env)))
+        else:
+            time.sleep(5)
+    runs, curves = regimes.runs_map()
+    check = regimes.robustness_check(runs, curves, rote.make_config("thr", "cpu", **parse(pairs)))
+    print(check.round(3).to_string(), regimes.robustness_text(check), sep="\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", nargs="*", default=None, metavar="FIELD=VALUE",
                         help="one set-up: the THR cpu profile with these fields changed (none: the profile itself)")
     parser.add_argument("--rerun", nargs="*", default=None, metavar="RUN",
                         help="train recorded runs again from their saved configs (none: every run of the map)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="the robustness check: seeds 0, 1, 2 on one thread and seed 0 on two")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.robustness:
+        return robustness(args.set or [], args.note)
     if args.set is not None:
         run(rote.make_config("thr", "cpu", **parse(args.set)), args.note)
     if args.rerun is not None:

@@ -1,5 +1,7 @@
 """The THR regime map: fact repeats in the training epoch, the regime read from metrics, and the
 record of runs that the appendix draws."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,3 +102,21 @@ def test_record_and_redraw(tmp_path):
 ])
 def test_composes_first_with_margin(test, mem, expected):
     assert regimes.composes_first_with_margin(curves(test, mem)) is expected
+
+
+def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_path):
+    config = rote.make_config("thr", "tiny", schedule="wsd", decay_steps=20, decay_when_train_acc=0.5)
+    margin = curves([0.0, 0.5, 0.92, 0.95], [0.0, 0.02, 0.1, 0.995])  # train-clean 0.5 from step 0
+    late = curves([0.0, 0.5, 0.92, 0.95], [0.0, 0.02, 0.4, 0.995])  # composed with 40% fitted
+    regimes.record(config, margin, root=tmp_path, threads=1)
+    regimes.record(config, late, root=tmp_path, threads=2)
+    regimes.record(dataclasses.replace(config, seed=1), margin, root=tmp_path, threads=1)
+    regimes.record(dataclasses.replace(config, lr=1e-2), late, root=tmp_path, threads=1)  # another set-up
+    runs, all_curves = regimes.runs_map(tmp_path)
+    check = regimes.robustness_check(runs, all_curves, dataclasses.replace(config, seed=5), tmp_path)
+    assert list(zip(check["seed"], check["threads"], check["with_margin"])) == [(0, 1, True), (0, 2, False), (1, 1, True)]
+    assert list(check["composed_step"]) == [200, 200, 200] and list(check["mem_noisy_there"]) == [0.1, 0.4, 0.1]
+    assert list(check["fitted_step"]) == [300] * 3 and list(check["decay_from"]) == [0] * 3
+    text = regimes.robustness_text(check)
+    assert text.startswith("Composed first with margin on 2 of 3 runs") and text.endswith("Without margin: seed 0 on 2 threads.")
+    assert "not run" in regimes.robustness_text(regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path))

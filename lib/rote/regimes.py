@@ -130,6 +130,44 @@ def recorded_config(run: str, root: Path = MAP_DIR) -> Config:
     return Config(**json.loads((root / run / "config.json").read_text()))
 
 
+def robustness_check(runs: pd.DataFrame, curves: pd.DataFrame, config: Config, root: Path = MAP_DIR) -> pd.DataFrame:
+    """The robustness check of `config`'s set-up: every recorded run of it on any seed or thread
+    count, one row each, with the evaluation where held-out accuracy first reached COMPOSED (and
+    Mem-Noisy there), the step at which the wsd decay began, the evaluation where Mem-Noisy first
+    reached FITTED (and held-out accuracy there), and whether the run composed first with margin."""
+    from .train import decay_start
+
+    rows = []
+    for name in runs["run"]:
+        recorded = recorded_config(name, root)
+        if dataclasses.replace(recorded, seed=config.seed) != config:
+            continue
+        m = curves[curves["run"] == name]
+        composed, fitted = first_row(m, "test_acc", COMPOSED), first_row(m, "mem_noisy", FITTED)
+        run = runs[runs["run"] == name].iloc[0]
+        rows.append({"run": name, "seed": recorded.seed, "threads": run["threads"],
+                     "decay_from": decay_start(recorded, m.to_dict("records")) if recorded.schedule == "wsd" else None,
+                     "composed_step": _at(composed, "step"), "mem_noisy_there": _at(composed, "mem_noisy"),
+                     "fitted_step": _at(fitted, "step"), "held_out_there": _at(fitted, "test_acc"),
+                     "with_margin": composes_first_with_margin(m), "minutes": float(run["minutes"])})
+    return pd.DataFrame(rows).sort_values(["seed", "threads"]).set_index("run") if rows else pd.DataFrame()
+
+
+def robustness_text(check: pd.DataFrame) -> str:
+    """The robustness check in one sentence: on how many runs the set-up composed first with margin,
+    and which runs did not."""
+    if check.empty:
+        return "No run of this set-up is in the map yet: its robustness check was not run."
+    where = lambda rows: ", ".join(f"seed {r.seed} on {r.threads:g} thread{'s' * (r.threads != 1)}"  # noqa: E731
+                                   for r in rows.itertuples())
+    text = (f"Composed first with margin on {int(check['with_margin'].sum())} of {len(check)} runs of this set-up "
+            f"({where(check)}).")
+    failed = check[~check["with_margin"]]
+    if len(failed):
+        text += f" Without margin: {where(failed)}."
+    return text
+
+
 def thresholds_text() -> str:
     return (f"Composed: held-out two-hop accuracy >= {COMPOSED:.0%}. Memorized: Mem-Noisy >= {MEMORIZED:.0%}. "
             f"Generalized first: held-out accuracy reached {HALFWAY:.0%} at an earlier evaluation than Mem-Noisy did. "
