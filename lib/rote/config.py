@@ -98,12 +98,14 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
                      checkpoint_every=40, n_eval=200, stop_mem_noisy=None),
         # Composes before it memorizes (the THR regime appendix): 18 two-hop training questions per
         # fact, each fact 5 times per epoch, small batches; a strong weight decay at a constant rate
-        # holds the noise back while the model composes; then the rate decays without weight decay
-        # and the noise is fitted (warmup-stable-decay: constant to step 12,000, cosine to 0 at
-        # 20,000; training stops once 99% of the noise is fitted).
+        # holds the noise back while the model composes; once 80% of the clean training questions
+        # are answered (composition under way: when it sets in varies by thousands of steps with seed
+        # and thread count) the rate decays over 8,000 steps without weight decay and the noise is
+        # fitted (warmup-stable-decay; the decay starts at step 24,000 at the latest; training stops
+        # once 99% of the noise is fitted).
         "cpu": dict(n_entities=50, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5, weight_decay=1.0,
-                    schedule="wsd", decay_steps=8_000, decay_weight_decay=0.0, max_steps=20_000, eval_every=250,
-                    checkpoint_every=5_000),
+                    schedule="wsd", decay_steps=8_000, decay_weight_decay=0.0, decay_when_train_acc=0.8,
+                    max_steps=32_000, eval_every=250, checkpoint_every=5_000),
         # The cpu profile's levers at the paper's scale; not yet trained (no GPU was lent to us).
         "paper": dict(n_entities=1_000, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5,
                       weight_decay=0.1, n_layer=8, n_embd=512, n_head=8, batch_size=256, max_steps=100_000,
