@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -40,7 +41,7 @@ from rote.data import load_dataset
 from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
 from rote.train import first_reached
 from rote.model import build_model, build_tokenizer, encode
-from rote.train import answer_loss, answer_positions, make_optimizer
+from rote.train import answer_loss, answer_positions, make_optimizer, training_rows
 
 
 def naive_step(model, optimizer, ids, mask, positions):
@@ -123,13 +124,19 @@ def stacked(config, vocab_size: int, k: int):
     return step, params, optimizer
 
 
+def training_batches(config):
+    """The tokenizer and the training questions of `config` as rote.train encodes them: (tokenizer,
+    ids, mask, answer positions)."""
+    tok = build_tokenizer(config)
+    rows = training_rows(load_dataset(config), config)
+    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    return tok, ids, mask, answer_positions(mask)
+
+
 def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     """Median seconds per step of the naive loop and of rote's loop and its variants, interleaved,
     on the same batches."""
-    frame = load_dataset(config)
-    tok = build_tokenizer(config)
-    train = frame[frame["split"] == "train"]
-    ids, mask = encode(tok, train["prompt"], train["answer"])
+    tok, ids, mask, positions = training_batches(config)
     naive = build_model(config, len(tok))
     naive.config.activation_function = "gelu_new"
     from transformers.activations import ACT2FN
@@ -148,7 +155,6 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
              f"{k} models together (vmap, compiled)": stacked(config, len(tok), k)}
     loops = {name: (step, model, opt or make_optimizer(model, config)) for name, (step, model, opt) in loops.items()}
     models = {name: k if "together" in name else 1 for name in loops}  # models (batches) per step
-    positions = answer_positions(mask)
     times = {name: [] for name in loops}
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
@@ -171,16 +177,13 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
 
 
 def worker(task: str, steps: int) -> None:
-    """One one-thread worker of `concurrent_workers`: compile and warm rote's whole step, say
-    "ready", wait for "go", then print its median ms per step."""
-    torch.set_num_threads(1)
+    """One worker process of `concurrent_workers` (its thread count from OMP_NUM_THREADS): compile and
+    warm rote.train's step, say "ready", wait for "go", then print its median ms per step and tokens/s."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     config = rote.make_config(task, "cpu")
-    tok = build_tokenizer(config)
-    train = load_dataset(config).query("split == 'train'")
-    ids, mask = encode(tok, train["prompt"], train["answer"])
-    positions, model = answer_positions(mask), build_model(config, len(tok))
-    step = rote_step(torch.compile(answer_loss, dynamic=False))
-    opt = compiled_optimizer(make_optimizer(model, config))
+    tok, ids, mask, positions = training_batches(config)
+    model = build_model(config, len(tok))
+    step, opt = rote_step(torch.compile(answer_loss, dynamic=False)), make_optimizer(model, config)
     g = torch.Generator().manual_seed(os.getpid())
     batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
     for b in batches[:3]:
@@ -192,13 +195,15 @@ def worker(task: str, steps: int) -> None:
         t = time.perf_counter()
         step(model, opt, ids[b], mask[b], positions[b])
         times.append(time.perf_counter() - t)
-    print(1000 * statistics.median(times), flush=True)
+    median = statistics.median(times)
+    print(json.dumps({"ms_per_step": 1000 * median, "tokens_per_s": config.batch_size * ids.shape[1] / median}), flush=True)
 
 
-def concurrent_workers(task: str, steps: int, n: int = 2) -> list[float]:
-    """Median ms per step of each of `n` one-thread worker processes stepping at the same time
-    (they start together once all have compiled)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1) -> dict:
+    """`n` worker processes of `threads` torch threads each, stepping rote.train's step at the same
+    time (they start together once all have compiled): the median of their ms per step and the sum
+    of their tokens per second."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", task, "--steps", str(steps)], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     for p in procs:
@@ -206,10 +211,11 @@ def concurrent_workers(task: str, steps: int, n: int = 2) -> list[float]:
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
-    ms = [float(p.stdout.readline()) for p in procs]
+    results = [json.loads(p.stdout.readline()) for p in procs]
     for p in procs:
         p.wait()
-    return ms
+    return {"ms_per_step": statistics.median(r["ms_per_step"] for r in results),
+            "tokens_per_s": sum(r["tokens_per_s"] for r in results)}
 
 
 def milestones(config, keep: bool) -> dict:
@@ -268,11 +274,8 @@ def main():
         with tempfile.TemporaryDirectory() as home:
             os.environ["ROTE_HOME"] = home
             t, compile_s = throughput(config, args.steps)
-            workers = concurrent_workers(task, args.steps)
+            t["2 one-thread workers at once (sum)"] = concurrent_workers(task, args.steps)
         del os.environ["ROTE_HOME"]
-        tokens = t["naive"]["tokens_per_s"] * t["naive"]["ms_per_step"] / 1000  # per step
-        t["2 one-thread workers at once (sum)"] = {"ms_per_step": statistics.mean(workers) / 2,
-                                                   "tokens_per_s": sum(tokens / (ms / 1000) for ms in workers)}
         print(f"\n{task}: {config.n_layer} layers x {config.n_embd}, batch {config.batch_size}")
         print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
         for name, r in t.items():
