@@ -242,7 +242,7 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     facts = torch.from_numpy(np.flatnonzero(train_rows["kind"].to_numpy() == "fact"))
     facts = facts[: len(facts) // config.fact_repeats].to(device)  # each fact once
     orders = {}
-    decay_from = decay_start(config, rows)
+    decay_from, end = decay_start(config, rows), last_step(config, rows)  # both move only at an evaluation
     while (stop_after is None or step < stop_after) and not done(rows[-1]):
         t0 = time.perf_counter()
         batch = batch_at(step, config, len(ids), facts, orders)
@@ -263,9 +263,9 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
         bar.update(1)
         if step % config.checkpoint_every == 0:
             save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
-        if step % config.eval_every == 0 or step == last_step(config, rows):
+        if step % config.eval_every == 0 or step == end:
             record()
-            decay_from = decay_start(config, rows)
+            decay_from, end = decay_start(config, rows), last_step(config, rows)
     bar.close()
     if done(rows[-1]):
         save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
