@@ -26,13 +26,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--task", choices=["fda", "thr", "both"], default="both")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     save = lambda name, frame: frame.to_csv(args.out / f"{name}.csv", index=False)  # noqa: E731
     records = []
-    for task in ("fda", "thr"):
+    for task in rote.config.chapter_tasks(args.task):
         config, seconds = rote.make_config(task, args.profile), []
 
         def analyse(observation, measure, claims_of):

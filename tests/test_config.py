@@ -20,6 +20,8 @@ def _other_value(config: Config, field: dataclasses.Field):
         candidates = ["thr" if value == "fda" else "fda"]
     elif field.name == "schedule":
         candidates = ["cosine" if value == "constant" else "constant"]
+    elif field.name == "precision":
+        candidates = ["bf16" if value == "fp32" else "fp32"]
     elif field.name == "facts_first_steps" and config.task == "fda":
         return None  # THR-only: checked on the THR base
     elif field.name in WSD_ONLY:
@@ -63,6 +65,17 @@ def test_config_hash_changes_with_every_field(base):
         assert config_hash(changed) != config_hash(reference), field.name
         seen.add(config_hash(changed))
     assert checked >= len(dataclasses.fields(Config)) - 1 and len(seen) == checked + 2
+
+
+def test_later_fields_at_their_earlier_value_keep_the_recorded_names():
+    """A field added after runs were recorded leaves the hash alone at the value those runs had:
+    the THR cpu profile is still the regime map's run a04051fb5145; set away from it, it counts."""
+    thr = make_config("thr", "cpu")
+    assert config_hash(thr) == "a04051fb5145"
+    from rote.regimes import MAP_DIR
+
+    assert (MAP_DIR / config_hash(thr) / "config.json").exists()
+    assert config_hash(dataclasses.replace(thr, precision="bf16")) != config_hash(thr)
 
 
 def test_config_hash_is_stable_across_calls():
@@ -116,6 +129,10 @@ def test_unknown_field():
 def test_unknown_schedule():
     _one_line_value_error(lambda: make_config("fda", "tiny", schedule="linear"), "linear",
                           "constant", "cosine")
+
+
+def test_unknown_precision():
+    _one_line_value_error(lambda: make_config("fda", "tiny", precision="fp16"), "fp16", "fp32", "bf16")
 
 
 def test_valid_edge_values_accepted():

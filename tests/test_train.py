@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -384,6 +385,55 @@ def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     ids, mask = encode(tok, rows["prompt"], rows["answer"])
     expected = model(ids, labels=ids.masked_fill(~mask, -100)).loss
     assert torch.allclose(answer_loss(model, ids, answer_positions(mask)), expected, atol=1e-6)
+
+
+def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
+    """precision=bf16 computes the step's matrix products in bf16 (plain attention) and the same
+    loss as fp32 up to bf16 rounding; fp32 leaves the model's attention and dtypes alone."""
+    from rote.train import answer_loss, answer_positions, precision_context
+
+    config = make_config("fda", "tiny")
+    frame = rote.load_dataset(config)
+    rows = frame[frame["split"] == "train"].head(64)
+    tok = build_tokenizer(config)
+    model = build_model(config, len(tok))
+    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    positions = answer_positions(mask)
+    with precision_context(config, model, "cpu"):
+        fp32 = answer_loss(model, ids, positions)
+        assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.float32
+    assert model.config._attn_implementation != "eager"
+    with precision_context(dataclasses.replace(config, precision="bf16"), model, "cpu"):
+        bf16 = answer_loss(model, ids, positions)
+        assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert bf16.dtype == torch.float32 and bf16 != fp32 and torch.isclose(bf16, fp32, rtol=2e-2)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch):
+    train_module = importlib.import_module("rote.train")  # `rote.train` the attribute is the function
+    config = make_config("fda", "tiny", precision="bf16")
+    model = build_model(config, 14)
+    monkeypatch.setattr(train_module, "native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="precision='fp32'"):
+        train_module.precision_context(config, model, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_module.precision_context(dataclasses.replace(config, precision="fp32"), model, "cpu")
+        monkeypatch.setattr(train_module, "native_bf16", lambda: True)
+        train_module.precision_context(config, model, "cpu")
+
+
+def test_a_bf16_run_learns_like_fp32_and_saves_the_default_attention(tmp_path, use_home):
+    use_home(tmp_path)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = make_config("fda", "tiny", precision=precision, max_steps=200, eval_every=100, checkpoint_every=100)
+        model, _ = rote.get_or_train(config, progress=False)
+        losses[precision] = rote.metrics(config)["loss"].to_numpy()[1:]
+        assert model.config._attn_implementation != "eager"  # the analyses see the model as an fp32 run's
+    assert losses["bf16"][-1] < losses["bf16"][0] and losses["bf16"][-1] == pytest.approx(losses["fp32"][-1], rel=0.05)
+    assert (losses["bf16"] != losses["fp32"]).all()  # another computation, not the fp32 one
 
 
 # ---------------------------------------------------------------- schedules and the facts-first curriculum
