@@ -8,14 +8,17 @@ milestones of the `cpu` profile.
 Throughput: the same GPT-2 shape and batches, measured interleaved in this run (median ms per
 step over `--steps` steps each). "naive" is the plain HF loop: GPT-2's default `gelu_new`
 activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits for every
-position). "rote eager" is `rote.train`'s step without compilation: the fused tanh-GELU and logits
-at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long runs
-(torch.compile; its one-off compile time is printed apart). Variants of it: fused AdamW, the
-optimizer step compiled too (the whole step; `rote.train` compiles the loss only), the whole step on one thread,
-bf16 autocast (eager: on a CPU without AVX-512 BF16 it falls back to slow kernels), and several
-models trained together in one process (`torch.func.stack_module_state` + `vmap`, compiled: the
-seeds of a scorecard cell). Then two one-thread worker processes stepping at the same time (a
-LocalCluster's layout), against the naive loop's rate measured above (not interleaved).
+position). "rote eager" is `rote.train`'s fp32 step without compilation: the fused tanh-GELU and
+logits at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long
+fp32 runs (torch.compile of the loss; its one-off compile time is printed apart). Variants of it:
+fused AdamW, the optimizer step compiled too (the whole step), the whole step on one thread. Then
+bf16 autocast: eager with torch's fused attention (whose CPU backward in bf16 is slow at these
+sequence lengths), eager with the plain attention, and "rote compiled bf16": the step `rote.train`
+runs for `precision=bf16` (compiled loss, plain attention; on a CPU without AVX-512 BF16 or AMX,
+bf16 falls back to slow kernels). Several models trained together in one process
+(`torch.func.stack_module_state` + `vmap`, compiled: the seeds of a scorecard cell), in fp32 and
+bf16. Then two one-thread worker processes stepping at the same time (a LocalCluster's layout),
+in each precision, against the naive loop's rate measured above (not interleaved).
 
 Milestones: a fresh run of the cpu profile (a temporary ROTE_HOME, nothing reused), minutes of
 wall time (training and evaluations) until test accuracy >= 90% and >= 95% and Mem-Noisy >= 99%,
@@ -54,6 +57,7 @@ def naive_step(model, optimizer, ids, mask, positions):
 
 
 def rote_step(loss_fn, bf16: bool = False):
+    """rote.train's step: the loss (under bf16 autocast with `bf16`), clipping, AdamW."""
     def step(model, optimizer, ids, mask, positions):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model, ids, positions)
@@ -89,7 +93,7 @@ def one_thread(step):
     return run
 
 
-def stacked(config, vocab_size: int, k: int):
+def stacked(config, vocab_size: int, k: int, bf16: bool = False):
     """A step training `k` models of `config` (seeds 0..k-1) together: their parameters stacked
     (`torch.func.stack_module_state`), one compiled `vmap` of the gradient of `answer_loss` over
     (model, its own batch), one AdamW over the stacks with rote's groups, gradients clipped per
@@ -108,6 +112,7 @@ def stacked(config, vocab_size: int, k: int):
 
     skeleton.forward = lambda ids, positions: answer_loss(skeleton, ids, positions)  # noqa: E731
     grads = torch.compile(vmap(grad(loss)), dynamic=False)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     names = list(params)
     matrices = [params[n] for n in names if params[n].dim() >= 3]  # stacked: one more dimension
     rest = [params[n] for n in names if params[n].dim() < 3]
@@ -115,7 +120,8 @@ def stacked(config, vocab_size: int, k: int):
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
 
     def step(_, opt, ids, mask, positions):
-        g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), positions.view(k, -1, positions.shape[1]))
+        with autocast():
+            g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), positions.view(k, -1, positions.shape[1]))
         norms = torch.stack([g[n].flatten(1).pow(2).sum(1) for n in names]).sum(0).sqrt()
         scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
         for n in names:
@@ -143,16 +149,27 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     for block in naive.transformer.h:
         block.mlp.act = ACT2FN["gelu_new"]
     compiled = lambda: torch.compile(answer_loss, dynamic=False)  # noqa: E731 - one compiled loss per loop
-    fresh = lambda: build_model(config, len(tok))  # noqa: E731
+
+    def fresh(attention: str = "sdpa"):
+        model = build_model(config, len(tok))
+        model.config._attn_implementation = attention  # "eager": the plain attention precision=bf16 trains with
+        return model
+
+    def whole(bf16: bool = False, attention: str = "sdpa"):  # the optimizer step compiled too
+        model = fresh(attention)
+        return rote_step(compiled(), bf16), model, compiled_optimizer(make_optimizer(model, config))
+
     loops = {"naive": (naive_step, naive, None), "rote eager": (rote_step(answer_loss), fresh(), None),
              "rote compiled": (rote_step(compiled()), fresh(), None),
              "compiled + fused AdamW": (rote_step(compiled()), m := fresh(), fused(m, config)),
-             "compiled step + optimizer": (rote_step(compiled()), m2 := fresh(),
-                                           compiled_optimizer(make_optimizer(m2, config))),
-             "compiled step + optimizer, 1 thread": (one_thread(rote_step(compiled())), m3 := fresh(),
-                                                     compiled_optimizer(make_optimizer(m3, config))),
-             "eager bf16 autocast": (rote_step(answer_loss, bf16=True), fresh(), None),
-             f"{k} models together (vmap, compiled)": stacked(config, len(tok), k)}
+             "compiled step + optimizer": whole(),
+             "compiled step + optimizer, 1 thread": (lambda s, m, o: (one_thread(s), m, o))(*whole()),
+             "eager bf16, fused attention": (rote_step(answer_loss, bf16=True), fresh(), None),
+             "eager bf16, plain attention": (rote_step(answer_loss, bf16=True), fresh("eager"), None),
+             "rote compiled bf16": (rote_step(compiled(), bf16=True), fresh("eager"), None),
+             "compiled bf16 step + optimizer": whole(bf16=True, attention="eager"),
+             f"{k} models together (vmap, compiled)": stacked(config, len(tok), k),
+             f"{k} models together (vmap, compiled), bf16": stacked(config, len(tok), k, bf16=True)}
     loops = {name: (step, model, opt or make_optimizer(model, config)) for name, (step, model, opt) in loops.items()}
     models = {name: k if "together" in name else 1 for name in loops}  # models (batches) per step
     times = {name: [] for name in loops}
@@ -176,14 +193,18 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     return out, compile_s
 
 
-def worker(task: str, steps: int) -> None:
+def worker(task: str, steps: int, precision: str) -> None:
     """One worker process of `concurrent_workers` (its thread count from OMP_NUM_THREADS): compile and
-    warm rote.train's step, say "ready", wait for "go", then print its median ms per step and tokens/s."""
+    warm rote.train's step of `precision`, say "ready", wait for "go", then print its median ms per
+    step and tokens/s."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
-    config = rote.make_config(task, "cpu")
+    config = rote.make_config(task, "cpu", precision=precision)
     tok, ids, mask, positions = training_batches(config)
     model = build_model(config, len(tok))
-    step, opt = rote_step(torch.compile(answer_loss, dynamic=False)), make_optimizer(model, config)
+    if precision == "bf16":
+        model.config._attn_implementation = "eager"  # as rote.train's precision_context sets it
+    step = rote_step(torch.compile(answer_loss, dynamic=False), bf16=precision == "bf16")
+    opt = make_optimizer(model, config)
     g = torch.Generator().manual_seed(os.getpid())
     batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
     for b in batches[:3]:
@@ -199,12 +220,14 @@ def worker(task: str, steps: int) -> None:
     print(json.dumps({"ms_per_step": 1000 * median, "tokens_per_s": config.batch_size * ids.shape[1] / median}), flush=True)
 
 
-def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1) -> dict:
-    """`n` worker processes of `threads` torch threads each, stepping rote.train's step at the same
-    time (they start together once all have compiled): the median of their ms per step and the sum
-    of their tokens per second."""
+def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1, precision: str | None = None) -> dict:
+    """`n` worker processes of `threads` torch threads each, stepping rote.train's step of `precision`
+    (default: the cpu profile's) at the same time (they start together once all have compiled): the
+    median of their ms per step and the sum of their tokens per second."""
+    precision = precision or rote.make_config(task, "cpu").precision
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", task, "--steps", str(steps)], env=env,
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", task, "--precision", precision,
+                               "--steps", str(steps)], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
@@ -260,9 +283,10 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="the cpu profile with these fields changed, e.g. n_train=10000 lr=2e-3")
     parser.add_argument("--worker", choices=["fda", "thr"], help=argparse.SUPPRESS)  # see concurrent_workers
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps)
+        return worker(args.worker, args.steps, args.precision)
     changes = parse(args.set)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
     tasks = ["fda", "thr"] if args.task == "both" else [args.task]
@@ -274,7 +298,8 @@ def main():
         with tempfile.TemporaryDirectory() as home:
             os.environ["ROTE_HOME"] = home
             t, compile_s = throughput(config, args.steps)
-            t["2 one-thread workers at once (sum)"] = concurrent_workers(task, args.steps)
+            for precision in ("fp32", "bf16"):
+                t[f"2 one-thread workers at once (sum), {precision}"] = concurrent_workers(task, args.steps, precision=precision)
         del os.environ["ROTE_HOME"]
         print(f"\n{task}: {config.n_layer} layers x {config.n_embd}, batch {config.batch_size}")
         print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
