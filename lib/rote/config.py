@@ -31,9 +31,10 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Config:
-    """The defaults are FDA's `cpu` profile, measured on 2 cores (bench/training_speed.py): small
-    batches give each noisy instance many updates per minute, and the cosine decay steadies test
-    accuracy while the noise is being fitted; training stops once 99% of noisy labels are fitted."""
+    """Every field of a run. The defaults are the base every profile starts from (`PROFILE_DEFAULTS`
+    lists what each profile changes): small batches give each noisy instance many updates per
+    minute, the cosine decay steadies test accuracy while the noise is being fitted, and training
+    stops once 99% of noisy labels are fitted."""
     task: str = "fda"
     noise: float = 0.05  # share of (two-hop) training instances whose label is replaced
     seed: int = 0
@@ -89,7 +90,11 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         "tiny": dict(n_train=600, n_test=200, n_layer=2, n_embd=32, n_head=2, batch_size=64,
                      lr=3e-3, warmup_steps=10, schedule="constant", max_steps=60, eval_every=20,
                      checkpoint_every=40, n_eval=200, stop_mem_noisy=None),
-        "cpu": dict(),  # the defaults above
+        # Twice the default width and a weight decay of 0.1 (issue 11): the 128-wide model peaks near
+        # 95% test accuracy and falls to 90-93% while it fits the noise; 256 wide it passes 97% and,
+        # with the weight decay, keeps 95% on every seed tried when 99% of the noise is fitted. bf16
+        # makes its steps about as fast as the narrow model's in fp32.
+        "cpu": dict(n_embd=256, n_head=8, weight_decay=0.1, precision="bf16"),
         "paper": dict(n_train=50_000, n_test=5_000, n_layer=8, n_embd=512, n_head=8,
                       batch_size=256, max_steps=100_000, eval_every=500, checkpoint_every=10_000,
                       n_eval=5_000, precision="bf16"),
