@@ -20,6 +20,7 @@ import rote
 from rote import scorecard, sweep
 from rote.claims import Claim
 from rote.config import ConfigError
+from rote.store import locked
 from rote.train import RunError, run_dir
 
 PYTHON = sys.executable
@@ -81,18 +82,34 @@ def test_sigkilled_training_resumes_to_the_same_final_weights(tmp_path):
     assert list(steps) == list(range(0, config.max_steps + 1, config.eval_every))  # no evaluation twice
 
 
+def test_a_trainer_waits_while_another_process_holds_the_run(tmp_path):
+    home = tmp_path / "shared"
+    run = home / "runs" / run_dir(rote.make_config("fda", "tiny", **LONG)).name
+    with locked(run):  # this test stands in for a trainer in the middle of the run
+        second = _trainer(home, **LONG)
+        said = ""
+        while "waiting for the process that holds" not in said:  # blocks until the trainer reports the lock
+            line = second.stderr.readline()
+            assert line, f"the trainer ended without waiting: {said}"
+            said += line
+        time.sleep(0.5)
+        assert second.poll() is None and not (run / "metrics.csv").exists()  # it waits, it does not train
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert (run / "final" / "model.safetensors").exists()
+
+
 def test_two_processes_never_train_the_same_run_at_once(tmp_path):
     home = tmp_path / "shared"
     first = _trainer(home, **LONG)
     run = home / "runs" / run_dir(rote.make_config("fda", "tiny", **LONG)).name
     _wait_for_step(run, first)
-    second = _trainer(home, **LONG)  # asked for the same config while the first trains it
+    second = _trainer(home, **LONG)  # asked for the same config while the first trains it (or just after)
     out2, err2 = second.communicate(timeout=300)
     out1, _ = first.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0
-    assert "waiting for the process that holds" in err2  # the second waited for the lock
+    assert first.returncode == 0 and second.returncode == 0, err2
     steps = pd.read_csv(run / "metrics.csv")["step"]
-    assert steps.is_unique and steps.is_monotonic_increasing
+    assert list(steps) == list(range(0, LONG["max_steps"] + 1, LONG["eval_every"]))  # trained once, in order
     assert (run / "final" / "model.safetensors").exists()
 
 
