@@ -78,6 +78,31 @@ def test_run_agrees_with_hooks_at_every_point(task):
     assert torch.allclose(model(ids).logits, clean)  # hooks removed, model unchanged
 
 
+@pytest.mark.parametrize("hooks", [False, True])
+def test_skipped_blocks_give_their_output_and_are_not_run(hooks):
+    config, model, _, _, _ = setup("fda")
+    ids, _ = ids_of("fda")
+    call = hooked if hooks else (lambda f, *a, **k: f(*a, **k))
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states  # embeddings, then each block's output
+        given = hidden[1] + torch.randn_like(hidden[1])
+        by_hand = model.lm_head(model.transformer.ln_f(model.transformer.h[1](given)))
+        own = call(run, model, ids, {}, skip={0: hidden[1]})  # a block's own output: nothing changes
+        assert torch.allclose(own, model(ids).logits, atol=1e-5)
+        assert torch.allclose(call(run, model, ids, {}, skip={0: given}), by_hand, atol=1e-5)
+        ran = []
+        handle = model.transformer.h[0].mlp.register_forward_hook(lambda *args: ran.append(1))
+        try:
+            assert torch.allclose(call(run, model, ids, {(1, "neuron"): lambda a: a}, skip={0: given}), by_hand, atol=1e-5)
+        finally:
+            handle.remove()
+        assert not ran  # block 0 was not run
+        with pytest.raises(ValueError, match="inside skipped blocks"):
+            call(run, model, ids, {(0, "neuron"): lambda a: a}, skip={0: given})
+    assert torch.allclose(run(model, ids, {(0, "neuron"): lambda a: a * 2}),
+                          hooked(run, model, ids, {(0, "neuron"): lambda a: a * 2}), atol=1e-5)  # both twins still intact
+
+
 # ---- (a) removing directions ----
 
 def test_entity_basis_is_orthonormal_and_spans_both_rows():

@@ -11,7 +11,8 @@ The edits the chapters use:
   projecting out directions (`projection`, A = B = an orthonormal basis, mu = 0) and LEACE
   erasure (`erasure`: the eraser's factors);
 - `set_at`: given neurons set to given values at one column per row (patching to a mean);
-- `per_copy`: one neuron set per copy of a batch (mean ablation of many neurons in one run);
+- skipped blocks (`run`'s `skip`): a block not run, its output given (a neuron's mean ablation
+  is a known change of its block's output, so only the blocks after it need to run);
 - `Site` edits: `activations` read, `patch` from another run, `ablate` to zero / mean / a value.
 
 Effects are measured under teacher forcing with `score` (the one log-prob function): the mean
@@ -43,19 +44,27 @@ def plain_hooks():
 
 # ---- running a model with edits -------------------------------------------------------------------
 
-def _ordered(edits: dict) -> list:
-    return sorted(edits.items(), key=lambda item: (item[0][0], POINTS.index(item[0][1])))
+def _ordered(edits: dict, skip: dict) -> list:
+    """The edits and the skipped blocks in forward order (nnsight must meet them in that order)."""
+    inside = [key for key in edits if key[0] in skip and key[1] != "embed"]
+    if inside:
+        raise ValueError(f"edits {inside} are inside skipped blocks {sorted(skip)}; a skipped block is not run")
+    items = [(key, fn) for key, fn in edits.items()] + [((layer, "skip"), out) for layer, out in skip.items()]
+    order = POINTS + ("skip",)
+    return sorted(items, key=lambda item: (item[0][1] != "embed", item[0][0], order.index(item[0][1])))
 
 
-def _run_nnsight(model, ids, edits, grad, model_kwargs):
+def _run_nnsight(model, ids, edits, grad, model_kwargs, skip):
     nm = traced(model)
     with torch.set_grad_enabled(grad), nm.trace(ids, **model_kwargs):
-        for (layer, point), fn in _ordered(edits):
+        for (layer, point), fn in _ordered(edits, skip):
             if point == "embed":
                 nm.transformer.drop.output = fn(nm.transformer.drop.output)
                 continue
             block = nm.transformer.h[layer]
-            if point == "head":
+            if point == "skip":
+                block.skip(fn)  # fn: the block's output, given
+            elif point == "head":
                 block.attn.c_proj.input = fn(block.attn.c_proj.input)
             elif point == "neuron":
                 block.mlp.act.output = fn(block.mlp.act.output)
@@ -65,7 +74,8 @@ def _run_nnsight(model, ids, edits, grad, model_kwargs):
     return logits
 
 
-def _run_hooks(model, ids, edits, grad, model_kwargs):
+def _run_hooks(model, ids, edits, grad, model_kwargs, skip):
+    _ordered(edits, skip)  # the same check
     model, handles = hf(model), []
     for (layer, point), fn in edits.items():
         if point == "head":
@@ -75,29 +85,42 @@ def _run_hooks(model, ids, edits, grad, model_kwargs):
         module = {"embed": lambda: model.transformer.drop, "neuron": lambda: model.transformer.h[layer].mlp.act,
                   "resid": lambda: model.transformer.h[layer]}[point]()
         handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: fn(out)))
+    blocks = {layer: model.transformer.h[layer] for layer in skip}
+    saved = {layer: vars(block).get("forward") for layer, block in blocks.items()}  # nnsight may have wrapped it
+    for layer, out in skip.items():  # the block's forward replaced by its given output
+        blocks[layer].forward = lambda *args, out=out, **kwargs: out
     try:
         with torch.set_grad_enabled(grad):
             return model(ids, **model_kwargs).logits
     finally:
         for handle in handles:
             handle.remove()
+        for layer, block in blocks.items():
+            if saved[layer] is None:
+                del block.forward
+            else:
+                block.forward = saved[layer]
 
 
-def run(model, ids: torch.Tensor, edits: dict, grad: bool = False, **model_kwargs) -> torch.Tensor:
+def run(model, ids: torch.Tensor, edits: dict, grad: bool = False, skip: dict | None = None,
+        **model_kwargs) -> torch.Tensor:
     """Logits [B, T, V] of the model on `ids` with `edits` applied (nnsight, one trace; plain hooks
     inside `plain_hooks()`); without edits, a plain forward pass. With `grad`, differentiable.
-    `model_kwargs` go to the HF forward (e.g. a `cache` of an unedited prefix: then `ids` are the
-    tokens after it)."""
-    if not edits:
+    `skip` {layer: output [B, T, d]}: those blocks are not run and give that output instead
+    (nothing may edit inside them). `model_kwargs` go to the HF forward (e.g. a `cache` of an
+    unedited prefix: then `ids` are the tokens after it)."""
+    skip = skip or {}
+    if not edits and not skip:
         with torch.set_grad_enabled(grad):
             return hf(model)(ids, **model_kwargs).logits
     runner = _run_hooks if _HOOKS.get() else _run_nnsight
-    return runner(model, ids, edits, grad, model_kwargs)
+    return runner(model, ids, edits, grad, model_kwargs, skip)
 
 
-def read(model, ids: torch.Tensor, keys, select=lambda h: h, grad: bool = False) -> tuple[dict, torch.Tensor]:
+def read(model, ids: torch.Tensor, keys, select=lambda h: h, grad: bool = False,
+         **model_kwargs) -> tuple[dict, torch.Tensor]:
     """Read the tensors at `keys` [(layer, point)] in one run: ({key: select(tensor)}, logits).
-    With `grad` the tensors stay in the graph (for attributions)."""
+    With `grad` the tensors stay in the graph (for attributions); `model_kwargs` as in `run`."""
     store = {}
 
     def keep(key):
@@ -105,7 +128,7 @@ def read(model, ids: torch.Tensor, keys, select=lambda h: h, grad: bool = False)
             store[key] = select(h) if grad else select(h).detach().clone()
             return h
         return fn
-    logits = run(model, ids, {key: keep(key) for key in keys}, grad=grad)
+    logits = run(model, ids, {key: keep(key) for key in keys}, grad=grad, **model_kwargs)
     return store, logits
 
 
@@ -268,17 +291,6 @@ def neurons_set(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) ->
     values [N, n_layer, M] (only layers with something to set are edited)."""
     return {(layer, "neuron"): set_at(cols, mask[:, layer], values[:, layer])
             for layer in range(mask.shape[1]) if mask[:, layer].any()}
-
-
-def per_copy(neurons, n_rows: int, cols: torch.Tensor, values: torch.Tensor):
-    """Edit fn for a batch of len(neurons) copies of n_rows rows: copy c has neuron neurons[c] set
-    to values[c] [len(cols)] at the columns `cols`."""
-    def fn(h):
-        h = h.clone()
-        for c, j in enumerate(neurons):
-            h[c * n_rows:(c + 1) * n_rows, cols, j] = values[c].to(h)
-        return h
-    return fn
 
 
 # ---- sites: read, patch, ablate ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from .edits import per_copy, read, run
+from .edits import read, run
 from .instances import carries, digits, operand_grid
 from .sites import PLACES, hf, prompt_batch, readout_columns
 
@@ -203,41 +203,51 @@ def digit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return t - other
 
 
+def _prefix_cache(model_hf, kv: list, copies: int, repeated_from: int) -> DynamicCache:
+    """A cache holding the prefix keys and values `kv` for `copies` copies of the batch; layers
+    below `repeated_from` are only counted for positions (their blocks are skipped), not repeated."""
+    cache = DynamicCache(config=model_hf.config)
+    for i, (k, v) in enumerate(kv):
+        n = copies if i >= repeated_from else 1
+        cache.update(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1), i)
+    return cache
+
+
 @torch.no_grad()
 def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Per answer position, layer and neuron, the mean drop in the true digit's logit margin
     (`digit_margin`: its logit minus the largest other logit) when the
     neuron is set to `means` [4, n_layer, M] (its grid mean per position) at all four answer
-    readout positions, over `rows` (teacher-forced on the true sum): [4, n_layer, M]."""
-    model_hf = hf(model)
-    ids, mask, plen = prompt_batch(tokenizer, rows, "true")
-    ids, mask = ids.to(model_hf.device), mask.to(model_hf.device)
-    cols = readout_columns(plen[0], torch.arange(4))
-    targets = ids[:, cols + 1]
+    readout positions, over `rows` (teacher-forced on the true sum): [4, n_layer, M].
 
-    def margin(logits):
-        return digit_margin(logits[:, cols], targets.repeat(len(logits) // len(ids), 1))
-    base = margin(model_hf(ids).logits)  # [R, 4]
-    # the edits start at the first answer column: the prompt before it is run once and its keys and
-    # values reused (a cache), each ablation runs only the tokens from there on
-    first = int(cols[0])
+    The prompt before the first answer column is run once and its keys and values reused (a
+    cache). Setting neuron j of layer L from a to m changes that block's output by exactly
+    (m - a) W[j], W the MLP's output projection (linear after the activation), so each ablation
+    gives block L its output and runs only the blocks after it (`run`'s skip)."""
+    model_hf = hf(model)
+    ids, _, plen = prompt_batch(tokenizer, rows, "true")
+    ids = ids.to(model_hf.device)
+    cols = readout_columns(plen[0], torch.arange(4))
+    first, targets = int(cols[0]), ids[:, cols + 1]
     prefix = model_hf(ids[:, :first], use_cache=True)
     kv = [(layer.keys, layer.values) for layer in prefix.cache.layers]
-    suffix, suffix_cols = ids[:, first:cols[-1] + 1], cols - first
-
-    def suffix_margin(logits):
-        return digit_margin(logits[:, suffix_cols], targets.repeat(len(logits) // len(ids), 1))
+    suffix = ids[:, first:int(cols[-1]) + 1]  # the four readout columns
     n_layer, m = means.shape[1], means.shape[2]
+    keys = [(layer, point) for layer in range(n_layer) for point in ("neuron", "resid")]
+    store, logits = read(model, suffix, keys, cache=_prefix_cache(model_hf, kv, 1, 0))
+    base = digit_margin(logits, targets)  # [R, 4]
     out = torch.zeros(4, n_layer, m)
     for layer in range(n_layer):
+        w = model_hf.transformer.h[layer].mlp.c_proj.weight  # [M, d] (GPT-2's Conv1D: x @ w)
+        acts, resid = store[(layer, "neuron")], store[(layer, "resid")]  # [R, 4, M], [R, 4, d]
         for start in range(0, m, chunk):
-            js = list(range(start, min(start + chunk, m)))
-            edit = per_copy(js, len(ids), suffix_cols, means[:, layer, js].T)
-            cache = DynamicCache(config=model_hf.config)
-            for i, (k, v) in enumerate(kv):
-                cache.update(k.repeat(len(js), 1, 1, 1), v.repeat(len(js), 1, 1, 1), i)
-            logits = run(model, suffix.repeat(len(js), 1), {(layer, "neuron"): edit}, cache=cache)
-            drop = base.repeat(len(js), 1) - suffix_margin(logits)
+            js = torch.arange(start, min(start + chunk, m))
+            shift = means[:, layer, js].T.to(acts)[:, None] - acts[..., js].permute(2, 0, 1)  # [C, R, 4]
+            given = (resid + shift[..., None] * w[js][:, None, None]).flatten(0, 1)  # block `layer`'s output
+            skip = {below: store[(below, "resid")].repeat(len(js), 1, 1) for below in range(layer)}
+            logits = run(model, suffix.repeat(len(js), 1), {}, skip={**skip, layer: given},
+                         cache=_prefix_cache(model_hf, kv, len(js), layer + 1))
+            drop = base.repeat(len(js), 1) - digit_margin(logits, targets.repeat(len(js), 1))
             out[:, layer, start:start + len(js)] = drop.view(len(js), len(ids), 4).mean(1).T.cpu()
     return out
 
