@@ -27,6 +27,7 @@ each with the test accuracy and Mem-Noisy of that evaluation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,7 +45,7 @@ from rote.data import load_dataset
 from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
 from rote.train import first_reached
 from rote.model import build_model, build_tokenizer, encode
-from rote.train import answer_loss, answer_positions, make_optimizer, training_rows
+from rote.train import answer_loss, answer_positions, make_optimizer, precision_context, training_rows
 
 
 def naive_step(model, optimizer, ids, mask, positions):
@@ -56,10 +57,13 @@ def naive_step(model, optimizer, ids, mask, positions):
     optimizer.step()
 
 
-def rote_step(loss_fn, bf16: bool = False):
-    """rote.train's step: the loss (under bf16 autocast with `bf16`), clipping, AdamW."""
+def rote_step(loss_fn, amp=None):
+    """rote.train's step: the loss (under the autocast context `amp`, as `rote.train.precision_context`
+    gives it; none: fp32), clipping, AdamW."""
+    amp = amp or contextlib.nullcontext()
+
     def step(model, optimizer, ids, mask, positions):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with amp:
             loss = loss_fn(model, ids, positions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -150,24 +154,27 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
         block.mlp.act = ACT2FN["gelu_new"]
     compiled = lambda: torch.compile(answer_loss, dynamic=False)  # noqa: E731 - one compiled loss per loop
 
-    def fresh(attention: str = "sdpa"):
-        model = build_model(config, len(tok))
-        model.config._attn_implementation = attention  # "eager": the plain attention precision=bf16 trains with
-        return model
+    fresh = lambda: build_model(config, len(tok))  # noqa: E731
 
-    def whole(bf16: bool = False, attention: str = "sdpa"):  # the optimizer step compiled too
-        model = fresh(attention)
-        return rote_step(compiled(), bf16), model, compiled_optimizer(make_optimizer(model, config))
+    def bf16(model):
+        """rote.train's bf16: autocast, and the model switched to the plain attention."""
+        return precision_context(dataclasses.replace(config, precision="bf16"), model, "cpu")
+
+    def whole(precision: str = "fp32"):  # the optimizer step compiled too
+        model = fresh()
+        amp = bf16(model) if precision == "bf16" else None
+        return rote_step(compiled(), amp), model, compiled_optimizer(make_optimizer(model, config))
+    fused_attention_bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # without precision_context's switch
 
     loops = {"naive": (naive_step, naive, None), "rote eager": (rote_step(answer_loss), fresh(), None),
              "rote compiled": (rote_step(compiled()), fresh(), None),
              "compiled + fused AdamW": (rote_step(compiled()), m := fresh(), fused(m, config)),
              "compiled step + optimizer": whole(),
              "compiled step + optimizer, 1 thread": (lambda s, m, o: (one_thread(s), m, o))(*whole()),
-             "eager bf16, fused attention": (rote_step(answer_loss, bf16=True), fresh(), None),
-             "eager bf16, plain attention": (rote_step(answer_loss, bf16=True), fresh("eager"), None),
-             "rote compiled bf16": (rote_step(compiled(), bf16=True), fresh("eager"), None),
-             "compiled bf16 step + optimizer": whole(bf16=True, attention="eager"),
+             "eager bf16, fused attention": (rote_step(answer_loss, fused_attention_bf16), fresh(), None),
+             "eager bf16, plain attention": (rote_step(answer_loss, bf16(m := fresh())), m, None),
+             "rote compiled bf16": (rote_step(compiled(), bf16(m := fresh())), m, None),
+             "compiled bf16 step + optimizer": whole("bf16"),
              f"{k} models together (vmap, compiled)": stacked(config, len(tok), k),
              f"{k} models together (vmap, compiled), bf16": stacked(config, len(tok), k, bf16=True)}
     loops = {name: (step, model, opt or make_optimizer(model, config)) for name, (step, model, opt) in loops.items()}
@@ -201,9 +208,7 @@ def worker(task: str, steps: int, precision: str) -> None:
     config = rote.make_config(task, "cpu", precision=precision)
     tok, ids, mask, positions = training_batches(config)
     model = build_model(config, len(tok))
-    if precision == "bf16":
-        model.config._attn_implementation = "eager"  # as rote.train's precision_context sets it
-    step = rote_step(torch.compile(answer_loss, dynamic=False), bf16=precision == "bf16")
+    step = rote_step(torch.compile(answer_loss, dynamic=False), precision_context(config, model, "cpu"))
     opt = make_optimizer(model, config)
     g = torch.Generator().manual_seed(os.getpid())
     batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
