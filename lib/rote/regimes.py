@@ -150,7 +150,9 @@ def robustness_check(runs: pd.DataFrame, curves: pd.DataFrame, config: Config, r
                      "composed_step": _at(composed, "step"), "mem_noisy_there": _at(composed, "mem_noisy"),
                      "fitted_step": _at(fitted, "step"), "held_out_there": _at(fitted, "test_acc"),
                      "with_margin": composes_first_with_margin(m), "minutes": float(run["minutes"])})
-    return pd.DataFrame(rows).sort_values(["seed", "threads"]).set_index("run") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).astype({"threads": "Int64"}).sort_values(["seed", "threads"]).set_index("run")
 
 
 def robustness_text(check: pd.DataFrame) -> str:
@@ -158,7 +160,7 @@ def robustness_text(check: pd.DataFrame) -> str:
     and which runs did not."""
     if check.empty:
         return "No run of this set-up is in the map yet: its robustness check was not run."
-    where = lambda rows: ", ".join(f"seed {r.seed} on {r.threads:g} thread{'s' * (r.threads != 1)}"  # noqa: E731
+    where = lambda rows: ", ".join(f"seed {r.seed} on {r.threads} thread{'' if r.threads == 1 else 's'}"  # noqa: E731
                                    for r in rows.itertuples())
     text = (f"Composed first with margin on {int(check['with_margin'].sum())} of {len(check)} runs of this set-up "
             f"({where(check)}).")
@@ -182,7 +184,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
                "schedule", "weight_decay", "seed", "threads", "regime", "with_margin", "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95",
                "mem_noisy_at_test_95", "min_to_mem_99",
                "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
-    return runs[[c for c in columns if c in runs]].round(3).set_index("run")
+    table = runs[[c for c in columns if c in runs]].round(3)
+    return table.astype({"threads": "Int64"} if "threads" in table else {}).set_index("run")  # counts, not 1.0
 
 
 def _minutes(value: float) -> str:
