@@ -49,7 +49,7 @@ def _ordered(edits: dict, skip: dict) -> list:
     inside = [key for key in edits if key[0] in skip and key[1] != "embed"]
     if inside:
         raise ValueError(f"edits {inside} are inside skipped blocks {sorted(skip)}; a skipped block is not run")
-    items = [(key, fn) for key, fn in edits.items()] + [((layer, "skip"), out) for layer, out in skip.items()]
+    items = list(edits.items()) + [((layer, "skip"), out) for layer, out in skip.items()]
     order = POINTS + ("skip",)
     return sorted(items, key=lambda item: (item[0][1] != "embed", item[0][0], order.index(item[0][1])))
 
