@@ -244,7 +244,8 @@ def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tenso
             js = torch.arange(start, min(start + chunk, m))
             shift = means[:, layer, js].T.to(acts)[:, None] - acts[..., js].permute(2, 0, 1)  # [C, R, 4]
             given = (resid + shift[..., None] * w[js][:, None, None]).flatten(0, 1)  # block `layer`'s output
-            skip = {below: store[(below, "resid")].repeat(len(js), 1, 1) for below in range(layer)}
+            skip = {below: store[(below, "resid")].repeat(len(js), 1, 1)  # shapes only: never read
+                    for below in range(layer)}
             logits = run(model, suffix.repeat(len(js), 1), {}, skip={**skip, layer: given},
                          cache=_prefix_cache(model_hf, kv, len(js), layer + 1))
             drop = base.repeat(len(js), 1) - digit_margin(logits, targets.repeat(len(js), 1))
