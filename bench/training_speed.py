@@ -116,7 +116,7 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
 
     skeleton.forward = lambda ids, positions: answer_loss(skeleton, ids, positions)  # noqa: E731
     grads = torch.compile(vmap(grad(loss)), dynamic=False)
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    amp = precision_context(dataclasses.replace(config, precision="bf16" if bf16 else "fp32"), skeleton, "cpu")
     names = list(params)
     matrices = [params[n] for n in names if params[n].dim() >= 3]  # stacked: one more dimension
     rest = [params[n] for n in names if params[n].dim() < 3]
@@ -124,7 +124,7 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
 
     def step(_, opt, ids, mask, positions):
-        with autocast():
+        with amp:
             g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), positions.view(k, -1, positions.shape[1]))
         norms = torch.stack([g[n].flatten(1).pow(2).sum(1) for n in names]).sum(0).sqrt()
         scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
@@ -162,7 +162,7 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
 
     def whole(precision: str = "fp32"):  # the optimizer step compiled too
         model = fresh()
-        amp = bf16(model) if precision == "bf16" else None
+        amp = precision_context(dataclasses.replace(config, precision=precision), model, "cpu")
         return rote_step(compiled(), amp), model, compiled_optimizer(make_optimizer(model, config))
     fused_attention_bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # without precision_context's switch
 
