@@ -5,7 +5,9 @@
 Headless Chromium (Debian's `chromium`, driven by playwright's Python API) loads every page from a
 local server; any request to another host is blocked and reported. On each page every chart
 placeholder must hold a drawn Vega view (an svg with marks), and the console must stay free of
-errors. A full-page screenshot of each page is saved for a human look.
+errors. A full-page screenshot of each page is saved for a human look. A page that only redirects
+(Jupyter Book's root index.html) is not opened, since the redirect would navigate away mid-check; its
+target must exist, and is checked as a page of its own.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from urllib.parse import urlparse
 
 CHART = "div.rote-chart, div[id^='altair-viz'], div.vega-embed"  # every way a chart can be placed
 DRAWN = "svg g[class*='mark-']"  # a Vega view drawn as svg, with its marks
+REDIRECT = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\d+;\s*url=([^"']+)["']""", re.I)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Page:
     drawn: int = 0
     errors: list = field(default_factory=list)
     external: list = field(default_factory=list)
+    redirect: str | None = None  # where a redirect-only page sends the reader
 
     @property
     def ok(self) -> bool:
@@ -81,6 +86,13 @@ def block_other_hosts(host: str, blocked: list):
     return route
 
 
+def redirect_target(page: Path) -> str | None:
+    """The URL a redirect-only page (a meta refresh and nothing else to read) sends to, else None."""
+    text = page.read_text(errors="replace")
+    match = REDIRECT.search(text)
+    return match.group(1).split("#")[0] if match and len(text) < 2_000 else None
+
+
 def check_book(html: Path, screenshots: Path | None = None, timeout_ms: int = 20_000) -> list[Page]:
     """Open every page of the built book `html`; return what each showed."""
     from playwright.sync_api import sync_playwright
@@ -97,7 +109,13 @@ def check_book(html: Path, screenshots: Path | None = None, timeout_ms: int = 20
         host = urlparse(base).netloc
         for path in pages:
             seen = Page(path)
-
+            target = redirect_target(html / path)
+            if target is not None:
+                seen.redirect = target
+                if not ((html / path).parent / target).is_file():
+                    seen.errors.append(f"redirects to {target}, which is not in the book")
+                results.append(seen)
+                continue
             page = context.new_page()
             page.route("**/*", block_other_hosts(host, seen.external))
             page.on("console", lambda m, seen=seen: seen.errors.append(m.text) if m.type == "error" else None)
@@ -130,7 +148,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: no built book at {args.html} (run make book first)")
     results = check_book(args.html, args.screenshots or args.html.parent / "screenshots")
     for page in results:
-        print(f"{'ok ' if page.ok else 'BAD'} {page.path}: {page.drawn}/{page.charts} charts drawn"
+        what = f"redirects to {page.redirect}" if page.redirect else f"{page.drawn}/{page.charts} charts drawn"
+        print(f"{'ok ' if page.ok else 'BAD'} {page.path}: {what}"
               + ("" if page.ok else f" -- {page.problems()}"))
     bad = [p for p in results if not p.ok]
     if bad:
