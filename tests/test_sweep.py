@@ -258,29 +258,39 @@ def _claim(observation: int, task: str, verdict: str, value: float = 0.5) -> Cla
 
 def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     cells = scorecard.default_cells("tiny", ("fda",), (0.05, 0.1), [0, 1, 2])
-    verdicts = {(0.05, 0): "holds", (0.05, 1): "holds", (0.05, 2): "holds in part", (0.1, 0): "does not hold"}
+    verdicts = {(0.05, 0): "holds", (0.05, 1): "holds", (0.05, 2): "holds in part", (0.1, 0): "does not hold",
+                (0.1, 1): "holds"}
+    in_regime = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.95,0.2\n200,2,0.96,0.99\n"
+    neither = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.12,0.1\n200,2,0.15,0.16\n"
     for cell in cells:
         if (cell.noise, cell.seed) in verdicts:
             v = verdicts[cell.noise, cell.seed]
             records = [_claim(o, "fda", v) for o in range(5)]
             metrics = tmp_path / "m.csv"
-            metrics.write_text("step\n0\n")
+            metrics.write_text(neither if (cell.noise, cell.seed) == (0.1, 1) else in_regime)
             info = {"config_hash": rote.config_hash(cell.config), "train_minutes": 1.0, "analysis_seconds": {"0": 1.0},
                     "device": "1 CPU thread(s)"}
             sweep.save_cell(cell, tmp_path, info, cell.config, records, metrics)
     card = scorecard.scorecard(cells, tmp_path)
     table = scorecard.verdict_table(card.verdicts).set_index("observation")
     assert table.loc[0, "noise 5%"] == "holds in 2 of 3 runs (holds in part 1)"
-    assert table.loc[0, "noise 10%"] == "holds in 0 of 1 runs (does not hold 1); not run yet in 2"
-    assert table.loc[0, "all runs"] == "holds in 2 of 4 runs (holds in part 1, does not hold 1); not run yet in 2"
+    # the model of (10%, seed 1) neither generalized nor memorized: its "holds" is shown, not counted
+    assert table.loc[0, "noise 10%"] == "holds in 0 of 1 runs (does not hold 1); out of regime in 1; not run yet in 1"
+    assert table.loc[0, "all runs"] == ("holds in 2 of 4 runs (holds in part 1, does not hold 1); out of regime in 1; "
+                                        "not run yet in 1")
     frame = scorecard.heatmap_frame(card.verdicts, card.claims).set_index(["observation", "noise"])
     assert frame.loc[("0", "5%"), "summary"] == "holds in most runs"
     assert frame.loc[("0", "10%"), "summary"] == "holds in no run"
     assert "seed 2 holds in part: 50.0% [40.0%, 60.0%]" in frame.loc[("0", "5%"), "runs"]
+    assert "seed 1 out of regime (neither; its claims: holds)" in frame.loc[("0", "10%"), "runs"]
     stats = scorecard.statistic_table(card.claims)
     assert stats.iloc[0]["difference: mean [min, max] over seeds"] == "40.0% [40.0%, 40.0%]"
-    assert "Holding in some runs only: Observation 0 in FDA (holds in 2 of 4 runs" in scorecard.robustness(card.verdicts)
-    assert len(card.timings) == 4
+    text = scorecard.robustness(card.verdicts)
+    assert "Holding in some runs only: Observation 0 in FDA (holds in 2 of 4 runs" in text
+    assert text.endswith("out of the paper's regime): FDA 10% seed 1 (neither).")
+    assert len(card.timings) == 5
+    assert list(card.timings["regime"]) == ["generalize, then memorize"] * 4 + ["neither"]
+    assert card.timings["Mem-Noisy"].iloc[-1] == "16.0%"
 
 
 def test_scorecard_parameters_are_checked():

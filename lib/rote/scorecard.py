@@ -3,7 +3,10 @@
 It reads the cell records written by `rote.sweep` (one folder per trained config, holding its claim
 records and metrics) and counts, per observation, task and noise rate, in how many runs the
 observation held. A run's verdict on an observation is `claims.overall` of its claims, so the
-scorecard applies exactly the rules and base rates of the chapters.
+scorecard applies exactly the rules and base rates of the chapters. The observations are about a
+model that both generalizes and memorizes its noisy labels: a run whose model never did both by
+its last step (`rote.regimes.regime`) is out of the paper's regime, and its verdicts are shown but
+not counted.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pandas as pd
 
 from .claims import _with_ci, from_record, is_share, overall
 from .config import ConfigError, chapter_tasks, check_parameter_names
+from .regimes import REGIMES, regime
 from .sweep import NOISES, RECORDS, SEEDS, cell_dir, grid, is_done, sweep
 
 PARAMETERS = ("task", "profile", "noises", "seeds", "overrides", "run_sweep")  # the chapter's parameters cell
@@ -30,6 +34,8 @@ PAPER = {
 # What a cell of the table shows for the runs of one observation, task and noise rate.
 SUMMARIES = ("holds in every run", "holds in most runs", "holds in some runs", "holds in no run", "cannot be tested",
              "not run yet")
+IN_REGIME = REGIMES[:2]  # the model generalized and memorized the noise (in either order: Observation 0 tells which)
+OUT_OF_REGIME = "out of regime"  # a run's verdict when its model did not do both: shown, not counted
 
 
 def default_cells(profile: str = "cpu", tasks=("fda", "thr"), noises=NOISES, seeds=None, overrides=None) -> list:
@@ -65,10 +71,24 @@ def scorecard(cells: list, records: Path = RECORDS, run_sweep: bool = False) -> 
         if path.exists():
             info = json.loads(path.read_text())
             timings.append({"task": cell.task.upper(), "noise": f"{cell.noise:.0%}", "seed": cell.seed,
-                            "config": info["config_hash"], "training minutes": info["train_minutes"],
+                            "config": info["config_hash"], **run_regime(cell, records),
+                            "training minutes": info["train_minutes"],
                             "analysis seconds": sum(info["analysis_seconds"].values()), "trained on": info["device"]})
-    columns = ["task", "noise", "seed", "config", "training minutes", "analysis seconds", "trained on"]
+    columns = ["task", "noise", "seed", "config", "regime", "last step", "test accuracy", "Mem-Noisy",
+               "training minutes", "analysis seconds", "trained on"]
     return Scorecard(cells, run_verdicts(cells, records), claim_records(cells, records), pd.DataFrame(timings, columns=columns))
+
+
+def run_regime(cell, records: Path = RECORDS) -> dict:
+    """The regime of a cell's run (`rote.regimes.regime` of its metrics), with its last evaluation's
+    step, test accuracy and Mem-Noisy (as percentages); {} when the cell has no metrics."""
+    path = cell_dir(cell, records) / "metrics.csv"
+    if not path.exists():
+        return {}
+    metrics = pd.read_csv(path)
+    last = metrics.iloc[-1]
+    return {"regime": regime(metrics), "last step": int(last["step"]), "test accuracy": f"{last['test_acc']:.1%}",
+            "Mem-Noisy": f"{last['mem_noisy']:.1%}"}
 
 
 def claim_records(cells: list, records: Path = RECORDS) -> pd.DataFrame:
@@ -83,23 +103,28 @@ def claim_records(cells: list, records: Path = RECORDS) -> pd.DataFrame:
 
 
 def run_verdicts(cells: list, records: Path = RECORDS) -> pd.DataFrame:
-    """Per cell and observation: the run's verdict (`claims.overall`), or "not run yet"."""
+    """Per cell and observation: the run's verdict (`claims.overall`), "out of regime" when the run's
+    model did not both generalize and memorize (its own verdict is kept in "claims_verdict"), or
+    "not run yet"."""
     claims = claim_records(cells, records)
     rows = []
     for cell in cells:
         mine = claims[(claims["noise"] == cell.noise) & (claims["seed"] == cell.seed) & (claims["task"] == cell.task)] \
             if len(claims) else claims
+        run = run_regime(cell, records)
         for observation in PAPER:
             if observation == 3 and cell.task != "fda":
                 continue
             found = [from_record(r) for r in mine[mine["observation"] == observation].to_dict("records")] if len(mine) else []
+            own = overall(found) if found else "not run yet"
+            counted = own if not found or run.get("regime") in IN_REGIME else OUT_OF_REGIME
             rows.append({"observation": observation, "task": cell.task, "noise": cell.noise, "seed": cell.seed,
-                         "verdict": overall(found) if found else "not run yet"})
+                         "verdict": counted, "claims_verdict": own, "regime": run.get("regime")})
     return pd.DataFrame(rows)
 
 
 def _tested(verdicts: list[str]) -> list[str]:
-    return [v for v in verdicts if v not in ("not run yet", "cannot be tested")]
+    return [v for v in verdicts if v not in ("not run yet", "cannot be tested", OUT_OF_REGIME)]
 
 
 def summarize(verdicts: list[str]) -> str:
@@ -107,7 +132,7 @@ def summarize(verdicts: list[str]) -> str:
     observation could be tested."""
     tested = _tested(verdicts)
     if not tested:
-        return "cannot be tested" if "cannot be tested" in verdicts else "not run yet"
+        return "cannot be tested" if set(verdicts) & {"cannot be tested", OUT_OF_REGIME} else "not run yet"
     holding = sum(v == "holds" for v in tested)
     if holding == len(tested):
         return "holds in every run"
@@ -125,7 +150,7 @@ def counts(verdicts: list[str]) -> str:
     text = f"holds in {sum(v == 'holds' for v in tested)} of {len(tested)} runs" if tested else "no run tested"
     others = [f"{v} {tested.count(v)}" for v in ("holds in part", "does not hold") if v in tested]
     text += f" ({', '.join(others)})" if others else ""
-    for v in ("cannot be tested", "not run yet"):
+    for v in ("cannot be tested", OUT_OF_REGIME, "not run yet"):
         if v in verdicts:
             text += f"; {v} in {verdicts.count(v)}"
     return text
@@ -177,7 +202,8 @@ def heatmap_frame(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
                 c = mine.iloc[0]
                 p = is_share(from_record(c.to_dict()))
                 number = f": {_with_ci(c.value, c.lo, c.hi, p)} vs {_with_ci(c.control_value, float('nan'), float('nan'), p)}"
-            details.append(f"seed {r.seed} {r.verdict}{number}")
+            verdict = r.verdict if r.verdict != OUT_OF_REGIME else f"out of regime ({r.regime}; its claims: {r.claims_verdict})"
+            details.append(f"seed {r.seed} {verdict}{number}")
         rows.append({"observation": f"{observation}", "task": task.upper(), "noise": f"{noise:.0%}",
                      "summary": summarize(list(group["verdict"])), "counts": counts(list(group["verdict"])),
                      "claim": PAPER[observation], "runs": " | ".join(details)})
@@ -198,4 +224,9 @@ def robustness(verdicts: pd.DataFrame) -> str:
             "cannot be tested": "Not testable in the runs so far",
             "not run yet": "Not run yet"}
     parts = [f"{said[s]}: {'; '.join(groups[s])}." for s in SUMMARIES if groups[s]]
+    out = verdicts[verdicts["verdict"] == OUT_OF_REGIME].drop_duplicates(["task", "noise", "seed"])
+    if len(out):
+        runs = "; ".join(f"{r.task.upper()} {r.noise:.0%} seed {r.seed} ({r.regime})" for r in out.itertuples())
+        parts.append(f"Not counted, because the model did not both generalize and memorize its noisy labels by its "
+                     f"last step (out of the paper's regime): {runs}.")
     return " ".join(parts) if parts else "No cell of the grid has records yet."
