@@ -38,6 +38,7 @@ def test_every_chapter_has_parameters_and_colab_install_cell():
     config_url = re.search(r"repository:\n  url: (\S+)", (REPO_ROOT / "_config.yml").read_text()).group(1)
     for notebook in book.chapters():
         cells = json.loads(notebook.read_text())["cells"]
+        assert all(c.get("id") for c in cells), notebook  # nbformat 4.5 cells carry ids (a warning, later an error)
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, notebook
         source = "".join(tagged[0]["source"])
