@@ -104,6 +104,18 @@ def test_composes_first_with_margin(test, mem, expected):
     assert regimes.composes_first_with_margin(curves(test, mem)) is expected
 
 
+@pytest.mark.parametrize("composed,there,fitted,held_out,expected", [
+    (float("nan"), float("nan"), float("nan"), float("nan"), "held-out accuracy never reached 90%"),
+    (200, 0.4, 300, 0.95, "composed with 40.0% of the noise fitted"),
+    (200, 0.1, float("nan"), float("nan"), "Mem-Noisy never reached 99%"),
+    (200, 0.1, 300, 0.89, "held-out accuracy 89.0% where Mem-Noisy reached 99%"),
+])
+def test_why_a_run_is_without_margin(composed, there, fitted, held_out, expected):
+    row = pd.Series({"composed_step": composed, "mem_noisy_there": there, "fitted_step": fitted,
+                     "held_out_there": held_out})
+    assert regimes.why_without_margin(row) == expected
+
+
 def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_path):
     config = rote.make_config("thr", "tiny", schedule="wsd", decay_steps=20, decay_when_train_acc=0.5)
     margin = curves([0.0, 0.5, 0.92, 0.95], [0.0, 0.02, 0.1, 0.995])  # train-clean 0.5 from step 0
@@ -118,5 +130,6 @@ def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_pa
     assert list(check["composed_step"]) == [200, 200, 200] and list(check["mem_noisy_there"]) == [0.1, 0.4, 0.1]
     assert list(check["fitted_step"]) == [300] * 3 and list(check["decay_from"]) == [0] * 3
     text = regimes.robustness_text(check)
-    assert text.startswith("Composed first with margin on 2 of 3 runs") and text.endswith("Without margin: seed 0 on 2 threads.")
+    assert text.startswith("Composed first with margin on 2 of 3 runs")
+    assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.0% of the noise fitted).")
     assert "not run" in regimes.robustness_text(regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path))

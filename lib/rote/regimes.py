@@ -157,17 +157,27 @@ def robustness_check(runs: pd.DataFrame, curves: pd.DataFrame, config: Config, r
 
 def robustness_text(check: pd.DataFrame) -> str:
     """The robustness check in one sentence: on how many runs the set-up composed first with margin,
-    and which runs did not."""
+    and which runs did not, with why (`why_without_margin`)."""
     if check.empty:
         return "No run of this set-up is in the map yet: its robustness check was not run."
-    where = lambda rows: ", ".join(f"seed {r.seed} on {r.threads} thread{'' if r.threads == 1 else 's'}"  # noqa: E731
-                                   for r in rows.itertuples())
+    where = lambda r: f"seed {r.seed} on {r.threads} thread{'' if r.threads == 1 else 's'}"  # noqa: E731
     text = (f"Composed first with margin on {int(check['with_margin'].sum())} of {len(check)} runs of this set-up "
-            f"({where(check)}).")
+            f"({', '.join(where(r) for r in check.itertuples())}).")
     failed = check[~check["with_margin"]]
     if len(failed):
-        text += f" Without margin: {where(failed)}."
+        text += f" Without margin: {'; '.join(f'{where(r)} ({why_without_margin(r)})' for r in failed.itertuples())}."
     return text
+
+
+def why_without_margin(row) -> str:
+    """Why a row of `robustness_check` did not compose first with margin, in a few words."""
+    if pd.isna(row.composed_step):
+        return f"held-out accuracy never reached {COMPOSED:.0%}"
+    if row.mem_noisy_there > MARGIN:
+        return f"composed with {row.mem_noisy_there:.1%} of the noise fitted"
+    if pd.isna(row.fitted_step):
+        return f"Mem-Noisy never reached {FITTED:.0%}"
+    return f"held-out accuracy {row.held_out_there:.1%} where Mem-Noisy reached {FITTED:.0%}"
 
 
 def thresholds_text() -> str:
@@ -180,8 +190,8 @@ def thresholds_text() -> str:
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The map's runs for reading: set-up, regime, milestones, final scores."""
-    columns = ["run", "n_entities", "n_relations", "two_hop_per_fact", "n_layer", "n_embd", "batch_size", "lr",
-               "schedule", "weight_decay", "seed", "threads", "regime", "with_margin", "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95",
+    columns = ["run", "noise", "n_entities", "n_relations", "two_hop_per_fact", "n_layer", "n_embd", "batch_size", "lr",
+               "schedule", "weight_decay", "max_steps", "seed", "threads", "regime", "with_margin", "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95",
                "mem_noisy_at_test_95", "min_to_mem_99",
                "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
     table = runs[[c for c in columns if c in runs]].round(3)
