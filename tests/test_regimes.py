@@ -94,6 +94,17 @@ def test_record_and_redraw(tmp_path):
     assert charts.regime_map_chart(runs).to_dict() and charts.regime_curves_chart(runs, all_curves).to_dict()
 
 
+def test_curves_are_thinned_to_fit_the_page():
+    charts = pytest.importorskip("rote.charts")
+    long = pd.DataFrame({"run": ["a"] * 1000 + ["b"] * 5, "step": list(range(1000)) + list(range(5))})
+    thin = charts.every_nth_evaluation(long, 10)
+    a = thin[thin["run"] == "a"]["step"]
+    assert len(a) == 10 and a.iloc[0] == 0 and a.iloc[-1] == 999 and a.is_monotonic_increasing
+    assert list(thin[thin["run"] == "b"]["step"]) == [0, 1, 2, 3, 4]  # short runs whole
+    runs, curves = regimes.runs_map()  # the committed map: more evaluations than altair embeds
+    assert len(curves) * 3 > 5_000 and charts.regime_curves_chart(runs, curves).to_dict()
+
+
 @pytest.mark.parametrize("test,mem,expected", [
     ([0.0, 0.91, 0.95], [0.0, 0.25, 0.995], True),   # composed at 25% Mem-Noisy, then fitted the noise
     ([0.0, 0.91, 0.95], [0.0, 0.26, 0.995], False),  # the noise was already a quarter fitted

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from . import vega  # noqa: F401 - registers the offline renderer the book is executed with
@@ -198,8 +199,22 @@ def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
     ).properties(width=260, height=220)
 
 
+CHART_ROWS = 4_800  # under altair's 5,000-row limit for data embedded in a page
+
+
+def every_nth_evaluation(curves: pd.DataFrame, per_run: int) -> pd.DataFrame:
+    """At most `per_run` evaluations of each run, evenly spaced, its first and last kept: a small
+    panel shows no more, and the page embeds less."""
+    def thin(run):
+        keep = np.unique(np.linspace(0, len(run) - 1, min(per_run, len(run))).round().astype(int))
+        return run.iloc[keep]
+    return pd.concat([thin(run) for _, run in curves.groupby("run", sort=False)], ignore_index=True)
+
+
 def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
-    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each."""
+    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each (each
+    run thinned to fit CHART_ROWS)."""
+    curves = every_nth_evaluation(curves, max(8, CHART_ROWS // (3 * max(1, curves["run"].nunique()))))
     labels = runs.set_index("run").apply(
         lambda r: f"{r.name}: {r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
                   f"facts x{r['fact_repeats']}, {r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
