@@ -80,15 +80,20 @@ def test_pages_hide_parameter_and_install_cells_and_say_how_they_were_run(built)
     assert len(hidden) == 4
 
 
-def test_book_renders_offline_in_a_browser(built):
-    """Every page in headless Chromium with every other host blocked: all charts drawn, no console
-    error, no outside request (the CDN-loaded figures and the doubled thebe script failed this)."""
+def needs_chromium():
+    """Skip where Chromium is missing, except on CI, where `make install` must have put it."""
     try:
         bookcheck.chromium()
     except FileNotFoundError:
         if os.environ.get("CI"):
             raise
         pytest.skip("no chromium on this machine (make install puts it there as root)")
+
+
+def test_book_renders_offline_in_a_browser(built):
+    """Every page in headless Chromium with every other host blocked: all charts drawn, no console
+    error, no outside request (the CDN-loaded figures and the doubled thebe script failed this)."""
+    needs_chromium()
     shots = built[0] / "_build" / "screenshots"
     pages = bookcheck.check_book(built[1], shots)
     assert len(pages) >= len(book.chapters()) + 1
@@ -108,12 +113,7 @@ def test_bookcheck_follows_no_redirect_and_flags_a_broken_one(tmp_path):
     (tmp_path / "old.html").write_text(refresh.format("book/gone.html"))
     assert bookcheck.redirect_target(tmp_path / "index.html") == "book/intro.html"
     assert bookcheck.redirect_target(tmp_path / "book" / "intro.html") is None
-    try:
-        bookcheck.chromium()
-    except FileNotFoundError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("no chromium on this machine (make install puts it there as root)")
+    needs_chromium()
     pages = {p.path: p for p in bookcheck.check_book(tmp_path)}
     assert pages["index.html"].ok and pages["book/intro.html"].ok
     assert not pages["old.html"].ok and "book/gone.html" in pages["old.html"].problems()
