@@ -22,6 +22,8 @@ def _other_value(config: Config, field: dataclasses.Field):
         candidates = ["cosine" if value == "constant" else "constant"]
     elif field.name == "precision":
         candidates = ["bf16" if value == "fp32" else "fp32"]
+    elif field.name == "kernels":
+        candidates = ["fast" if value == "deterministic" else "deterministic"]
     elif field.name == "facts_first_steps" and config.task == "fda":
         return None  # THR-only: checked on the THR base
     elif field.name in WSD_ONLY:
@@ -77,6 +79,7 @@ def test_later_fields_at_their_earlier_value_keep_the_recorded_names():
 
     assert (MAP_DIR / config_hash(thr) / "config.json").exists()
     assert config_hash(dataclasses.replace(thr, precision="bf16")) != config_hash(thr)
+    assert config_hash(dataclasses.replace(thr, kernels="fast")) != config_hash(thr)
 
 
 def test_config_hash_is_stable_across_calls():
@@ -134,6 +137,10 @@ def test_unknown_schedule():
 
 def test_unknown_precision():
     _one_line_value_error(lambda: make_config("fda", "tiny", precision="fp16"), "fp16", "fp32", "bf16")
+
+
+def test_unknown_kernels():
+    _one_line_value_error(lambda: make_config("fda", "tiny", kernels="exact"), "exact", "deterministic", "fast")
 
 
 def test_valid_edge_values_accepted():

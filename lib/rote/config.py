@@ -27,6 +27,7 @@ TASKS = ("fda", "thr")
 PROFILES = ("tiny", "cpu", "paper")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("fp32", "bf16")
+KERNELS = ("deterministic", "fast")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Config:
     decay_when_train_acc: float | None = None  # wsd: decay from the first evaluation with this train-clean accuracy
     grad_clip: float = 1.0
     precision: str = "fp32"  # bf16: forward under bf16 autocast (weights and AdamW stay fp32), plain attention
+    kernels: str = "deterministic"  # fast: the compiled step's atomic adds on several threads (not reproducible)
     max_steps: int = 12_000
     eval_every: int = 200
     checkpoint_every: int = 2_000  # keep an HF checkpoint every this many steps (and the final one)
@@ -133,6 +135,7 @@ def validate(config: Config) -> Config:
     _choice("task", config.task, TASKS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("precision", config.precision, PRECISIONS)
+    _choice("kernels", config.kernels, KERNELS)
     if not 0 <= config.seed < 2**32:
         raise ConfigError(f"seed must be in [0, 2**32), got {config.seed}")
     if not 0 <= config.noise < 1:
@@ -183,8 +186,9 @@ def make_config(task: str = "fda", profile: str = "cpu", **overrides) -> Config:
 
 # Fields added after runs were recorded, with the value every earlier run had: at that value a
 # field is left out of the hash, so the recorded runs (the regime map, the scorecard, the reference
-# runs) keep their names.
-LATER_FIELDS = {"precision": "fp32"}
+# runs) keep their names. On one thread the deterministic kernels compute what the earlier step did,
+# bit for bit; earlier runs on several threads were draws of the fast kernels.
+LATER_FIELDS = {"precision": "fp32", "kernels": "deterministic"}
 
 
 def config_hash(config: Config) -> str:

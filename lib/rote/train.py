@@ -11,10 +11,13 @@ Each config trains in its own run directory (`runs/<task>-<config hash>/`):
     final/                    the last checkpoint; written last, so its presence means "finished"
 
 Stop it at any time and run the same command again: it resumes from the last evaluation, and on
-CPU the final weights equal those of an uninterrupted run.
+CPU the final weights equal those of an uninterrupted run. On one machine and thread count, one
+config trains to the same weights every time (`kernels_context`); another thread count or CPU sums
+in another order, another floating-point path.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -166,6 +169,33 @@ def precision_context(config: Config, model, device: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
 
+@contextlib.contextmanager
+def kernels_context(config: Config, device: str):
+    """The kernels of `config.kernels` for training steps. On several CPU threads the compiled
+    step's backward of the embeddings adds each token's gradient into its row with atomic adds
+    (`embedding_dense_backward` in inductor's C++: `atomic_add_vec`), in an order that changes from
+    run to run, so one config gave other weights each time. `deterministic` turns on torch's
+    deterministic algorithms, under which the compiled step calls aten's `index_put_` for it, the
+    same sums in the same order on every run; on one thread both compute the same numbers. `fast`
+    keeps the atomic adds. On a GPU it asks cuBLAS for its deterministic workspace and warns (not
+    stops) at an op without a deterministic kernel."""
+    if config.kernels == "fast":
+        yield
+        return
+    cuda = device.startswith("cuda")
+    if cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # no step reads memory it did not write
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products natively (oneDNN's check)."""
     try:
@@ -190,9 +220,10 @@ def train(config: Config, device: str | None = None, stop_after: int | None = No
     run = run_dir(config)
     if (run / "final" / "model.safetensors").exists():
         return run
-    with locked(run):
+    device = device or default_device()
+    with locked(run), kernels_context(config, device):
         if not (run / "final" / "model.safetensors").exists():
-            _train(config, run, device or default_device(), stop_after, progress, compile)
+            _train(config, run, device, stop_after, progress, compile)
     return run
 
 
