@@ -342,3 +342,19 @@ def test_fda_corruption_is_another_pair_whose_sum_differs_at_every_digit():
     assert ["".join(tok.convert_ids_to_tokens(x)) for x in pairs.label.tolist()] == list(rows["true"])
     with pytest.raises(ValueError, match="differ in length"):
         eap.pair_batch(tok, rows, corrupted.assign(answer="12"))
+
+
+def test_mean_patching_every_edge_feeds_every_input_the_mean_residual():
+    """Every edge carrying the mean activations: the logits are the readout of the sum of the means
+    (and the attention biases), the same for every row."""
+    model, _, _ = trained("thr")
+    pairs = clean_pairs("thr", 16)
+    means = eap.upstream_means(model, pairs.clean, batch_size=5)
+    logits_of_mean = model.lm_head(model.transformer.ln_f(
+        means.sum(0) + sum(block.attn.c_proj.bias for block in model.transformer.h)))
+    expected = eap.logit_difference(logits_of_mean.expand(len(pairs), -1, -1), pairs)
+    every = ~no_edges(model)
+    assert torch.allclose(eap.patched_metric(model, pairs, every, source=means), expected, atol=1e-5)
+    table = eap.faithfulness(model, pairs, eap.edge_scores(model, pairs), [0, len(every)], source=means)
+    assert table["metric"].iloc[0] == pytest.approx(expected.mean().item(), abs=1e-5)
+    assert table["share"].tolist() == pytest.approx([0, 1], abs=1e-5)

@@ -378,13 +378,25 @@ def score_table(model, scores: torch.Tensor) -> pd.DataFrame:
 # ---- real patching ------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def patched_metric(model, pairs: Pairs, patched: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def upstream_means(model, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Every upstream node's activation averaged over the rows of `ids`, per column, [n_up, 1, T,
+    d]: the source of mean patching."""
+    device, total = hf(model).device, 0.0
+    for start in range(0, len(ids), batch_size):
+        total = total + explicit_forward(model, ids[start: start + batch_size].to(device))[1].sum(1, keepdim=True)
+    return total / len(ids)
+
+
+@torch.no_grad()
+def patched_metric(model, pairs: Pairs, patched: torch.Tensor, batch_size: int = 256,
+                   source: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, the metric of the clean input when the edges set in `patched` [n_edges] carry
-    the corrupted input's activation and every other edge its own run's (`explicit_forward`)."""
+    the corrupted input's activation (or `source`'s, e.g. `upstream_means`) and every other edge
+    its own run's (`explicit_forward`)."""
     device, out = hf(model).device, []
     for part in pairs.batches(batch_size):
-        source = explicit_forward(model, part.corrupt.to(device))[1]
-        logits = explicit_forward(model, part.clean.to(device), patched.to(device), source)[0]
+        src = explicit_forward(model, part.corrupt.to(device))[1] if source is None else source.to(device)
+        logits = explicit_forward(model, part.clean.to(device), patched.to(device), src)[0]
         out.append(logit_difference(logits, part).cpu())
     return torch.cat(out)
 
@@ -401,18 +413,19 @@ def single_edge_effects(model, pairs: Pairs, edges, batch_size: int = 256) -> to
     return torch.stack(out)
 
 
-def faithfulness(model, pairs: Pairs, scores: torch.Tensor, sizes, batch_size: int = 256) -> pd.DataFrame:
+def faithfulness(model, pairs: Pairs, scores: torch.Tensor, sizes, batch_size: int = 256,
+                 source: torch.Tensor | None = None) -> pd.DataFrame:
     """Per n in `sizes`: the mean metric when only the n edges of largest |score| carry clean
-    activations (the rest the corrupted ones), and its share of the way from the all-corrupted
-    to the clean metric: (M_n - M_corrupted) / (M_clean - M_corrupted)."""
+    activations (the rest the corrupted ones, or `source`'s), and its share of the way from the
+    all-patched to the clean metric: (M_n - M_patched) / (M_clean - M_patched)."""
     order = torch.argsort(scores.abs(), descending=True, stable=True)
     none = torch.zeros(len(scores), dtype=torch.bool)
-    clean = patched_metric(model, pairs, none, batch_size).mean().item()
-    corrupted = patched_metric(model, pairs, ~none, batch_size).mean().item()
+    metric = lambda patched: patched_metric(model, pairs, patched, batch_size, source).mean().item()  # noqa: E731
+    clean, patched_all = metric(none), metric(~none)
     rows = []
     for n in sizes:
         kept = none.clone()
         kept[order[:n]] = True
-        metric = patched_metric(model, pairs, ~kept, batch_size).mean().item()
-        rows.append({"n": int(n), "metric": metric, "share": (metric - corrupted) / (clean - corrupted)})
+        m = metric(~kept)
+        rows.append({"n": int(n), "metric": m, "share": (m - patched_all) / (clean - patched_all)})
     return pd.DataFrame(rows, columns=["n", "metric", "share"])
