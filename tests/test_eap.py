@@ -16,6 +16,7 @@ import rote
 from rote import eap
 from rote.edits import patch, plain_hooks
 from rote.instances import questions
+from rote.model import build_model, build_tokenizer
 from rote.sites import Site
 
 # Spearman correlation of EAP scores with single-edge patching over all 46 edges, 64 clean training
@@ -105,6 +106,23 @@ def test_nnsight_scores_agree_with_the_plain_twin(task, ig_steps):
         b = eap.edge_scores(model, pairs, ig_steps=ig_steps)
     assert a.shape == (len(eap.graph_of(model).edges),)
     assert a.abs().max() > 1e-4
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+
+
+def test_a_wider_random_model_agrees_too():
+    """Three layers of four heads (more than the tiny profile's two), random weights: the explicit
+    forward is the model and the two implementations agree."""
+    config = rote.make_config("fda", "tiny", n_layer=3, n_embd=64, n_head=4)
+    tok = build_tokenizer(config)
+    model = build_model(config, len(tok)).eval()
+    _, _, frame = trained("fda")
+    rows = questions(frame).head(12)
+    pairs = eap.pair_batch(tok, rows, eap.corrupted_inputs(rows, frame, "fda"))
+    assert torch.allclose(eap.explicit_forward(model, pairs.clean)[0], model(pairs.clean).logits, atol=1e-5)
+    a = eap.edge_scores(model, pairs, ig_steps=2)
+    with plain_hooks():
+        b = eap.edge_scores(model, pairs, ig_steps=2)
+    assert len(a) == len(eap.Graph(3, 4).edges) and a.abs().max() > 1e-5
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
 
 

@@ -101,8 +101,8 @@ class Graph:
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """Per-edge `values` [n_edges] as a [n_downstream, n_upstream] matrix (0 off the graph)."""
-        out = torch.zeros(self.allowed.shape, dtype=values.dtype)
-        out[self.allowed] = values
+        out = torch.zeros(self.allowed.shape, dtype=values.dtype, device=values.device)
+        out[self.allowed.to(values.device)] = values
         return out
 
     def select(self, pairs) -> torch.Tensor:
@@ -243,7 +243,7 @@ def explicit_forward(model, ids: torch.Tensor, patched: torch.Tensor | None = No
     model = hf(model)
     tr, graph = model.transformer, graph_of(model)
     H = graph.n_head
-    matrix = None if patched is None else graph.matrix(patched.to(torch.float32)).to(ids.device)
+    matrix = None if patched is None else graph.matrix(patched.to(ids.device, torch.float32))
     embed = embeddings(model, ids) if embed is None else embed
     ups, inputs, const = [embed], [], 0.0
     rows = lambda first, n: None if matrix is None else matrix[first: first + n]  # noqa: E731
@@ -358,7 +358,7 @@ def _batch_scores(model, pairs: Pairs, ig_steps: int, plain: bool) -> torch.Tens
     else:
         acts, grads = _gradient_run(model, clean, pairs, plain)
     full = grads.flatten(1) @ (source - acts).flatten(1).T  # [n_down, n_up]
-    return full[graph_of(model).allowed]
+    return full[graph_of(model).allowed.to(full.device)]
 
 
 def edge_scores(model, pairs: Pairs, ig_steps: int = 0, batch_size: int = 256) -> torch.Tensor:
