@@ -376,3 +376,14 @@ def test_mean_patching_every_edge_feeds_every_input_the_mean_residual():
     table = eap.faithfulness(model, pairs, eap.edge_scores(model, pairs), [0, len(every)], source=means)
     assert table["metric"].iloc[0] == pytest.approx(expected.mean().item(), abs=1e-5)
     assert table["share"].tolist() == pytest.approx([0, 1], abs=1e-5)
+
+
+def test_a_precomputed_source_is_the_corrupted_run():
+    model, _, _ = trained("fda")
+    pairs = clean_pairs("fda", 16)
+    edges = torch.arange(len(eap.graph_of(model).edges)) % 3 == 0
+    source = eap.upstream_activations(model, pairs.corrupt, batch_size=6)
+    expected = eap.patched_metric(model, pairs, edges, batch_size=5)
+    assert torch.allclose(eap.patched_metric(model, pairs, edges, batch_size=5, source=source), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="rows"):
+        eap.patched_metric(model, pairs, edges, source=source[:, :3])

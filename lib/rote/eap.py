@@ -378,38 +378,51 @@ def score_table(model, scores: torch.Tensor) -> pd.DataFrame:
 # ---- real patching ------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def upstream_activations(model, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Every upstream node's activation on `ids`, [n_up, N, T, d] (`explicit_forward`)."""
+    device = hf(model).device
+    return torch.cat([explicit_forward(model, ids[start: start + batch_size].to(device))[1]
+                      for start in range(0, len(ids), batch_size)], 1)
+
+
 def upstream_means(model, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Every upstream node's activation averaged over the rows of `ids`, per column, [n_up, 1, T,
     d]: the source of mean patching."""
-    device, total = hf(model).device, 0.0
-    for start in range(0, len(ids), batch_size):
-        total = total + explicit_forward(model, ids[start: start + batch_size].to(device))[1].sum(1, keepdim=True)
-    return total / len(ids)
+    return upstream_activations(model, ids, batch_size).mean(1, keepdim=True)
 
 
 @torch.no_grad()
 def patched_metric(model, pairs: Pairs, patched: torch.Tensor, batch_size: int = 256,
                    source: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, the metric of the clean input when the edges set in `patched` [n_edges] carry
-    the corrupted input's activation (or `source`'s, e.g. `upstream_means`) and every other edge
-    its own run's (`explicit_forward`)."""
+    the corrupted input's activation, or `source`'s ([n_up, N, T, d] of these rows, e.g. their
+    `upstream_activations` computed once; or [n_up, 1, T, d] for every row, e.g. `upstream_means`),
+    and every other edge its own run's (`explicit_forward`)."""
+    if source is not None and source.shape[1] not in (1, len(pairs)):
+        raise ValueError(f"source has {source.shape[1]} rows; expected 1 or {len(pairs)}")
     device, out = hf(model).device, []
-    for part in pairs.batches(batch_size):
-        src = explicit_forward(model, part.corrupt.to(device))[1] if source is None else source.to(device)
-        logits = explicit_forward(model, part.clean.to(device), patched.to(device), src)[0]
+    for start, part in zip(range(0, len(pairs), batch_size), pairs.batches(batch_size)):
+        if source is None:
+            src = explicit_forward(model, part.corrupt.to(device))[1]
+        else:
+            src = source if source.shape[1] == 1 else source[:, start: start + len(part)]
+        logits = explicit_forward(model, part.clean.to(device), patched.to(device), src.to(device))[0]
         out.append(logit_difference(logits, part).cpu())
     return torch.cat(out)
 
 
-def single_edge_effects(model, pairs: Pairs, edges, batch_size: int = 256) -> torch.Tensor:
-    """The change of the mean metric when each edge (indices into `Graph.edges`) alone is patched."""
+def single_edge_effects(model, pairs: Pairs, edges, batch_size: int = 256,
+                        source: torch.Tensor | None = None) -> torch.Tensor:
+    """The change of the mean metric when each edge (indices into `Graph.edges`) alone is patched
+    (with the corrupted activations, computed once, or `source`'s)."""
     n = len(graph_of(model).edges)
-    base = patched_metric(model, pairs, torch.zeros(n, dtype=torch.bool), batch_size).mean()
+    source = upstream_activations(model, pairs.corrupt, batch_size) if source is None else source
+    base = patched_metric(model, pairs, torch.zeros(n, dtype=torch.bool), batch_size, source).mean()
     out = []
     for i in edges:
         one = torch.zeros(n, dtype=torch.bool)
         one[int(i)] = True
-        out.append(patched_metric(model, pairs, one, batch_size).mean() - base)
+        out.append(patched_metric(model, pairs, one, batch_size, source).mean() - base)
     return torch.stack(out)
 
 
@@ -420,6 +433,7 @@ def faithfulness(model, pairs: Pairs, scores: torch.Tensor, sizes, batch_size: i
     all-patched to the clean metric: (M_n - M_patched) / (M_clean - M_patched)."""
     order = torch.argsort(scores.abs(), descending=True, stable=True)
     none = torch.zeros(len(scores), dtype=torch.bool)
+    source = upstream_activations(model, pairs.corrupt, batch_size) if source is None else source
     metric = lambda patched: patched_metric(model, pairs, patched, batch_size, source).mean().item()  # noqa: E731
     clean, patched_all = metric(none), metric(~none)
     rows = []
