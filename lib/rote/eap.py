@@ -203,14 +203,47 @@ def _norm(ln, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
-def _copies(ups: list, const, n: int, patched, source) -> torch.Tensor:
-    """The residual copies [n, B, T, d] of n downstream inputs fed by the upstream nodes `ups`:
-    their sum (+ biases), minus (a_u - source_u) on the edges set in `patched` [n, >= len(ups)]."""
-    resid = torch.stack(ups).sum(0) + const
-    if patched is None:
-        return resid.expand(n, *resid.shape)
-    delta = torch.stack(ups) - source[: len(ups)]
-    return resid - torch.einsum("nu,ubtc->nbtc", patched[:, : len(ups)].to(resid.dtype), delta)
+class _Residual:
+    """The residual stream of a run, node by node, and the copies its downstream inputs read."""
+
+    def __init__(self, embed: torch.Tensor, source: torch.Tensor | None):
+        self.ups, self.resid, self.bias, self.source = [embed], embed, 0.0, source
+        self.source_sum, self.source_nodes = 0.0, 0  # the sum of the first source_nodes source nodes
+
+    def add(self, node: torch.Tensor):
+        self.ups.append(node)
+        self.resid = self.resid + node
+
+    def add_bias(self, bias: torch.Tensor):
+        self.bias = self.bias + bias
+        self.resid = self.resid + bias
+
+    def source_resid(self, k: int) -> torch.Tensor:
+        """The sum of the first k source nodes (+ biases): the residual if all k were patched."""
+        for u in range(self.source_nodes, k):
+            self.source_sum = self.source_sum + self.source[u]
+        self.source_nodes = k
+        return self.source_sum + self.bias
+
+    def copies(self, n: int, patched: torch.Tensor | None) -> torch.Tensor:
+        """The residual copies [n, B, T, d] of n downstream inputs: the sum of the nodes so far (+
+        biases) with a_u replaced by source_u on the edges set in `patched` [n, >= nodes so far].
+        Computed from the clean sum minus the patched nodes' differences, or from the source sum
+        plus the kept nodes' differences, whichever touches fewer nodes."""
+        if patched is None:
+            return self.resid.expand(n, *self.resid.shape)
+        k = len(self.ups)
+        patched = patched[:, :k]
+        changed, kept = patched.any(0).nonzero()[:, 0], (patched < 1).any(0).nonzero()[:, 0]
+        if len(changed) <= len(kept):
+            base, nodes, coef = self.resid, changed, -patched
+        else:
+            base, nodes, coef = self.source_resid(k), kept, 1 - patched
+        base = base.expand(n, *self.resid.shape)
+        if len(nodes) == 0:
+            return base
+        delta = torch.stack([self.ups[u] - self.source[u] for u in nodes.tolist()])
+        return base + torch.einsum("nu,ubtc->nbtc", coef[:, nodes].to(delta.dtype), delta)
 
 
 def _heads(block, x: torch.Tensor, n_head: int):
@@ -245,19 +278,20 @@ def explicit_forward(model, ids: torch.Tensor, patched: torch.Tensor | None = No
     H = graph.n_head
     matrix = None if patched is None else graph.matrix(patched.to(ids.device, torch.float32))
     embed = embeddings(model, ids) if embed is None else embed
-    ups, inputs, const = [embed], [], 0.0
+    stream, inputs = _Residual(embed, source), []
     rows = lambda first, n: None if matrix is None else matrix[first: first + n]  # noqa: E731
     for l, block in enumerate(tr.h):
         first = l * (3 * H + 1)
-        x = _copies(ups, const, 3 * H, rows(first, 3 * H), source)
-        ups += list(_heads(block, x, H))
-        const = const + block.attn.c_proj.bias
-        m = _copies(ups, const, 1, rows(first + 3 * H, 1), source)
-        ups.append(block.mlp(_norm(block.ln_2, m[0])))
+        x = stream.copies(3 * H, rows(first, 3 * H))
+        for head in _heads(block, x, H):
+            stream.add(head)
+        stream.add_bias(block.attn.c_proj.bias)
+        m = stream.copies(1, rows(first + 3 * H, 1))
+        stream.add(block.mlp(_norm(block.ln_2, m[0])))
         inputs += [x, m]
-    last = _copies(ups, const, 1, rows(len(graph.downstream) - 1, 1), source)
+    last = stream.copies(1, rows(len(graph.downstream) - 1, 1))
     inputs.append(last)
-    return model.lm_head(_norm(tr.ln_f, last[0])), torch.stack(ups), inputs
+    return model.lm_head(_norm(tr.ln_f, last[0])), torch.stack(stream.ups), inputs
 
 
 # ---- reading the HF model with nnsight ----------------------------------------------------------------
