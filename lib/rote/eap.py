@@ -30,7 +30,9 @@ vector-Jacobian product), one copy per downstream input. Inside `rote.edits.plai
 runs the plain-torch twin: an explicit forward (`explicit_forward`) that builds each downstream
 input's residual copy from the node activations, so autograd gives the gradient at each copy
 directly. The explicit forward is also the ground truth: `patched_metric` runs it with chosen
-edges carrying the corrupted activations.
+edges carrying the corrupted activations (or any other source: `upstream_means` for mean
+patching); `single_edge_effects` patches one edge at a time and `faithfulness` keeps only the
+top-n edges clean.
 
 Inputs (`corrupted_inputs`, `pair_batch`). THR: the same two-hop question about another subject
 (same relations); FDA: another operand pair (every sum has four digits); the corrupted question's
@@ -273,6 +275,8 @@ def explicit_forward(model, ids: torch.Tensor, patched: torch.Tensor | None = No
     [n, B, T, d] blocks, per layer its 3 * n_head attention copies and its MLP copy, then logits).
     `patched` [n_edges] bool with `source` [n_up, B or 1, T, d]: those edges carry the source
     activation instead of the run's own. `embed`: the embeddings given (EAP-IG)."""
+    if patched is not None and source is None:
+        raise ValueError("patched edges need a source of activations")
     model = hf(model)
     tr, graph = model.transformer, graph_of(model)
     H = graph.n_head
