@@ -342,7 +342,10 @@ def test_thr_corruption_asks_the_same_question_about_another_subject():
     assert not corrupted.equals(eap.corrupted_inputs(rows, frame, "thr", seed=2))
     pairs = eap.pair_batch(tok, rows, corrupted)
     assert pairs.label.shape == (len(rows), 1)
+    assert tok.convert_ids_to_tokens(pairs.label[:, 0].tolist()) == list(rows["answer"])  # noisy: the noisy label
     assert tok.convert_ids_to_tokens(pairs.contrast[:, 0].tolist()) == list(corrupted["answer"])
+    with pytest.raises(ValueError, match="two-hop"):
+        eap.corrupted_inputs(frame[frame["kind"] == "fact"].head(3), frame, "thr")
 
 
 def test_fda_corruption_is_another_pair_whose_sum_differs_at_every_digit():

@@ -131,6 +131,8 @@ def corrupted_inputs(rows: pd.DataFrame, frame: pd.DataFrame, task: str, seed: i
     the same relations about another subject; FDA, a clean training question with other operands.
     Its true answer, the contrast (column "answer"), differs from the row's label and true answer
     (at every digit, FDA). Columns id, prompt, answer; index as `rows`."""
+    if task == "thr" and (rows["kind"] != "two_hop").any():
+        raise ValueError("THR corrupted inputs are made for two-hop questions only")
     rng = np.random.default_rng(seed)
     out = []
     if task == "thr":
