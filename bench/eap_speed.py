@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
@@ -29,21 +27,9 @@ from rote.edits import plain_hooks
 from rote.instances import questions
 from rote.model import build_model, build_tokenizer
 from rote.train import is_finished
+from readout_speed import median_ms  # interleaved medians, as the readout benchmark times them
 
 TARGET = 1.2
-
-
-def median_ms(fns: dict, repeats: int) -> dict:
-    """Median wall time (ms) of each function, run interleaved after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def twin_scores(model, pairs, **kwargs):
