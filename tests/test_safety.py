@@ -238,6 +238,7 @@ def test_overrides_naming_a_parameter_are_one_line(name):
     ({"noises": "0.1"}, "noise rates must be a list of numbers, got '0.1'"),
     ({"seeds": [1.5]}, "seeds must be a list of whole numbers, got 1.5"),
     ({"seeds": {"fda": [0], "tHr": [1]}}, "unknown task 'tHr' in seeds; allowed: fda, thr"),
+    ({"seeds": {"fda": [0]}}, "seeds has no entry for thr"),
 ])
 def test_scorecard_parameters_refuse_strings_and_misspelled_tasks(change, expected):
     namespace = {"task": "both", "profile": "tiny", "noises": [0.05], "seeds": None, "overrides": {},
@@ -254,6 +255,19 @@ def test_sweep_command_refuses_zero_threads_and_negative_workers(tmp_path, argv,
         sweep.main(["--profile", "tiny", "--records", str(tmp_path / "r"), *argv])
     assert err.value.code == expected
     assert not (tmp_path / "r").exists() and not Path(os.environ["ROTE_HOME"]).exists()
+
+
+def test_sweep_command_refuses_a_slurm_option_with_a_line_break(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        sweep.main(["--profile", "tiny", "--slurm", "--walltime", "01:00:00\nrm -rf ~", "--records", str(tmp_path)])
+    assert str(err.value.code).startswith("error: a Slurm option must be one line")
+
+
+def test_book_refuses_an_unknown_chapter_before_any_work(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        book.build("tiny", only=["observation9"], root=tmp_path)
+    assert "unknown chapter(s) observation9; allowed: " in _one_line(err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_without_records_writes_under_rote_home_not_the_checkout():
@@ -289,6 +303,19 @@ def test_broken_metrics_or_missing_predictions_on_resume_say_how_to_restart():
     (run / "state.pt").unlink()  # what the message says
     rote.train(config, progress=False)
     assert list(rote.metrics(config)["step"]) == [0, 20, 40, 60]
+    (run / "noisy_predictions.csv").unlink()  # of a finished run: only training again writes it
+    with pytest.raises(RunError) as err:
+        rote.noisy_predictions(config)
+    assert f"delete {run} and rerun" in _one_line(err)
+
+
+def test_a_state_of_another_config_is_one_line_not_a_traceback():
+    config, other = rote.make_config("fda", "tiny"), rote.make_config("fda", "tiny", n_embd=64)
+    run = rote.train(config, stop_after=30, progress=False)
+    shutil.copy(rote.train(other, stop_after=30, progress=False) / "state.pt", run / "state.pt")
+    with pytest.raises(RunError) as err:
+        rote.train(config, progress=False)
+    assert "state.pt does not fit this run's config" in _one_line(err)
 
 
 def test_a_read_only_store_is_one_line_naming_rote_home(monkeypatch):

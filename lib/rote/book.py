@@ -197,6 +197,9 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
     try:
         check_device(profile, allow_cpu)
         parameters = {"profile": profile, **(parameters or {})}
+        unknown = sorted(set(only or ()) - {n.stem for n in chapters()})
+        if unknown:
+            raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(n.stem for n in chapters())}")
         notebooks = [n for n in chapters() if not only or n.stem in only]
         configs = {n: chapter_configs(n, parameters) for n in notebooks}  # checks every parameter first
         home()  # a relative ROTE_HOME made absolute before any chapter runs in book/

@@ -87,6 +87,8 @@ def fix_for(path: Path) -> str:
         return f"delete {path} and rerun: it is rebuilt from {path.parent / 'state.pt'} without training"
     if path.name == "final":
         return f"delete the run {path.parent} and rerun (it trains again), or reinstall a reference run (python -m rote.reference)"
+    if path.parent.name == "checkpoints":
+        return f"delete {path} and rerun (the run's other checkpoints are kept; deleting the run trains them all again)"
     return f"delete {path} and rerun"
 
 

@@ -73,6 +73,9 @@ def grid(tasks, noises, seeds, profile: str = "cpu", overrides: dict | None = No
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}{' in seeds' if task not in tasks else ''}; "
                               f"allowed: {', '.join(TASKS)}")
+    if tasks and not set(tasks) <= set(per_task):
+        raise ConfigError(f"seeds has no entry for {', '.join(t for t in tasks if t not in per_task)}; "
+                          f"give seeds for every task: {', '.join(tasks)}")
     per_task = {t: _listed("seeds", s, int) for t, s in per_task.items()}
     if not tasks or not noises or not any(per_task.get(t) for t in tasks):
         raise ConfigError("empty grid: give at least one task, one noise rate and one seed")
@@ -228,13 +231,14 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
 def head_start(cell: Cell) -> int:
     """A cell's priority: a finished run first (its records land in minutes), then a run with a
     saved state (by steps done), then a fresh one."""
-    from .train import run_dir
+    from .train import run_dir, run_table
 
     run = run_dir(cell.config)
     if (run / "final" / "model.safetensors").exists():
         return cell.config.max_steps + 1
     if (run / "metrics.csv").exists():
-        return int(pd.read_csv(run / "metrics.csv")["step"].iloc[-1])
+        steps = run_table(run, "metrics.csv", "step")["step"]
+        return int(steps.iloc[-1]) if len(steps) else 0
     return 0
 
 
@@ -326,6 +330,9 @@ def main(argv=None) -> None:
         for name in ("threads", "workers", "jobs"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ConfigError(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
+        for option in [args.memory, args.walltime, *args.slurm_option]:
+            if not option.isprintable():  # a line break would add a line to the Slurm job script
+                raise ConfigError(f"a Slurm option must be one line of printable characters, got {option!r}")
         args.records = args.records or str(default_records())
         overrides = dict(_parameter(o) for o in args.override)
         seeds = args.seeds if args.seeds is not None else SEEDS

@@ -244,9 +244,13 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     step, seconds, rows, predictions = 0, 0.0, [], []
     if (run / "state.pt").exists():
         state = resume_state(run, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, seconds = state["step"], state["seconds"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, seconds = int(state["step"]), float(state["seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another config's state, or a damaged one
+            raise RunError(f"cannot resume {run}: state.pt does not fit this run's config ({type(err).__name__}); "
+                           f"{restart(run)}") from None
         rows = [r for r in run_table(run, "metrics.csv", "step").to_dict("records") if r["step"] <= step]
         old = run_table(run, "noisy_predictions.csv", "step", "id", "prediction")
         if not rows or rows[-1]["step"] != step:
