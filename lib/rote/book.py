@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 from . import vega
-from .config import ALLOW_CPU, PROFILES, ConfigError, DeviceError, OneLineError, chapter_tasks, check_parameter_names, config_hash, \
-    make_config
-from .config import check_device as config_check_device
+from .config import PROFILES, ConfigError, chapter_tasks, check_parameter_names, config_hash, make_config
+from .config import ALLOW_CPU, DeviceError, OneLineError, check_device as config_check_device
 from .store import DATA_DIR, REPO_ROOT, atomic_path, home, locked, write_text
 
 PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
@@ -291,8 +290,8 @@ def set_repository(url: str) -> None:
         nbformat.validate(nb)
         edited[notebook] = nbformat.writes(nb) + "\n"
     write_text(config, text)
-    for notebook, text in edited.items():
-        write_text(notebook, text)
+    for notebook, source in edited.items():
+        write_text(notebook, source)
 
 
 def _parameter(text: str) -> tuple[str, object]:

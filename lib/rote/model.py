@@ -116,7 +116,7 @@ def load(path: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTo
     path = Path(path)
     if not (path / "model.safetensors").exists():
         raise NoCheckpoint(f"no checkpoint at {path}: expected model.safetensors, config.json "
-                           f"and the tokenizer files written by rote.model.save; {fix_for(path)}")
+                           "and the tokenizer files written by rote.model.save (rote.train writes final/)")
     verify(path)
     try:
         model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True).to(device).eval()

@@ -150,7 +150,13 @@ def atomic_dir(path: Path):
         if os.path.lexists(path):
             aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, aside / path.name)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if aside is not None:  # put the old folder back
+                os.replace(aside / path.name, path)
+                aside.rmdir()
+            raise
         if aside is not None:
             shutil.rmtree(aside)  # removes links, never what they point to
     finally:
