@@ -129,6 +129,7 @@ def test_a_tampered_model_folder_is_refused(folder, tamper):
     config = rote.make_config("fda", "tiny")
     run = rote.train(config, progress=False)
     path = run / folder
+    saved = {p.name: p.read_bytes() for p in path.iterdir()}
     if tamper == "weights":
         data = bytearray((path / "model.safetensors").read_bytes())
         data[-8:] = b"\xff" * 8
@@ -143,9 +144,12 @@ def test_a_tampered_model_folder_is_refused(folder, tamper):
     assert f"{path / name} does not match its sha256" in _one_line(err)
     if folder == "final":  # what the message says to do: deleting final/ rebuilds it from state.pt
         assert "rebuilt from" in str(err.value)
+        metrics = (run / "metrics.csv").read_bytes()
         shutil.rmtree(path)
         rote.train(config, progress=False)
         load(path)
+        assert {p.name: p.read_bytes() for p in path.iterdir()} == saved  # the same model
+        assert (run / "metrics.csv").read_bytes() == metrics  # not trained again (its timings would differ)
     else:
         assert f"delete {path}" in str(err.value)
 

@@ -7,8 +7,9 @@ Each config trains in its own run directory (`runs/<task>-<config hash>/`):
                               Mem-Corrected, loss, wall time, throughput), rewritten atomically
     noisy_predictions.csv     the model's answer to every noisy instance at every evaluation
     state.pt                  everything needed to resume (weights, optimizer, schedule, step)
-    checkpoints/step-NNNNNN/  HF checkpoints (safetensors + tokenizer) every `checkpoint_every` steps
+    checkpoints/step-NNNNNN/  HF checkpoints (safetensors + tokenizer + sha256.json) every `checkpoint_every` steps
     final/                    the last checkpoint; written last, so its presence means "finished"
+                              (deleted, it is written again from state.pt without training)
 
 Stop it at any time and run the same command again: it resumes from the last evaluation, and on
 CPU the final weights equal those of an uninterrupted run.
