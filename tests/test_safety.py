@@ -18,7 +18,7 @@ import rote
 from rote import book, claims, reference, scorecard, store, sweep
 from rote.config import ConfigError, DeviceError
 from rote.data import DataError, dataset_dir, load_dataset
-from rote.model import CheckpointError, load
+from rote.model import CHECKSUMS, CheckpointError, load, record_checksums
 from rote.store import REPO_ROOT
 from rote.train import RunError, run_dir
 
@@ -152,6 +152,19 @@ def test_a_tampered_model_folder_is_refused(folder, tamper):
         assert (run / "metrics.csv").read_bytes() == metrics  # not trained again (its timings would differ)
     else:
         assert f"delete {path}" in str(err.value)
+
+
+def test_a_run_of_an_older_version_without_checksums_says_how_to_record_them():
+    config = rote.make_config("fda", "tiny")
+    run = rote.train(config, progress=False)
+    for checksum in run.rglob(CHECKSUMS):
+        checksum.unlink()
+    with pytest.raises(CheckpointError) as err:
+        load(run / "checkpoints" / "step-000040")
+    assert f"no {CHECKSUMS} in" in _one_line(err) and f"python -m rote.model --checksum {run}" in str(err.value)
+    assert sorted(p.name for p in record_checksums(run)) == ["final", "step-000040", "step-000060"]
+    load(run / "final")
+    load(run / "checkpoints" / "step-000040")
 
 
 def test_reference_runs_are_installed_with_their_checksums():

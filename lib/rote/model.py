@@ -2,8 +2,10 @@
 `tokenizers`, character-level for FDA and word-level for THR, saved beside the weights."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ hf_logging.disable_progress_bar()
 
 from .config import Config, OneLineError
 from .data import RELATIONS, names
-from .store import atomic_dir
+from .store import atomic_dir, write_text
 
 PAD, UNK = "<pad>", "<unk>"
 THR_WORDS = ("The", "of", "is", "Who", "the", "?", "Answer:")
@@ -97,7 +99,9 @@ def verify(path: Path) -> None:
     file records (a flipped byte in the weights or an edited config.json is never loaded)."""
     path = Path(path)
     if not (path / CHECKSUMS).is_file():
-        raise CheckpointError(f"no {CHECKSUMS} in {path} (written by an older version, or removed); {fix_for(path)}")
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise CheckpointError(f"no {CHECKSUMS} in {path} (saved by an older version, or removed); {fix_for(path)}; "
+                              f"or, for a run you trust, record its checksums: python -m rote.model --checksum {run}")
     try:
         expected = json.loads((path / CHECKSUMS).read_text())
     except (ValueError, UnicodeDecodeError):
@@ -108,6 +112,17 @@ def verify(path: Path) -> None:
             said = "is missing" if name not in found else "is not in the checksums" if name not in expected \
                 else "does not match its sha256"
             raise CheckpointError(f"{path / name} {said} ({CHECKSUMS}): changed or corrupt; {fix_for(path)}")
+
+
+def record_checksums(run: Path) -> list[Path]:
+    """Write the checksum file into every model folder under `run` that has none: a run saved by an
+    older version, which its owner trusts. Linked folders are skipped."""
+    written = []
+    for folder, dirs, files in os.walk(run):  # os.walk does not descend into linked folders
+        if "model.safetensors" in files and CHECKSUMS not in files:
+            write_text(Path(folder) / CHECKSUMS, json.dumps(checksums(Path(folder)), indent=1, sort_keys=True) + "\n")
+            written.append(Path(folder))
+    return written
 
 
 def load(path: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
@@ -138,3 +153,11 @@ def encode(tokenizer, prompts, answers) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, : len(x) + len(y)] = x + y
         mask[i, len(x): len(x) + len(y)] = True
     return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Record the checksums of a trusted run saved by an older version.")
+    parser.add_argument("--checksum", nargs="+", required=True, metavar="RUN", help="run directories")
+    for run in parser.parse_args().checksum:
+        for folder in record_checksums(Path(run)):
+            print(f"checksums recorded: {folder / CHECKSUMS}")
