@@ -40,9 +40,10 @@ book: install
 reference: install
 	$(BIN)/python -m rote.reference
 
-# The scorecard's grid (rote.sweep on a LocalCluster; SWEEP="--seeds 0 1" etc. passes options).
+# The scorecard's grid into its committed records, data/scorecard/ (rote.sweep on a LocalCluster;
+# SWEEP="--seeds 0 1" etc. passes options; without --records the sweep writes under ROTE_HOME).
 sweep: install
-	$(BIN)/python -m rote.sweep --profile $(PROFILE) $(SWEEP)
+	$(BIN)/python -m rote.sweep --profile $(PROFILE) --records data/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
 
 check-book: install
 	$(BIN)/python -m rote.bookcheck _build/html

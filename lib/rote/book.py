@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import vega
 from .config import PROFILES, ConfigError, chapter_tasks, check_parameter_names, config_hash, make_config
-from .store import DATA_DIR, REPO_ROOT, atomic_path
+from .config import ALLOW_CPU, DeviceError, OneLineError, check_device as config_check_device
+from .store import DATA_DIR, REPO_ROOT, atomic_path, home, locked, write_text
 
 PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
 PARAMETERS = ("task", "noise", "seed", "profile", "overrides")  # every chapter's parameters cell
@@ -85,12 +86,14 @@ def chapter_configs(notebook: Path, parameters: dict) -> list:
 
 
 def check_device(profile: str, allow_cpu: bool) -> None:
-    """The `paper` profile wants a GPU: without one, stop before any work (unless `allow_cpu`)."""
-    import torch
-
-    if profile == "paper" and not allow_cpu and not torch.cuda.is_available():
-        raise SystemExit("profile paper needs a GPU and none was found (a paper run on a few CPU cores takes "
-                         "days); run it anyway with --allow-cpu (make book PROFILE=paper ALLOW_CPU=1)")
+    """The `paper` profile wants a GPU: without one, stop before any work (`rote.config.check_device`),
+    unless `allow_cpu`, which sets ROTE_ALLOW_CPU=1 (`build` sets it for its chapters, then back)."""
+    if allow_cpu:
+        os.environ[ALLOW_CPU] = "1"
+    try:
+        config_check_device(profile)
+    except DeviceError as err:
+        raise SystemExit(str(err)) from None
 
 
 def train_all(configs: list) -> None:
@@ -189,10 +192,26 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
     cache key is unchanged) and render the book into `root`/_build/html."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
-    check_device(profile, allow_cpu)
-    parameters = {"profile": profile, **(parameters or {})}
-    notebooks = [n for n in chapters() if not only or n.stem in only]
-    configs = {n: chapter_configs(n, parameters) for n in notebooks}  # checks every parameter first
+    before = os.environ.get(ALLOW_CPU)
+    try:
+        check_device(profile, allow_cpu)
+        parameters = {"profile": profile, **(parameters or {})}
+        unknown = sorted(set(only or ()) - {n.stem for n in chapters()})
+        if unknown:
+            raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(n.stem for n in chapters())}")
+        notebooks = [n for n in chapters() if not only or n.stem in only]
+        configs = {n: chapter_configs(n, parameters) for n in notebooks}  # checks every parameter first
+        home()  # a relative ROTE_HOME made absolute before any chapter runs in book/
+        with locked(Path(root) / "_build"):  # a second build waits for this one
+            return _build(parameters, configs, root)
+    finally:  # --allow-cpu holds for this build only
+        if before is None:
+            os.environ.pop(ALLOW_CPU, None)
+        else:
+            os.environ[ALLOW_CPU] = before
+
+
+def _build(parameters: dict, configs: dict, root: Path) -> Path:
     started = time.perf_counter()
     train_all([c for cs in configs.values() for c in cs])
 
@@ -216,13 +235,17 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
         mine = chapter_parameters(notebook, parameters)
         cached = cache / f"{notebook.stem}-{chapter_key(notebook, mine, configs[notebook], package)}.ipynb"
         t0 = time.perf_counter()
-        if cached.exists():
+        broken = cached.exists() and notebook_error(cached)
+        if broken:
+            print(f"{notebook.stem}: the cached copy {cached} is broken ({broken}); running it again", flush=True)
+        if cached.exists() and not broken:
             print(f"{notebook.stem}: unchanged, reused", flush=True)
         else:
             print(f"{notebook.stem}: running ({mine}) ...", flush=True)
             run_chapter(notebook, src / "book" / notebook.name, mine)
             for_readers(src / "book" / notebook.name, provenance(configs[notebook], {**chapter_defaults(notebook), **mine}))
-            shutil.copy(src / "book" / notebook.name, cached)
+            with atomic_path(cached) as tmp:
+                shutil.copyfile(src / "book" / notebook.name, tmp)
             print(f"{notebook.stem}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         shutil.copy(cached, src / "book" / notebook.name)
     print("rendering the HTML book ...", flush=True)
@@ -233,12 +256,42 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
     return Path(root) / "_build" / "html"
 
 
+def notebook_error(path: Path) -> str:
+    """Why `path` is not a valid notebook ("" when it is): a cached chapter is checked before reuse."""
+    import nbformat
+
+    try:
+        nbformat.validate(nbformat.read(path, as_version=4))
+    except Exception as err:  # noqa: BLE001 - any failure to read or validate means rerun the chapter
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:120] if str(err).strip() else ''}"
+    return ""
+
+
+REPOSITORY = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~-]+)+")
+
+
 def set_repository(url: str) -> None:
-    """Point the Colab buttons (_config.yml) and every chapter's install cell at `url`."""
+    """Point the Colab buttons (_config.yml) and every chapter's install cell at `url`, after
+    checking it: the notebooks are edited as JSON (nbformat), never as text."""
+    import nbformat
+
+    if not REPOSITORY.fullmatch(url):
+        raise ConfigError(f"repository URL must be https://host/path (letters, digits and . _ ~ - in the host and "
+                          f"each part of the path), got {url!r}")
     config = REPO_ROOT / "_config.yml"
-    config.write_text(re.sub(r"(repository:\n  url: )\S+", rf"\g<1>{url}", config.read_text()))
+    text, found = re.subn(r"(repository:\n  url: )\S+", lambda m: m.group(1) + url, config.read_text())
+    if found != 1:
+        raise ConfigError(f"{config} has no 'repository:' with a 'url:' line under it; allowed: one such block")
+    edited = {}
     for notebook in chapters():
-        notebook.write_text(re.sub(r'rote @ git\+[^"\\]+', f"rote @ git+{url}", notebook.read_text()))
+        nb = nbformat.read(notebook, as_version=nbformat.NO_CONVERT)
+        for cell in nb.cells:
+            cell.source = re.sub(r'rote @ git\+[^"\s]+', lambda m: f"rote @ git+{url}", cell.source)
+        nbformat.validate(nb)
+        edited[notebook] = nbformat.writes(nb) + "\n"
+    write_text(config, text)
+    for notebook, source in edited.items():
+        write_text(notebook, source)
 
 
 def _parameter(text: str) -> tuple[str, object]:
@@ -258,12 +311,12 @@ def main(argv=None) -> None:
     parser.add_argument("--allow-cpu", action="store_true", help="run the paper profile without a GPU")
     parser.add_argument("--set-repository", metavar="URL", help="point launch buttons and install cells at URL")
     args = parser.parse_args(argv)
-    if args.set_repository:
-        set_repository(args.set_repository)
-        return
     try:
+        if args.set_repository:
+            set_repository(args.set_repository)
+            return
         html = build(args.profile, dict(map(_parameter, args.parameter)), args.only, allow_cpu=args.allow_cpu)
-    except ValueError as err:
+    except (ValueError, OneLineError) as err:
         raise SystemExit(f"error: {err}") from None
     print(html)
 

@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import OneLineError
 from .stats import Comparison
 from .store import atomic_path
 
 VERDICTS = ("holds", "holds in part", "does not hold", "cannot be tested")
+
+
+class ClaimsError(OneLineError, ValueError):
+    """A saved claims file that cannot be read."""
 
 
 @dataclass
@@ -109,7 +114,7 @@ def save(claims: list[Claim], run: Path, observation: int, task: str | None = No
     """Write `claims` (of one observation) to `claims_path`; with `task`, records of other tasks
     already there are kept (one file per run and observation)."""
     path = claims_path(run, observation)
-    kept = [c for c in load(run, observation) if task is not None and c.task != task] if path.exists() else []
+    kept = [c for c in load(run, observation) if c.task != task] if task is not None and path.exists() else []
     with atomic_path(path) as tmp:
         tmp.write_text(to_json(kept + list(claims)))
     return path
@@ -130,7 +135,11 @@ def load(run: Path, observation: int) -> list[Claim]:
     path = claims_path(run, observation)
     if not path.exists():
         return []
-    return [from_record(r) for r in json.loads(path.read_text())]
+    try:
+        return [from_record(r) for r in json.loads(path.read_text())]
+    except (ValueError, TypeError, KeyError):
+        raise ClaimsError(f"{path} is not a claims file (corrupt or changed); delete it and rerun the "
+                          "observation's analysis to write it again") from None
 
 
 def to_json(claims: list[Claim]) -> str:

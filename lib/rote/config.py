@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, fields
 
 class OneLineError(Exception):
@@ -21,6 +23,10 @@ class OneLineError(Exception):
 
 class ConfigError(OneLineError, ValueError):
     """A bad config value or name."""
+
+
+class DeviceError(OneLineError, RuntimeError):
+    """A profile that needs a GPU, on a machine without one."""
 
 
 TASKS = ("fda", "thr")
@@ -79,11 +85,19 @@ class Config:
                 if isinstance(value, bool):
                     raise TypeError
                 object.__setattr__(self, f.name, _CAST[f.type](value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}") from None
 
 
-_CAST = {"int": int, "float": float, "str": str, "float | None": lambda v: v if v is None or v == "None" else float(v)}
+def _int(value) -> int:
+    """`value` as an int, refusing a number with a fraction (seed 1.5 is not seed 1)."""
+    number = int(value)
+    if not isinstance(value, str) and number != value:
+        raise ValueError(value)
+    return number
+
+
+_CAST = {"int": _int, "float": float, "str": str, "float | None": lambda v: v if v is None or v == "None" else float(v)}
 
 
 # Per task and profile: the fields that differ from the defaults above.
@@ -132,6 +146,10 @@ def _choice(name: str, value, allowed) -> None:
 
 def validate(config: Config) -> Config:
     """Raise a one-line ValueError naming the allowed values if any field is out of range."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
     _choice("task", config.task, TASKS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("precision", config.precision, PRECISIONS)
@@ -163,8 +181,15 @@ def validate(config: Config) -> Config:
         raise ConfigError("lr must be > 0; weight_decay, warmup_steps and grad_clip must be >= 0")
     if config.n_embd % config.n_head:
         raise ConfigError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
-    if config.task == "thr" and config.n_entities < 3:
-        raise ConfigError(f"n_entities must be >= 3 for thr, got {config.n_entities}")
+    if config.task == "thr":
+        from .data import RELATIONS, names  # the data module needs this one: imported here, not at the top
+
+        if not 3 <= config.n_entities <= len(names()):
+            raise ConfigError(f"n_entities must be in [3, {len(names())}] for thr (the names in "
+                              f"lib/rote/resources/names.txt), got {config.n_entities}")
+        if config.n_relations > len(RELATIONS):
+            raise ConfigError(f"n_relations must be in [1, {len(RELATIONS)}] for thr (rote.data.RELATIONS), "
+                              f"got {config.n_relations}")
     if config.task == "fda" and config.n_train + config.n_test > 1_000_000:
         raise ConfigError("n_train + n_test must be <= 1,000,000 for fda")
     if config.stop_mem_noisy is not None and not 0 < config.stop_mem_noisy <= 1:
@@ -173,7 +198,15 @@ def validate(config: Config) -> Config:
 
 
 def make_config(task: str = "fda", profile: str = "cpu", **overrides) -> Config:
-    """The config of `profile` for `task`, with `overrides` applied and every field checked."""
+    """The config of `profile` for `task`, with `overrides` applied and every field checked. Every
+    entry point (a chapter, the scorecard, the sweep) makes its configs here, so the `paper`
+    profile's GPU check (`check_device`) is here too."""
+    config = _profile_config(task, profile, overrides)
+    check_device(profile)
+    return config
+
+
+def _profile_config(task: str, profile: str, overrides: dict) -> Config:
     _choice("task", task, TASKS)
     _choice("profile", profile, PROFILES)
     known = {f.name for f in fields(Config)}
@@ -182,6 +215,33 @@ def make_config(task: str = "fda", profile: str = "cpu", **overrides) -> Config:
         raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     values = {**PROFILE_DEFAULTS[task][profile], **overrides, "task": task}
     return validate(Config(**values))
+
+
+ALLOW_CPU = "ROTE_ALLOW_CPU"  # set to 1: run the paper profile without a GPU
+
+
+def check_device(profile: str) -> None:
+    """The `paper` profile wants a GPU (on a few CPU cores its runs take days): without one, a
+    one-line error before any work, unless ROTE_ALLOW_CPU=1 (which `--allow-cpu` sets)."""
+    if profile != "paper" or os.environ.get(ALLOW_CPU) == "1":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError("profile paper needs a GPU and none was found (a paper run on a few CPU cores takes "
+                          f"days); run it anyway with {ALLOW_CPU}=1 or --allow-cpu (make book PROFILE=paper ALLOW_CPU=1)")
+
+
+def check_overrides(overrides, own=("task", "noise", "seed", "profile")) -> dict:
+    """`overrides` as a dict of Config fields, refusing the names that are parameters of their own
+    (`own`): a chapter's or a sweep's noise is not also an override."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides must be a dict of rote.Config fields, got {overrides!r}")
+    clash = [k for k in own if k in overrides]
+    if clash:
+        raise ConfigError(f"overrides cannot set {', '.join(clash)}: a parameter of its own "
+                          f"({', '.join(own)}); allowed in overrides: the other rote.Config fields")
+    return overrides
 
 
 # Fields added after runs were recorded, with the value every earlier run had: at that value a
@@ -223,8 +283,7 @@ def check_parameter_names(namespace: dict, allowed) -> dict:
                      and k not in notebook and not isinstance(v, types.ModuleType) and not callable(v))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    if not isinstance(namespace.get("overrides", {}), dict):
-        raise ConfigError(f"overrides must be a dict of rote.Config fields, got {namespace['overrides']!r}")
+    check_overrides(namespace.get("overrides", {}))
     return {k: namespace[k] for k in allowed}
 
 
@@ -237,6 +296,6 @@ def profile_table() -> "pandas.DataFrame":
     columns = {}
     for task in TASKS:
         for profile in PROFILES:
-            values = dataclasses.asdict(make_config(task, profile))
+            values = dataclasses.asdict(_profile_config(task, profile, {}))  # no GPU needed to read it
             columns[f"{task} {profile}"] = {k: ("" if k in unused[task] else v) for k, v in values.items()}
     return pd.DataFrame(columns).drop(index="task")

@@ -23,8 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, data_fields, validate
+from .config import Config, OneLineError, data_fields, validate
 from .store import RESOURCES, atomic_dir, home
+
+
+class DataError(OneLineError, ValueError):
+    """A dataset folder whose files are not what was generated."""
 
 RELATIONS = ("mother", "father", "neighbor", "debtor", "teacher", "boss", "doctor", "lawyer",
              "mentor", "landlord", "coach", "partner", "dentist", "banker", "tutor", "colleague",
@@ -174,7 +178,25 @@ def load_dataset(config: Config) -> pd.DataFrame:
             digest = hashlib.sha256((tmp / "instances.csv").read_bytes()).hexdigest()
             manifest = {"config": data_fields(config), "counts": counts(frame), "sha256": digest}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    verify(path, config)
     return pd.read_csv(path / "instances.csv", dtype={"answer": str, "true": str, "prompt": str})
+
+
+def verify(path: Path, config: Config) -> None:
+    """A one-line error unless the dataset at `path` is `config`'s as generated: its manifest names
+    `config`'s data fields and instances.csv has the manifest's sha256 (an edited label is never
+    trained on)."""
+    fix = f"delete {path} and rerun to generate it again"
+    try:
+        recorded = json.loads((path / "manifest.json").read_text())
+        digest = hashlib.sha256((path / "instances.csv").read_bytes()).hexdigest()
+    except (OSError, ValueError) as err:
+        raise DataError(f"dataset {path} is incomplete or unreadable ({type(err).__name__}); {fix}") from None
+    if not isinstance(recorded, dict) or recorded.get("config") != data_fields(config):
+        raise DataError(f"{path / 'manifest.json'} is not the manifest of this config's dataset; {fix}")
+    if recorded.get("sha256") != digest:
+        raise DataError(f"{path / 'instances.csv'} does not match the sha256 in its manifest.json "
+                        f"(changed or corrupt); {fix}")
 
 
 def manifest(config: Config) -> dict:

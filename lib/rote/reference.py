@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from .config import Config, validate
-from .store import DATA_DIR, atomic_dir
+from .model import verify
+from .store import DATA_DIR, atomic_dir, locked
 
 REFERENCE_DIR = DATA_DIR / "reference"
 
@@ -26,18 +27,19 @@ def reference_runs(root: Path = REFERENCE_DIR) -> dict[Path, Config]:
 
 
 def install(root: Path = REFERENCE_DIR) -> list[Path]:
-    """Copy every reference run that is not there yet into its run directory; return those run
-    directories."""
+    """Copy every reference run that is not there yet into its run directory (under the run's lock,
+    so never under a trainer of the same config); return those run directories."""
     from .train import run_dir
 
     installed = []
     for path, config in reference_runs(root).items():
+        verify(path / "final")
         target = run_dir(config)
         if not (target / "final" / "model.safetensors").exists():
-            if target.exists():
-                shutil.rmtree(target)  # an unfinished run of the same config: the reference replaces it
-            with atomic_dir(target) as tmp:
-                shutil.copytree(path, tmp, dirs_exist_ok=True)
+            with locked(target):  # a trainer of the same config finishes (or is killed) first
+                if not (target / "final" / "model.safetensors").exists():
+                    with atomic_dir(target) as tmp:  # an unfinished run of the same config is replaced
+                        shutil.copytree(path, tmp, dirs_exist_ok=True)
         installed.append(target)
     return installed
 

@@ -24,14 +24,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import numbers
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .config import TASKS, Config, ConfigError, OneLineError, config_hash, make_config
+from .config import ALLOW_CPU, TASKS, Config, ConfigError, OneLineError, check_overrides, config_hash, make_config
 from .store import DATA_DIR, REPO_ROOT, atomic_dir, home
 
 # The committed records of the cpu-profile grid in a source checkout; elsewhere (a pip install) beside the runs.
@@ -65,18 +67,39 @@ class Cell:
 def grid(tasks, noises, seeds, profile: str = "cpu", overrides: dict | None = None) -> list[Cell]:
     """The cells of tasks x noises x seeds (`seeds` a list, or a dict task -> list), every config
     checked before any work: a bad name or value is a one-line ConfigError."""
-    tasks, noises = list(tasks), list(noises)
-    per_task = seeds if isinstance(seeds, dict) else {t: list(seeds) for t in tasks}
-    for task in tasks:
+    tasks, noises = _listed("tasks", tasks, str), _listed("noise rates", noises, float)
+    per_task = seeds if isinstance(seeds, dict) else {t: seeds for t in tasks}
+    for task in [*tasks, *per_task]:
         if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {task!r}{' in seeds' if task not in tasks else ''}; "
+                              f"allowed: {', '.join(TASKS)}")
+    if tasks and not set(tasks) <= set(per_task):
+        raise ConfigError(f"seeds has no entry for {', '.join(t for t in tasks if t not in per_task)}; "
+                          f"give seeds for every task: {', '.join(tasks)}")
+    per_task = {t: _listed("seeds", s, int) for t, s in per_task.items()}
     if not tasks or not noises or not any(per_task.get(t) for t in tasks):
         raise ConfigError("empty grid: give at least one task, one noise rate and one seed")
-    pairs = tuple(sorted((overrides or {}).items()))
-    cells = [Cell(t, float(n), int(s), profile, pairs) for t in tasks for n in noises for s in per_task.get(t, ())]
+    pairs = tuple(sorted(check_overrides(overrides or {}).items()))
+    cells = [Cell(t, n, s, profile, pairs) for t in tasks for n in noises for s in per_task.get(t, ())]
     for cell in cells:
         cell.config  # noqa: B018 - make_config validates every field
     return list(dict.fromkeys(cells))
+
+
+def _listed(name: str, values, kind: type) -> list:
+    """`values` as a list of `kind` (a number with a fraction is not an int seed, a string is not a
+    rate); a one-line error otherwise."""
+    allowed = {str: "names", float: "numbers", int: "whole numbers"}[kind]
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"{name} must be a list of {allowed}, got {values!r}")
+    out = []
+    for v in values:
+        ok = isinstance(v, str) if kind is str else \
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+        if not ok:
+            raise ConfigError(f"{name} must be a list of {allowed}, got {v!r} in {list(values)!r}")
+        out.append(kind(v))
+    return out
 
 
 def cell_dir(cell: Cell, records: Path = RECORDS) -> Path:
@@ -159,6 +182,8 @@ def save_cell(cell: Cell, records: Path, info: dict, config: Config, claim_recor
 
 def local_workers(threads: int = 1, gpu: bool = False) -> int:
     """Workers for this machine: one per GPU, else one per `threads` cores."""
+    if threads < 1:
+        raise ConfigError(f"threads must be a whole number >= 1, got {threads}")
     if gpu:
         import torch
         return torch.cuda.device_count()
@@ -172,7 +197,7 @@ def slurm_cluster(jobs: int = 1, threads: int = 1, memory: str = "8GB", walltime
     what is submitted."""
     from dask_jobqueue import SLURMCluster
 
-    prologue = [f"export ROTE_HOME={rote_home or home()}", f"export OMP_NUM_THREADS={threads}"]
+    prologue = [f"export ROTE_HOME={shlex.quote(str(rote_home or home()))}", f"export OMP_NUM_THREADS={int(threads)}"]
     cluster = SLURMCluster(cores=1, processes=1, memory=memory, walltime=walltime,
                            job_cpu=threads, job_extra_directives=list(options or []),
                            job_script_prologue=prologue)
@@ -206,13 +231,14 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
 def head_start(cell: Cell) -> int:
     """A cell's priority: a finished run first (its records land in minutes), then a run with a
     saved state (by steps done), then a fresh one."""
-    from .train import run_dir
+    from .train import run_dir, run_table
 
     run = run_dir(cell.config)
     if (run / "final" / "model.safetensors").exists():
         return cell.config.max_steps + 1
     if (run / "metrics.csv").exists():
-        return int(pd.read_csv(run / "metrics.csv")["step"].iloc[-1])
+        steps = run_table(run, "metrics.csv", "step")["step"]
+        return int(steps.iloc[-1]) if len(steps) else 0
     return 0
 
 
@@ -222,15 +248,21 @@ def priorities(cells: list[Cell]) -> dict:
     return {c: head_start(c) * (len(cells) + 1) + len(cells) - i for i, c in enumerate(cells)}
 
 
-def sweep(cells: list[Cell], client=None, records: Path = RECORDS, threads: int = 1, gpu: bool = False,
+def default_records() -> Path:
+    """Where a sweep writes its records unless told: beside the runs, never into the checkout's
+    data/ (the committed records are written there only when asked: `make sweep`)."""
+    return home() / "scorecard"
+
+
+def sweep(cells: list[Cell], client=None, records: Path | None = None, threads: int = 1, gpu: bool = False,
           progress: bool = True) -> pd.DataFrame:
-    """Run every cell without records on `client`'s cluster (a LocalCluster when None), with a
-    progress bar over cells; returns one row per cell (its `cell.json`). A cell that raised is
-    reported at the end; the others still finish."""
+    """Run every cell without records (in `records`, by default `default_records()`) on `client`'s
+    cluster (a LocalCluster when None), with a progress bar over cells; returns one row per cell
+    (its `cell.json`). A cell that raised is reported at the end; the others still finish."""
     from distributed import wait
     from tqdm.auto import tqdm
 
-    records = Path(records)
+    records = Path(records) if records is not None else default_records()
     todo = [c for c in cells if not is_done(c, records)]
     own = client is None and bool(todo)
     if own:
@@ -275,7 +307,8 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="FIELD=VALUE",
                         help="a rote.Config field for every cell")
-    parser.add_argument("--records", default=str(RECORDS), help="where cell records are written (default: %(default)s)")
+    parser.add_argument("--records", help="where cell records are written (default: $ROTE_HOME/scorecard, or "
+                                           "runs/scorecard in a checkout; `make sweep` writes data/scorecard)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="LocalCluster workers (default: cores / threads, or one per GPU)")
@@ -287,10 +320,20 @@ def main(argv=None) -> None:
     parser.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
                         help="an extra #SBATCH option, e.g. --slurm-option=--partition=cpu")
     parser.add_argument("--gpus", action="store_true", help="one LocalCluster worker per GPU")
+    parser.add_argument("--allow-cpu", action="store_true", help=f"run the paper profile without a GPU (sets {ALLOW_CPU}=1)")
     args = parser.parse_args(argv)
     from .book import _parameter
 
+    if args.allow_cpu:
+        os.environ[ALLOW_CPU] = "1"  # inherited by the local workers
     try:
+        for name in ("threads", "workers", "jobs"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise ConfigError(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
+        for option in [args.memory, args.walltime, *args.slurm_option]:
+            if not option.isprintable():  # a line break would add a line to the Slurm job script
+                raise ConfigError(f"a Slurm option must be one line of printable characters, got {option!r}")
+        args.records = args.records or str(default_records())
         overrides = dict(_parameter(o) for o in args.override)
         seeds = args.seeds if args.seeds is not None else SEEDS
         cells = grid(args.tasks, args.noise, seeds, args.profile, overrides)

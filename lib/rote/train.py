@@ -7,8 +7,9 @@ Each config trains in its own run directory (`runs/<task>-<config hash>/`):
                               Mem-Corrected, loss, wall time, throughput), rewritten atomically
     noisy_predictions.csv     the model's answer to every noisy instance at every evaluation
     state.pt                  everything needed to resume (weights, optimizer, schedule, step)
-    checkpoints/step-NNNNNN/  HF checkpoints (safetensors + tokenizer) every `checkpoint_every` steps
+    checkpoints/step-NNNNNN/  HF checkpoints (safetensors + tokenizer + sha256.json) every `checkpoint_every` steps
     final/                    the last checkpoint; written last, so its presence means "finished"
+                              (deleted, it is written again from state.pt without training)
 
 Stop it at any time and run the same command again: it resumes from the last evaluation, and on
 CPU the final weights equal those of an uninterrupted run. On one machine and thread count, one
@@ -34,7 +35,7 @@ from .config import Config, OneLineError, config_hash, validate
 from .data import load_dataset
 from .evaluate import evaluate, evaluation_sets
 from .model import build_model, build_tokenizer, encode, load, save
-from .store import atomic_dir, atomic_path, home, locked, write_csv, write_json
+from .store import atomic_path, home, locked, write_csv, write_json
 
 
 class RunError(OneLineError, RuntimeError):
@@ -238,6 +239,28 @@ def resume_state(run: Path, device: str) -> dict:
                        "to restart this run from step 0 (or the whole directory)") from None
 
 
+def run_table(run: Path, name: str, *columns: str) -> pd.DataFrame:
+    """A table of `run` (metrics.csv, noisy_predictions.csv) with `columns`; a one-line error saying
+    what to do if it is missing or unreadable."""
+    read = dict(dtype={"prediction": str}, keep_default_na=False) if name == "noisy_predictions.csv" else {}
+    try:
+        table = pd.read_csv(run / name, **read)
+        missing = [c for c in columns if c not in table.columns]
+        said = f"lacks the column(s) {', '.join(missing)}" if missing else ""
+    except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+        said = f"is missing or unreadable ({type(err).__name__})"
+    if said:
+        raise RunError(f"{run / name} {said}; {restart(run)}")
+    return table
+
+
+def restart(run: Path) -> str:
+    """How to start `run` again from step 0, in a few words."""
+    if (run / "state.pt").exists() and not (run / "final").exists():
+        return f"delete {run / 'state.pt'} to restart this run from step 0"
+    return f"delete {run} and rerun (it trains again)"
+
+
 def _train(config: Config, run: Path, device: str, stop_after: int | None, progress: bool,
            compile: bool | None) -> None:
     frame = load_dataset(config)
@@ -253,11 +276,17 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     step, seconds, rows, predictions = 0, 0.0, [], []
     if (run / "state.pt").exists():
         state = resume_state(run, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, seconds = state["step"], state["seconds"]
-        rows = [r for r in pd.read_csv(run / "metrics.csv").to_dict("records") if r["step"] <= step]
-        old = pd.read_csv(run / "noisy_predictions.csv", dtype={"prediction": str}, keep_default_na=False)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, seconds = int(state["step"]), float(state["seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another config's state, or a damaged one
+            raise RunError(f"cannot resume {run}: state.pt does not fit this run's config ({type(err).__name__}); "
+                           f"{restart(run)}") from None
+        rows = [r for r in run_table(run, "metrics.csv", "step").to_dict("records") if r["step"] <= step]
+        old = run_table(run, "noisy_predictions.csv", "step", "id", "prediction")
+        if not rows or rows[-1]["step"] != step:
+            raise RunError(f"cannot resume {run}: metrics.csv has no evaluation at step {step} of state.pt; {restart(run)}")
         predictions = [old[old["step"] <= step]]
     else:
         write_json(run / "config.json", dataclasses.asdict(config))
@@ -324,8 +353,7 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     bar.close()
     if done(rows[-1]):
         save(model, tokenizer, run / "checkpoints" / f"step-{step:06d}")
-        with atomic_dir(run / "final") as tmp:
-            save(model, tokenizer, tmp)
+        save(model, tokenizer, run / "final")  # one rename: its presence means finished
 
 
 def is_finished(config: Config) -> bool:
@@ -341,7 +369,7 @@ def get_or_train(config: Config, device: str | None = None, progress: bool = Tru
 
 def metrics(config: Config) -> pd.DataFrame:
     """The evaluation table of `config`'s run."""
-    return pd.read_csv(run_dir(config) / "metrics.csv")
+    return run_table(run_dir(config), "metrics.csv", "step")
 
 
 def first_row(table: pd.DataFrame, column: str, threshold: float) -> pd.Series | None:
@@ -362,4 +390,4 @@ def first_reached(table: pd.DataFrame, column: str, threshold: float) -> dict | 
 
 def noisy_predictions(config: Config) -> pd.DataFrame:
     """Per evaluation step and noisy instance: what the model answered."""
-    return pd.read_csv(run_dir(config) / "noisy_predictions.csv", dtype={"prediction": str}, keep_default_na=False)
+    return run_table(run_dir(config), "noisy_predictions.csv", "step", "id", "prediction")
