@@ -7,9 +7,9 @@
 Each task and thread count runs in a process of its own (inductor writes the thread count into the
 kernels it compiles). There the two steps are timed interleaved on the same batches (median ms per
 step after 3 untimed warm-up steps), so a load that comes and goes slows both alike; the ratio is
-deterministic / fast. Then each setting trains its model twice from the same initial weights on the
-same batches and the table says whether the two end bit-identical (on two threads `fast` is a draw:
-it may match on a short run by chance, but not reliably).
+deterministic / fast. Each setting also steps a second copy of its model (the same initial weights,
+the same batches), and the table says whether the two copies end bit-identical (on two threads
+`fast` is a draw: it may match on a short run by chance, but not reliably).
 """
 from __future__ import annotations
 
