@@ -175,7 +175,7 @@ def kernels_context(config: Config, device: str):
     """The kernels of `config.kernels` for training steps. On several CPU threads the compiled
     step's backward of the embeddings adds each token's gradient into its row with atomic adds
     (`embedding_dense_backward` in inductor's C++: `atomic_add_vec`), in an order that changes from
-    run to run, so one config gave other weights each time. `deterministic` turns on torch's
+    run to run: one config would train to other weights each time. `deterministic` turns on torch's
     deterministic algorithms, under which the compiled step calls aten's `index_put_` for it, the
     same sums in the same order on every run; on one thread both compute the same numbers. `fast`
     keeps the atomic adds. On a GPU it asks cuBLAS for its deterministic workspace and warns (not
