@@ -72,6 +72,11 @@ def checksums(path: Path) -> dict:
             for p in sorted(Path(path).iterdir()) if p.is_file() and p.name != CHECKSUMS}
 
 
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 of every file of the model folder `folder` in its `CHECKSUMS` file."""
+    write_text(folder / CHECKSUMS, json.dumps(checksums(folder), indent=1, sort_keys=True) + "\n")
+
+
 def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
     """Weights (safetensors), model config, tokenizer and their checksums (`CHECKSUMS`) into a fresh
     folder that then replaces `path` whole: nothing is written into a folder that exists (a link
@@ -79,7 +84,7 @@ def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, path: Path)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / CHECKSUMS).write_text(json.dumps(checksums(tmp), indent=1, sort_keys=True) + "\n")
+        write_checksums(tmp)
 
 
 def fix_for(path: Path) -> str:
@@ -120,7 +125,7 @@ def record_checksums(run: Path) -> list[Path]:
     written = []
     for folder, dirs, files in os.walk(run):  # os.walk does not descend into linked folders
         if "model.safetensors" in files and CHECKSUMS not in files:
-            write_text(Path(folder) / CHECKSUMS, json.dumps(checksums(Path(folder)), indent=1, sort_keys=True) + "\n")
+            write_checksums(Path(folder))
             written.append(Path(folder))
     return written
 
