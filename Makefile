@@ -38,15 +38,15 @@ book: install
 
 # The committed reference runs (data/reference/) as finished runs: `make book` then loads them.
 reference: install
-	$(BIN)/python -m rote.reference
+	$(BIN)/python -m rote.runs.reference
 
-# The scorecard's grid into its committed records, data/scorecard/ (rote.sweep on a LocalCluster;
+# The scorecard's grid into its committed records, data/scorecard/ (rote.grid.sweep on a LocalCluster;
 # SWEEP="--seeds 0 1" etc. passes options; without --records the sweep writes under ROTE_HOME).
 sweep: install
-	$(BIN)/python -m rote.sweep --profile $(PROFILE) --records data/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
+	$(BIN)/python -m rote.grid.sweep --profile $(PROFILE) --records data/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
 
 check-book: install
-	$(BIN)/python -m rote.bookcheck _build/html
+	$(BIN)/python -m rote.book.check _build/html
 
 bench: install
 	$(BIN)/python bench/training_speed.py

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 import rote
-from rote import claims, heuristics, observation0, observation1, observation2, observation3, observation4
+from rote import claims
+from rote.observations import heuristics, observation0, observation1, observation2, observation3, observation4
 
 
 def main():

@@ -26,13 +26,13 @@ import time
 import torch
 
 import rote
-from rote.model import build_model
-from rote.train import answer_loss, kernels_context, make_optimizer, precision_context
+from rote.runs.model import build_model
+from rote.runs.train import answer_loss, kernels_context, make_optimizer, precision_context
 from training_speed import rote_step, training_batches
 
 
 def setting(config, kernels: str, vocab_size: int):
-    """A fresh model (the config's seed), its AdamW and rote.train's step (compiled loss, autocast),
+    """A fresh model (the config's seed), its AdamW and rote.runs.train's step (compiled loss, autocast),
     and the kernels context it runs under (a new one per step)."""
     config = dataclasses.replace(config, kernels=kernels)
     torch.manual_seed(config.seed)

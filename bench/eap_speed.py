@@ -1,5 +1,5 @@
-"""Speed of one edge attribution patching pass (`rote.eap.edge_scores`): nnsight against the
-plain-torch twin (inside `rote.edits.plain_hooks()`).
+"""Speed of one edge attribution patching pass (`rote.interp.eap.edge_scores`): nnsight against the
+plain-torch twin (inside `rote.interp.edits.plain_hooks()`).
 
     python bench/eap_speed.py                          # cpu profile, both tasks, 2 threads
     python bench/eap_speed.py --profile tiny --threads 1 --repeats 7
@@ -8,7 +8,7 @@ plain-torch twin (inside `rote.edits.plain_hooks()`).
 Each model comes from `rote.get_or_train` (trained first if no finished run exists: with the cpu
 profile that takes many minutes); with `--untrained`, a freshly initialized model of the profile's
 shape (the time of a pass does not depend on the weights). One pass = every edge's score over `--rows` clean training
-questions and their corrupted inputs (`rote.eap.corrupted_inputs`), in one batch: a forward pass
+questions and their corrupted inputs (`rote.interp.eap.corrupted_inputs`), in one batch: a forward pass
 on the corrupted input and a forward and backward pass on the clean one. Measured interleaved in
 one process, median of `--repeats` runs after one warm-up each; "model fwd+bwd" is the HF model's
 own forward on both inputs and backward on the clean one, the floor of any implementation. The two
@@ -22,11 +22,11 @@ import json
 import torch
 
 import rote
-from rote import eap
-from rote.edits import plain_hooks
-from rote.instances import questions
-from rote.model import build_model, build_tokenizer
-from rote.train import is_finished
+from rote.interp import eap
+from rote.interp.edits import plain_hooks
+from rote.interp.instances import questions
+from rote.runs.model import build_model, build_tokenizer
+from rote.runs.train import is_finished
 from readout_speed import median_ms  # interleaved medians, as the readout benchmark times them
 
 TARGET = 1.2

@@ -9,7 +9,7 @@ Each model comes from `rote.get_or_train` (trained first if no finished run exis
 profile that takes many minutes). Measured interleaved in one process, median of `--repeats`
 runs after one warm-up each:
 
-- "lens table": `rote.lens.logit_lens` with nnsight vs inside `rote.edits.plain_hooks()`, the whole
+- "lens table": `rote.interp.lens.logit_lens` with nnsight vs inside `rote.interp.edits.plain_hooks()`, the whole
   readout as the chapter runs it: teacher-forced batch, residual states of every layer, the
   readout through ln_f and the unembedding, and the table of top-1 tokens, ranks and probabilities;
 - "states": only the step that differs, one forward pass collecting the embedding and every block
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 import rote
-from rote.data import load_dataset
-from rote.edits import plain_hooks
-from rote.instances import questions
-from rote.lens import lens_states, logit_lens, readout_batch
-from rote.train import is_finished
+from rote.runs.data import load_dataset
+from rote.interp.edits import plain_hooks
+from rote.interp.instances import questions
+from rote.interp.lens import lens_states, logit_lens, readout_batch
+from rote.runs.train import is_finished
 
 
 def hooked(call):

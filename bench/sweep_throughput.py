@@ -1,10 +1,10 @@
 """How a sweep should use this machine's cores: aggregate training throughput of one process with
-all threads, against one process per core with one thread each (what `rote.sweep` runs).
+all threads, against one process per core with one thread each (what `rote.grid.sweep` runs).
 
     python bench/sweep_throughput.py                 # FDA cpu model, 40 timed steps per process
     python bench/sweep_throughput.py --task thr --steps 60
 
-Every variant trains the model of the cpu profile with rote.train's step (the compiled loss), in
+Every variant trains the model of the cpu profile with rote.runs.train's step (the compiled loss), in
 fresh worker processes of `bench/training_speed.py` that start stepping together once all have
 compiled; a variant's throughput is the sum over its processes of tokens per second (median step
 time of each). The baseline is one process on one thread, measured in the same run.
@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     variants = [("1 process x 1 thread (baseline)", 1, 1), (f"1 process x {cores} threads", 1, cores),
-                (f"{cores} processes x 1 thread (rote.sweep)", cores, 1)]
+                (f"{cores} processes x 1 thread (rote.grid.sweep)", cores, 1)]
     print(f"{args.task}: {args.steps} timed steps per process, {cores} cores")
     print("| variant | ms/step (median) | tokens/s (all processes) | vs baseline |\n|---|---|---|---|")
     base = None

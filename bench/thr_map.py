@@ -7,7 +7,7 @@
     python bench/thr_map.py --robustness             # the profile's robustness check (4 runs)
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
-ROTE_HOME, resumable; a finished run is not trained again), then `rote.regimes.record` writes its
+ROTE_HOME, resumable; a finished run is not trained again), then `rote.grid.regimes.record` writes its
 configuration, outcome and metrics to lib/rote/resources/thr_map/, from which the appendix draws the map. Minutes
 are wall time on this machine with `--threads` threads per run: compare runs made the same way.
 A run on another thread count is another record (`<run>-<N>threads`) but the same run directory:
@@ -27,7 +27,7 @@ import time
 import torch
 
 import rote
-from rote import regimes
+from rote.grid import regimes
 
 
 def parse(pairs: list[str]) -> dict:

@@ -8,12 +8,12 @@ milestones of the `cpu` profile.
 Throughput: the same GPT-2 shape and batches, measured interleaved in this run (median ms per
 step over `--steps` steps each). "naive" is the plain HF loop: GPT-2's default `gelu_new`
 activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits for every
-position). "rote eager" is `rote.train`'s fp32 step without compilation: the fused tanh-GELU and
-logits at answer positions only; "rote compiled" is the step `rote.train` runs on CPU for long
+position). "rote eager" is `rote.runs.train`'s fp32 step without compilation: the fused tanh-GELU and
+logits at answer positions only; "rote compiled" is the step `rote.runs.train` runs on CPU for long
 fp32 runs (torch.compile of the loss; its one-off compile time is printed apart). Variants of it:
 fused AdamW, the optimizer step compiled too (the whole step), the whole step on one thread. Then
 bf16 autocast: eager with torch's fused attention (whose CPU backward in bf16 is slow at these
-sequence lengths), eager with the plain attention, and "rote compiled bf16": the step `rote.train`
+sequence lengths), eager with the plain attention, and "rote compiled bf16": the step `rote.runs.train`
 runs for `precision=bf16` (compiled loss, plain attention; on a CPU without AVX-512 BF16 or AMX,
 bf16 falls back to slow kernels). Several models trained together in one process
 (`torch.func.stack_module_state` + `vmap`, compiled: the seeds of a scorecard cell), in fp32 and
@@ -41,11 +41,11 @@ import time
 import torch
 
 import rote
-from rote.data import load_dataset
+from rote.runs.data import load_dataset
 from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
-from rote.train import first_reached
-from rote.model import build_model, build_tokenizer, encode
-from rote.train import answer_loss, answer_positions, make_optimizer, precision_context, training_rows
+from rote.runs.train import first_reached
+from rote.runs.model import build_model, build_tokenizer, encode
+from rote.runs.train import answer_loss, answer_positions, make_optimizer, precision_context, training_rows
 
 
 def naive_step(model, optimizer, ids, mask, positions):
@@ -58,7 +58,7 @@ def naive_step(model, optimizer, ids, mask, positions):
 
 
 def rote_step(loss_fn, amp=None):
-    """rote.train's step: the loss (under the autocast context `amp`, as `rote.train.precision_context`
+    """rote.runs.train's step: the loss (under the autocast context `amp`, as `rote.runs.train.precision_context`
     gives it; none: fp32), clipping, AdamW."""
     amp = amp or contextlib.nullcontext()
 
@@ -80,7 +80,7 @@ def compiled_optimizer(optimizer):
 
 
 def fused(model, config):
-    """`rote.train`'s AdamW (same groups and betas) with the fused single-kernel implementation."""
+    """`rote.runs.train`'s AdamW (same groups and betas) with the fused single-kernel implementation."""
     optimizer = make_optimizer(model, config)
     return torch.optim.AdamW(optimizer.param_groups, lr=config.lr, betas=(0.9, 0.98), fused=True)
 
@@ -135,7 +135,7 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
 
 
 def training_batches(config):
-    """The tokenizer and the training questions of `config` as rote.train encodes them: (tokenizer,
+    """The tokenizer and the training questions of `config` as rote.runs.train encodes them: (tokenizer,
     ids, mask, answer positions)."""
     tok = build_tokenizer(config)
     rows = training_rows(load_dataset(config), config)
@@ -157,7 +157,7 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     fresh = lambda: build_model(config, len(tok))  # noqa: E731
 
     def bf16(model):
-        """rote.train's bf16: autocast, and the model switched to the plain attention."""
+        """rote.runs.train's bf16: autocast, and the model switched to the plain attention."""
         return precision_context(dataclasses.replace(config, precision="bf16"), model, "cpu")
 
     def whole(precision: str = "fp32"):  # the optimizer step compiled too
@@ -202,7 +202,7 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
 
 def worker(task: str, steps: int, precision: str) -> None:
     """One worker process of `concurrent_workers` (its thread count from OMP_NUM_THREADS): compile and
-    warm rote.train's step of `precision`, say "ready", wait for "go", then print its median ms per
+    warm rote.runs.train's step of `precision`, say "ready", wait for "go", then print its median ms per
     step and tokens/s."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     config = rote.make_config(task, "cpu", precision=precision)
@@ -226,7 +226,7 @@ def worker(task: str, steps: int, precision: str) -> None:
 
 
 def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1, precision: str | None = None) -> dict:
-    """`n` worker processes of `threads` torch threads each, stepping rote.train's step of `precision`
+    """`n` worker processes of `threads` torch threads each, stepping rote.runs.train's step of `precision`
     (default: the cpu profile's) at the same time (they start together once all have compiled): the
     median of their ms per step and the sum of their tokens per second."""
     precision = precision or rote.make_config(task, "cpu").precision
@@ -257,7 +257,7 @@ def milestones(config, keep: bool) -> dict:
         wall = time.perf_counter() - start
         table = rote.metrics(config)
         if keep:
-            for path in (rote.run_dir(config), rote.data.dataset_dir(config)):
+            for path in (rote.run_dir(config), rote.runs.data.dataset_dir(config)):
                 target = real_home / path.relative_to(home)
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)

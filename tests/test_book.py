@@ -8,7 +8,10 @@ import shutil
 import papermill
 import pytest
 
-from rote import book, bookcheck, scorecard
+from rote import parameters
+from rote.book import build
+from rote.book import check as bookcheck
+from rote.grid import scorecard
 from rote.config import ConfigError
 from rote.store import REPO_ROOT
 
@@ -19,7 +22,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("book")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ROTE_HOME", str(root / "home"))
-        html = book.build("tiny", root=root)
+        html = build.build("tiny", root=root)
     return root, html
 
 
@@ -36,13 +39,13 @@ def outputs_text(notebook_path) -> str:
 
 def test_every_chapter_has_parameters_and_colab_install_cell():
     config_url = re.search(r"repository:\n  url: (\S+)", (REPO_ROOT / "_config.yml").read_text()).group(1)
-    for notebook in book.chapters():
+    for notebook in build.chapters():
         cells = json.loads(notebook.read_text())["cells"]
         assert all(c.get("id") for c in cells), notebook  # nbformat 4.5 cells carry ids (a warning, later an error)
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, notebook
         source = "".join(tagged[0]["source"])
-        for name in scorecard.PARAMETERS if notebook.stem == "scorecard" else book.PARAMETERS:  # the grid's own
+        for name in scorecard.PARAMETERS if notebook.stem == "scorecard" else parameters.NAMES:  # the grid's own
             assert re.search(rf"^{name} = ", source, re.M), (notebook, name)
         install = "".join(cells[1]["source"])
         assert "google.colab" in install and f"git+{config_url}" in install, notebook
@@ -51,7 +54,7 @@ def test_every_chapter_has_parameters_and_colab_install_cell():
 def test_book_builds_with_tiny_profile(built):
     root, html = built
     pages = {p.stem for p in (html / "book").glob("*.html")}
-    assert {n.stem for n in book.chapters()} | {"intro", "protocol"} <= pages
+    assert {n.stem for n in build.chapters()} | {"intro", "protocol"} <= pages
     obs0 = (html / "book" / "observation0.html").read_text()
     assert "vegaEmbed" in obs0  # interactive altair figures in the static page
     assert "In this FDA run" in obs0 and "In this THR run" in obs0
@@ -96,7 +99,7 @@ def test_book_renders_offline_in_a_browser(built):
     needs_chromium()
     shots = built[0] / "_build" / "screenshots"
     pages = bookcheck.check_book(built[1], shots)
-    assert len(pages) >= len(book.chapters()) + 1
+    assert len(pages) >= len(build.chapters()) + 1
     assert sum(p.charts for p in pages) >= 10
     assert [p.problems() for p in pages if not p.ok] == []
     assert [p.path for p in pages if p.redirect] == ["index.html"]  # Jupyter Book's root redirect
@@ -130,21 +133,21 @@ def test_second_build_reuses_unchanged_chapters(built, capsys, monkeypatch):
     root, _ = built
     monkeypatch.setenv("ROTE_HOME", str(root / "home"))
     capsys.readouterr()
-    book.build("tiny", root=root)
+    build.build("tiny", root=root)
     out = capsys.readouterr().out
-    assert out.count("unchanged, reused") == len(book.chapters()) and "running" not in out
+    assert out.count("unchanged, reused") == len(build.chapters()) and "running" not in out
 
 
 def test_chapter_key_follows_notebook_parameters_and_models(tmp_path):
     notebook = tmp_path / "observation0.ipynb"
     shutil.copy(REPO_ROOT / "book" / "observation0.ipynb", notebook)
-    configs = book.chapter_configs(notebook, {"profile": "tiny"})
-    key = book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
-    assert key == book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
-    assert key != book.chapter_key(notebook, {"profile": "tiny", "seed": 1}, configs, "package")
-    assert key != book.chapter_key(notebook, {"profile": "tiny"}, configs, "package changed")
+    configs = build.chapter_configs(notebook, {"profile": "tiny"})
+    key = build.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+    assert key == build.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+    assert key != build.chapter_key(notebook, {"profile": "tiny", "seed": 1}, configs, "package")
+    assert key != build.chapter_key(notebook, {"profile": "tiny"}, configs, "package changed")
     notebook.write_text(notebook.read_text().replace("Observation 0", "Observation zero"))
-    assert key != book.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
+    assert key != build.chapter_key(notebook, {"profile": "tiny"}, configs, "package")
 
 
 @pytest.mark.parametrize("parameters,message", [({"nosie": 0.1}, "unknown parameter(s) nosie; allowed: task"),
@@ -152,7 +155,7 @@ def test_chapter_key_follows_notebook_parameters_and_models(tmp_path):
                                                 ({"task": "fad"}, "unknown task 'fad'")])
 def test_bad_parameters_fail_before_any_work(tmp_path, parameters, message):
     with pytest.raises(ConfigError) as err:
-        book.build("tiny", parameters, root=tmp_path)
+        build.build("tiny", parameters, root=tmp_path)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -160,16 +163,33 @@ def test_bad_parameters_fail_before_any_work(tmp_path, parameters, message):
 def test_paper_profile_without_gpu_stops_with_the_flag_to_force_it(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit, match="--allow-cpu") as err:
-        book.build("paper", root=tmp_path)
+        build.build("paper", root=tmp_path)
     assert "\n" not in str(err.value.code)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_every_chapter_checks_its_parameters_right_after_them():
-    for notebook in book.chapters():
+    for notebook in build.chapters():
         cells = json.loads(notebook.read_text())["cells"]
         at = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])][0]
-        assert "check_parameters(globals())" in "".join(cells[at + 1]["source"]), notebook
+        check = "".join(cells[at + 1]["source"])
+        assert "parameters.check(globals()" in check or "check_parameters(globals())" in check, notebook
+
+
+def test_a_chapter_and_the_build_make_the_same_configs_from_its_parameters():
+    """The configs a chapter's own check cell makes (run here on its parameters cell) are the ones
+    the build trains for it: one function behind both."""
+    for notebook in build.chapters():
+        cells = json.loads(notebook.read_text())["cells"]
+        at = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])][0]
+        namespace = {}
+        exec("".join(cells[at]["source"]) + "\nprofile = 'tiny'\n", namespace)
+        exec("".join(cells[at + 1]["source"]), namespace)
+        made = list(namespace["configs"].values()) if "configs" in namespace else []
+        expected = build.chapter_configs(notebook, {"profile": "tiny"})
+        assert made == expected or notebook.stem in build.WITHOUT_MODELS, notebook
+        if notebook.stem not in build.WITHOUT_MODELS:
+            assert made and all(c.seed == namespace["seed"] and c.noise == namespace["noise"] for c in made), notebook
 
 
 @pytest.mark.parametrize("parameters,message", [({"nosie": 0.1}, "unknown parameter(s) nosie; allowed: task"),

@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rote import claims, instances
-from rote import observation0
-from rote import observation1
-from rote import observation2
+from rote import claims
+from rote.interp import instances
+from rote.observations import observation0
+from rote.observations import observation1
+from rote.observations import observation2
 from rote import stats
 from rote.config import make_config
-from rote.data import generate
+from rote.runs.data import generate
 
 
 def test_rules_flip_at_their_thresholds():
@@ -143,7 +144,7 @@ def test_chance_hits_do_not_count_as_memorization():
 # ---- Observation 3: the grid is not the training set ----
 
 def test_operand_grid_never_overlaps_the_training_pairs():
-    from rote.instances import operand_grid, training_pairs
+    from rote.interp.instances import operand_grid, training_pairs
     for seed in (0, 1):
         frame = generate(make_config("fda", "tiny", noise=0.1, seed=seed))
         grid = operand_grid(frame, 2000, seed=seed)
@@ -154,7 +155,7 @@ def test_operand_grid_never_overlaps_the_training_pairs():
 # ---- Observation 4: same-sum inputs and the persistence of a noisy digit by place ----
 
 def test_same_sum_changes_keep_the_sum():
-    from rote.changes import same_sum_changes
+    from rote.observations.changes import same_sum_changes
     frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
     noisy = instances.questions(frame)
     noisy = noisy[noisy["noisy"]].head(30)
@@ -167,7 +168,7 @@ def test_same_sum_changes_keep_the_sum():
 
 
 def test_digit_persistence_by_place_splits_on_the_true_digit():
-    from rote.changes import digit_persistence_by_place
+    from rote.observations.changes import digit_persistence_by_place
     changes = pd.DataFrame({"id": [0, 0], "answer": ["7143", "7143"], "orig_true": ["3830", "3830"],
                             "true": ["3831", "4830"], "prediction": ["7141", "4830"]})
     per = digit_persistence_by_place(changes)
@@ -180,8 +181,8 @@ def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5
     """A THR Distributed whose memorized noisy and clean instances are distributed on the given
     shares (the whole-input look-up on none), and whose changed questions get their own answer on
     one[0] / two[0] (noisy) and one[1] / two[1] (clean) of single- and two-input changes."""
-    from rote import observation4
-    from rote.observation2 import Reliance
+    from rote.observations import observation4
+    from rote.observations.observation2 import Reliance
     rng = np.random.default_rng(0)
     counts, changes, twos = [], [], []
     for group, share, j in (("memorized noisy", noisy_share, 0), ("clean", clean_share, 1),
@@ -200,7 +201,7 @@ def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5
 
 
 def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_distance_effect():
-    from rote import observation4
+    from rote.observations import observation4
     # a whole-input look-up on noisy and clean alike: the look-up comparison alone would have "held"
     look = observation4.distributed_claims(_planted_distributed(0.07, 0.07, one=(1, 1), two=(1, 1)), n_resamples=200)
     assert [c.verdict for c in look] == ["does not hold", "cannot be tested", "does not hold"]
@@ -218,8 +219,8 @@ def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_dis
 
 
 def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
-    from rote.changes import fda_two_changes, thr_two_changes
-    from rote.instances import knowledge_graph_of
+    from rote.observations.changes import fda_two_changes, thr_two_changes
+    from rote.interp.instances import knowledge_graph_of
     frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
     inst = instances.questions(frame).head(40)
     ch = fda_two_changes(inst, n_changes=3, seed=0)
@@ -241,7 +242,7 @@ def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
 
 
 def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate():
-    from rote.data import load_dataset
+    from rote.runs.data import load_dataset
     config = make_config("thr", "tiny", noise=0.5)
     run = observation0.training_dynamics(config, progress=False)
     (c,) = observation0.dynamics_claims(run)

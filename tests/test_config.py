@@ -75,7 +75,7 @@ def test_later_fields_at_their_earlier_value_keep_the_recorded_names():
     run a04051fb5145; set away from it, it counts."""
     thr = make_config("thr", "cpu", precision="fp32")
     assert config_hash(thr) == "a04051fb5145"
-    from rote.regimes import MAP_DIR
+    from rote.grid.regimes import MAP_DIR
 
     assert (MAP_DIR / config_hash(thr) / "config.json").exists()
     assert config_hash(dataclasses.replace(thr, precision="bf16")) != config_hash(thr)

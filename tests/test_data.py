@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import rote
 from rote.config import make_config
-from rote.data import generate, load_dataset, manifest
+from rote.runs.data import generate, load_dataset, manifest
 
 FDA_PROMPT = re.compile(r"(\d{4})\+(\d{4})=")
 FACT_PROMPT = re.compile(r"The (\S+) of (\S+) is")
@@ -235,8 +235,8 @@ def test_dataset_shared_by_model_changes_only():
 def test_dataset_matches_frozen_manifest(task, profile):
     """The committed manifest (lib/rote/resources/manifests) pins config, counts and the checksum of every byte
     of the default datasets: a change in the generator or in a profile's data shows here
-    (refreeze with `python -m rote.data` when the change is intended)."""
-    from rote.data import frozen_manifest_path
+    (refreeze with `python -m rote.runs.data` when the change is intended)."""
+    from rote.runs.data import frozen_manifest_path
 
     frozen = json.loads(frozen_manifest_path(task, profile).read_text())
     assert rote.manifest(make_config(task, profile)) == frozen

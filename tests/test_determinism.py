@@ -19,7 +19,7 @@ import torch
 
 import rote
 from rote.config import make_config
-from rote.model import load
+from rote.runs.model import load
 
 CONFIG = make_config("fda", "cpu", n_layer=2, n_embd=64, n_train=1_000, n_test=200, n_eval=200, max_steps=200, eval_every=40,
                      checkpoint_every=200, stop_mem_noisy=None)
@@ -85,7 +85,7 @@ def test_kernels_hold_only_while_training(kernels, during, monkeypatch):
     """Deterministic algorithms are on while a run trains and off again after it (a notebook's
     later analyses run as torch's defaults say); `fast` leaves them as they were."""
     seen = []
-    train_module = sys.modules["rote.train"]
+    train_module = sys.modules["rote.runs.train"]
     real = train_module._train
     monkeypatch.setattr(train_module, "_train",
                         lambda *args: (seen.append(torch.are_deterministic_algorithms_enabled()), real(*args)))

@@ -1,4 +1,4 @@
-"""Edge attribution patching (rote.eap): the graph, the explicit forward against the HF model, nnsight
+"""Edge attribution patching (rote.interp.eap): the graph, the explicit forward against the HF model, nnsight
 scores against the plain-torch twin, real patching against independent interventions, EAP against
 single-edge patching on trained tiny models, and a hand-built model whose circuit is known."""
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import rote
-from rote import eap
-from rote.edits import patch, plain_hooks
-from rote.instances import questions
-from rote.model import build_model, build_tokenizer
-from rote.sites import Site
+from rote.interp import eap
+from rote.interp.edits import patch, plain_hooks
+from rote.interp.instances import questions
+from rote.runs.model import build_model, build_tokenizer
+from rote.interp.sites import Site
 
 # Spearman correlation of EAP scores with single-edge patching over all 46 edges, 64 clean training
 # questions, tiny profile, seed 0, one thread: measured 0.968 (FDA) and 0.769 (THR); seeds 1 and 2
@@ -163,7 +163,7 @@ def test_the_twin_uses_no_nnsight(monkeypatch):
 
     def refuse(model):
         raise AssertionError("nnsight used")
-    monkeypatch.setattr("rote.eap.traced", refuse)
+    monkeypatch.setattr("rote.interp.eap.traced", refuse)
     with plain_hooks():
         assert torch.equal(eap.edge_scores(model, pairs), expected)
     with pytest.raises(AssertionError, match="nnsight used"):
@@ -190,7 +190,7 @@ def test_patching_no_edge_is_clean_and_every_edge_is_corrupted(task):
 
 
 def test_patching_every_edge_out_of_a_head_is_patching_the_head():
-    """Against `rote.edits.patch` (nnsight): the head's z from the corrupted run."""
+    """Against `rote.interp.edits.patch` (nnsight): the head's z from the corrupted run."""
     model, _, _ = trained("fda")
     pairs, graph = clean_pairs("fda", 16), eap.graph_of(model)
     for layer, head in ((0, 1), (1, 0)):

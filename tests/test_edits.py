@@ -1,4 +1,4 @@
-"""Edits (rote.edits): nnsight agrees with plain hooks, null interventions change nothing, and each
+"""Edits (rote.interp.edits): nnsight agrees with plain hooks, null interventions change nothing, and each
 intervention does what it says (projections remove, LEACE erases, ablation sets one neuron)."""
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.data import generate
-from rote.edits import ablate, activations, erase, patch, plain_hooks, remove_directions, resids_at, run
-from rote.instances import control_entities
-from rote.leace import fit_leace, relabel
-from rote.lens import read_out
-from rote.model import build_model, build_tokenizer, encode
-from rote.sites import Site, entity_basis, orthonormal
+from rote.runs.data import generate
+from rote.interp.edits import ablate, activations, erase, patch, plain_hooks, remove_directions, resids_at, run
+from rote.interp.instances import control_entities
+from rote.interp.leace import fit_leace, relabel
+from rote.interp.lens import read_out
+from rote.runs.model import build_model, build_tokenizer, encode
+from rote.interp.sites import Site, entity_basis, orthonormal
 
 EFFECT_COLUMNS = ["id", "target", "logp_before", "logp_after", "match_before", "match_after"]
 
@@ -44,7 +44,7 @@ def ids_of(task):
 
 
 def hooked(call, *args, **kwargs):
-    """`call` run with plain torch hooks (`rote.edits.plain_hooks`), the reference."""
+    """`call` run with plain torch hooks (`rote.interp.edits.plain_hooks`), the reference."""
     with plain_hooks():
         return call(*args, **kwargs)
 
@@ -283,7 +283,7 @@ def test_hooks_twins_use_no_nnsight(monkeypatch):
 
     def refuse(model):
         raise AssertionError("nnsight used")
-    monkeypatch.setattr("rote.edits.traced", refuse)
+    monkeypatch.setattr("rote.interp.edits.traced", refuse)
     for name, call in calls.items():
         out = hooked(call)
         assert out.equals(expected[name]) if isinstance(out, pd.DataFrame) else torch.equal(out, expected[name])

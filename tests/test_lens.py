@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.data import generate
-from rote.edits import plain_hooks
-from rote.lens import lens_states, logit_lens, read_out, readout_batch
-from rote.model import build_model, build_tokenizer
+from rote.runs.data import generate
+from rote.interp.edits import plain_hooks
+from rote.interp.lens import lens_states, logit_lens, read_out, readout_batch
+from rote.runs.model import build_model, build_tokenizer
 
 COLUMNS = ["id", "layer", "position", "top1", "top1_prob", "true_rank", "true_prob", "label_rank",
            "label_prob", "bridge_rank", "bridge_prob"]
@@ -20,7 +20,7 @@ COLUMNS = ["id", "layer", "position", "top1", "top1_prob", "true_rank", "true_pr
 
 
 def hooked(call, *args, **kwargs):
-    """`call` run with plain torch hooks (`rote.edits.plain_hooks`), the reference."""
+    """`call` run with plain torch hooks (`rote.interp.edits.plain_hooks`), the reference."""
     with plain_hooks():
         return call(*args, **kwargs)
 
@@ -126,7 +126,7 @@ def test_hooks_reference_uses_no_nnsight(monkeypatch):
 
     def refuse(model):
         raise AssertionError("nnsight used")
-    monkeypatch.setattr("rote.edits.traced", refuse)
+    monkeypatch.setattr("rote.interp.edits.traced", refuse)
     assert hooked(logit_lens, model, tok, rows).equals(expected)
     with pytest.raises(AssertionError, match="nnsight used"):
         logit_lens(model, tok, rows)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.data import generate
-from rote.model import build_model, build_tokenizer, encode, load, save
+from rote.runs.data import generate
+from rote.runs.model import build_model, build_tokenizer, encode, load, save
 
 
 def _ids(tok, text):

@@ -1,4 +1,4 @@
-"""Observation 1 (rote.observation1): which readouts enter, the per-layer shares and ranks, and the
+"""Observation 1 (rote.observations.observation1): which readouts enter, the per-layer shares and ranks, and the
 claims, on planted cases whose answer is known: labels taken from a random model's own readout,
 so that the correct label is the top-1 readout at layer 0 and the noisy one at the last layer."""
 from __future__ import annotations
@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from rote import charts, observation1
+from rote.book import charts
+from rote.observations import observation1
 from rote.config import make_config
-from rote.data import generate
-from rote.edits import plain_hooks
-from rote.evaluate import greedy_answers
-from rote.instances import differing_positions
-from rote.lens import lens_states, read_out, readout_batch
-from rote.model import build_model, build_tokenizer
+from rote.runs.data import generate
+from rote.interp.edits import plain_hooks
+from rote.runs.evaluate import greedy_answers
+from rote.interp.instances import differing_positions
+from rote.interp.lens import lens_states, read_out, readout_batch
+from rote.runs.model import build_model, build_tokenizer
 
 SPECIAL = {"<pad>", "<unk>"}
 PLANTED = {"fda": (0, 2), "thr": (0,)}  # the answer positions where the correct label is planted

@@ -1,5 +1,5 @@
-"""Observation 2 (rote.observation2): bootstrap intervals, carries, the removal edits (against
-the dense projection of rote.edits), LEACE per class, nnsight against plain hooks, and the claims on
+"""Observation 2 (rote.observations.observation2): bootstrap intervals, carries, the removal edits (against
+the dense projection of rote.interp.edits), LEACE per class, nnsight against plain hooks, and the claims on
 a planted case: a label that *is* the bridge must rely on it."""
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from rote import charts, explorer
-from rote import observation2
-from rote.edits import apply_removal, plain_hooks, projection, remove_directions, resids_at
-from rote.evaluate import greedy_answers
-from rote.instances import carries, scored_positions
-from rote.leace import binary_leace, fit_leace
-from rote.sites import entity_basis
+from rote.book import charts, explorer
+from rote.observations import observation2
+from rote.interp.edits import apply_removal, plain_hooks, projection, remove_directions, resids_at
+from rote.runs.evaluate import greedy_answers
+from rote.interp.instances import carries, scored_positions
+from rote.interp.leace import binary_leace, fit_leace
+from rote.interp.sites import entity_basis
 from rote.stats import bootstrap_ci, bootstrap_diff_ci
-from rote.model import build_model, encode
+from rote.runs.model import build_model, encode
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
@@ -93,7 +93,7 @@ def test_removal_edits_only_the_scored_readout_positions():
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_bridge_projection_matches_the_interventions_reference(layer):
-    """THR projection at every position (a per-instance `Removal`) = rote.edits.remove_directions with
+    """THR projection at every position (a per-instance `Removal`) = rote.interp.edits.remove_directions with
     the bridges' entity basis (the dense reference), for the label's log-prob and greedy match."""
     config, model, tok, rows, _ = setup("thr")
     where = scored_positions(rows, "thr")

@@ -12,16 +12,16 @@ import torch
 
 from rote.config import make_config
 from test_heuristics import hook_activations
-from rote.data import generate
-from rote.evaluate import greedy_answers
-from rote.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
-from rote.edits import neurons_set, plain_hooks, run
-from rote.instances import digits, fda_rows, first_differing_position
-from rote.model import build_model, build_tokenizer
-from rote.heuristics import categories_on_grid
-from rote.observation3 import (heatmap_data, outlier_claims, outlier_heuristics, outlier_heuristics_of, rescue_curve,
+from rote.runs.data import generate
+from rote.runs.evaluate import greedy_answers
+from rote.observations.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
+from rote.interp.edits import neurons_set, plain_hooks, run
+from rote.interp.instances import digits, fda_rows, first_differing_position
+from rote.runs.model import build_model, build_tokenizer
+from rote.observations.heuristics import categories_on_grid
+from rote.observations.observation3 import (heatmap_data, outlier_claims, outlier_heuristics, outlier_heuristics_of, rescue_curve,
                                summary, summary_table)
-from rote.sites import prompt_batch
+from rote.interp.sites import prompt_batch
 from rote.stats import cluster_median_ci
 
 
@@ -284,7 +284,7 @@ def test_no_memorized_instance_and_bad_task():
 def test_shift_chart_bins_any_number_of_neurons():
     """At 10% noise there are thousands of driving neurons: the chart must stay under altair's
     5,000-row limit and count every neuron once."""
-    from rote import charts
+    from rote.book import charts
 
     rng = np.random.default_rng(0)
     chart = charts.shift_chart(pd.DataFrame({"z": rng.normal(1, 2, 6000)}), pd.DataFrame({"z": rng.normal(0, 1, 6000)}))

@@ -1,4 +1,4 @@
-"""Observation 4 (rote.observation4, rote.changes): the single-input changes are valid, the measures agree with
+"""Observation 4 (rote.observations.observation4, rote.observations.changes): the single-input changes are valid, the measures agree with
 plain torch, an identity change changes nothing, the look-up baselines give what a look-up gives,
 the dependence rules and the verdict follow the numbers."""
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from rote import changes as changing
-from rote import charts
-from rote import observation4
-from rote.edits import plain_hooks
-from rote.data import two_hop_prompt
-from rote.evaluate import greedy_answers
-from rote.model import encode
-from rote.instances import scored_positions
+from rote.observations import changes as changing
+from rote.book import charts
+from rote.observations import observation4
+from rote.interp.edits import plain_hooks
+from rote.runs.data import two_hop_prompt
+from rote.runs.evaluate import greedy_answers
+from rote.runs.model import encode
+from rote.interp.instances import scored_positions
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 

@@ -1,13 +1,13 @@
 """The published reference runs are runs of today's cpu profiles with every file a chapter reads,
-and `rote.reference.install` makes them finished runs that `get_or_train` loads."""
+and `rote.runs.reference.install` makes them finished runs that `get_or_train` loads."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
 import rote
-from rote import reference
-from rote.train import is_finished
+from rote.runs import reference
+from rote.runs.train import is_finished
 
 
 def test_reference_runs_are_the_cpu_profiles_with_every_file():

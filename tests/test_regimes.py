@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import rote
-from rote import regimes
-from rote.data import load_dataset
-from rote.train import training_rows
+from rote.grid import regimes
+from rote.runs.data import load_dataset
+from rote.runs.train import training_rows
 
 
 def curves(test, mem, facts=None):
@@ -59,7 +59,7 @@ def test_fact_repeats_is_validated_and_does_not_change_the_data():
         rote.make_config("thr", "tiny", fact_repeats=0)
     a, b = rote.make_config("thr", "tiny"), rote.make_config("thr", "tiny", fact_repeats=4)
     assert rote.config_hash(a) != rote.config_hash(b)
-    assert rote.data.dataset_dir(a) == rote.data.dataset_dir(b)
+    assert rote.runs.data.dataset_dir(a) == rote.runs.data.dataset_dir(b)
 
 
 def test_record_and_redraw(tmp_path):
@@ -90,12 +90,12 @@ def test_record_and_redraw(tmp_path):
     text = regimes.summary(runs, config)
     assert "This build's THR run" in text and "'memorize, then generalize'" in text and "after 2.0 min" in text
     assert "recorded run of the same set-up was 'generalize, then memorize'" in text
-    charts = pytest.importorskip("rote.charts")
+    charts = pytest.importorskip("rote.book.charts")
     assert charts.regime_map_chart(runs).to_dict() and charts.regime_curves_chart(runs, all_curves).to_dict()
 
 
 def test_curves_are_thinned_to_fit_the_page():
-    charts = pytest.importorskip("rote.charts")
+    charts = pytest.importorskip("rote.book.charts")
     long = pd.DataFrame({"run": ["a"] * 1000 + ["b"] * 5, "step": list(range(1000)) + list(range(5))})
     thin = charts.every_nth_evaluation(long, 10)
     a = thin[thin["run"] == "a"]["step"]

@@ -15,12 +15,16 @@ import pytest
 import torch
 
 import rote
-from rote import book, claims, reference, scorecard, store, sweep
+from rote import parameters
+from rote.book import build
+from rote import claims, store
+from rote.runs import reference
+from rote.grid import scorecard, sweep
 from rote.config import ConfigError, DeviceError
-from rote.data import DataError, dataset_dir, load_dataset
-from rote.model import CHECKSUMS, CheckpointError, load, record_checksums
+from rote.runs.data import DataError, dataset_dir, load_dataset
+from rote.runs.model import CHECKSUMS, CheckpointError, load, record_checksums
 from rote.store import REPO_ROOT
-from rote.train import RunError, run_dir
+from rote.runs.train import RunError, run_dir
 
 
 def _one_line(err) -> str:
@@ -161,7 +165,7 @@ def test_a_run_of_an_older_version_without_checksums_says_how_to_record_them():
         checksum.unlink()
     with pytest.raises(CheckpointError) as err:
         load(run / "checkpoints" / "step-000040")
-    assert f"no {CHECKSUMS} in" in _one_line(err) and f"python -m rote.model --checksum {run}" in str(err.value)
+    assert f"no {CHECKSUMS} in" in _one_line(err) and f"python -m rote.runs.model --checksum {run}" in str(err.value)
     assert sorted(p.name for p in record_checksums(run)) == ["final", "step-000040", "step-000060"]
     load(run / "final")
     load(run / "checkpoints" / "step-000040")
@@ -244,7 +248,7 @@ def test_an_out_of_range_thr_config_leaves_no_lock_behind():
 def test_overrides_naming_a_parameter_are_one_line(name):
     namespace = {"task": "fda", "noise": 0.05, "seed": 0, "profile": "tiny", "overrides": {name: 0}}
     with pytest.raises(ConfigError) as err:
-        book.check_parameters(namespace)
+        parameters.check(namespace)
     assert f"overrides cannot set {name}" in _one_line(err)
     with pytest.raises(ConfigError):
         sweep.grid(["fda"], [0.05], [0], "tiny", {name: 0})
@@ -282,7 +286,7 @@ def test_sweep_command_refuses_a_slurm_option_with_a_line_break(tmp_path):
 
 def test_book_refuses_an_unknown_chapter_before_any_work(tmp_path):
     with pytest.raises(ConfigError) as err:
-        book.build("tiny", only=["observation9"], root=tmp_path)
+        build.build("tiny", only=["observation9"], root=tmp_path)
     assert "unknown chapter(s) observation9; allowed: " in _one_line(err)
     assert list(tmp_path.iterdir()) == []
 
@@ -375,30 +379,30 @@ def test_reference_install_waits_for_a_trainer_of_the_same_run():
 
 
 def _stub_build(monkeypatch):
-    """book.build with the chapter runs, the Vega bundle and the HTML render stubbed out: only its
+    """build.build with the chapter runs, the Vega bundle and the HTML render stubbed out: only its
     cache and lock are under test."""
-    monkeypatch.setattr(book, "run_chapter", lambda notebook, out, parameters: shutil.copy(notebook, out))
-    monkeypatch.setattr(book, "provenance", lambda configs, parameters: "how it was run")
-    monkeypatch.setattr(book.vega, "write_bundle", lambda folder: None)
-    monkeypatch.setattr(book.subprocess, "run", lambda *a, **k: None)
+    monkeypatch.setattr(build, "run_chapter", lambda notebook, out, parameters: shutil.copy(notebook, out))
+    monkeypatch.setattr(build, "provenance", lambda configs, parameters: "how it was run")
+    monkeypatch.setattr(build.vega, "write_bundle", lambda folder: None)
+    monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: None)
 
 
 def test_a_broken_cache_entry_is_run_again_with_a_line_saying_so(tmp_path, monkeypatch, capsys):
     _stub_build(monkeypatch)
-    book.build("tiny", only=["data"], root=tmp_path)
+    build.build("tiny", only=["data"], root=tmp_path)
     [cached] = (tmp_path / "_build" / "cache").glob("data-*.ipynb")
     cached.write_text("")  # what a kill mid-copy used to leave
-    book.build("tiny", only=["data"], root=tmp_path)
+    build.build("tiny", only=["data"], root=tmp_path)
     said = capsys.readouterr().out
     assert f"data: the cached copy {cached} is broken (NotJSONError" in said and "data: running" in said
-    assert book.notebook_error(cached) == ""
+    assert build.notebook_error(cached) == ""
 
 
 def test_two_builds_of_one_root_are_serialized(tmp_path, monkeypatch):
     _stub_build(monkeypatch)
     (tmp_path / "_build").mkdir()
     with store.locked(tmp_path / "_build"):
-        other = threading.Thread(target=book.build, args=("tiny",), kwargs=dict(only=["data"], root=tmp_path))
+        other = threading.Thread(target=build.build, args=("tiny",), kwargs=dict(only=["data"], root=tmp_path))
         other.start()
         other.join(timeout=2)
         assert other.is_alive() and not (tmp_path / "_build" / "src").exists()
@@ -410,7 +414,7 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "book", tmp_path / "book")
-    monkeypatch.setattr(book, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(build, "REPO_ROOT", tmp_path)
     return tmp_path
 
 
@@ -420,7 +424,7 @@ def test_set_repository_refuses_a_bad_url_and_changes_nothing(tmp_path, monkeypa
     root = _repository_copy(tmp_path, monkeypatch)
     before = {p: p.read_bytes() for p in [root / "_config.yml", *root.glob("book/*.ipynb")]}
     with pytest.raises(SystemExit) as err:
-        book.main(["--set-repository", url])
+        build.main(["--set-repository", url])
     assert str(err.value.code).startswith("error: repository URL must be https://host/path")
     assert "\n" not in str(err.value.code)
     assert {p: p.read_bytes() for p in before} == before
@@ -432,7 +436,7 @@ def test_set_repository_edits_the_notebooks_as_json(tmp_path, monkeypatch):
 
     root = _repository_copy(tmp_path, monkeypatch)
     url = "https://git.example.org:8443/group/rote-fork.git"
-    book.set_repository(url)
+    build.set_repository(url)
     assert yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"] == url
     for notebook in root.glob("book/*.ipynb"):
         nb = nbformat.read(notebook, as_version=4)

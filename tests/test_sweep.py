@@ -1,5 +1,5 @@
-"""rote.sweep on Dask and the run-directory safety it needs: the lock, a SIGKILLed trainer or worker,
-a corrupt or hostile state.pt, bad grid input; and rote.scorecard's counting on known records."""
+"""rote.grid.sweep on Dask and the run-directory safety it needs: the lock, a SIGKILLed trainer or worker,
+a corrupt or hostile state.pt, bad grid input; and rote.grid.scorecard's counting on known records."""
 from __future__ import annotations
 
 import os
@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 import rote
-from rote import scorecard, sweep
+from rote.grid import scorecard, sweep
 from rote.claims import Claim
 from rote.config import ConfigError
 from rote.store import locked
-from rote.train import RunError, run_dir
+from rote.runs.train import RunError, run_dir
 
 PYTHON = sys.executable
 # A tiny run long enough to be caught in the middle (a few seconds on one thread).
@@ -178,7 +178,7 @@ def test_bad_grid_fails_in_one_line(args, expected):
 ])
 def test_sweep_command_refuses_bad_input_before_any_work(argv, expected, tmp_path):
     records = tmp_path / "records"
-    result = subprocess.run([PYTHON, "-m", "rote.sweep", "--profile", "tiny", "--records", str(records), *argv],
+    result = subprocess.run([PYTHON, "-m", "rote.grid.sweep", "--profile", "tiny", "--records", str(records), *argv],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

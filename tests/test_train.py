@@ -15,12 +15,12 @@ from transformers import GPT2LMHeadModel
 
 import rote
 from rote.config import make_config
-from rote.data import load_dataset
-from rote.evaluate import evaluate as real_evaluate
-from rote.evaluate import greedy_answers, matches
-from rote.model import build_model, build_tokenizer, encode, load
+from rote.runs.data import load_dataset
+from rote.runs.evaluate import evaluate as real_evaluate
+from rote.runs.evaluate import greedy_answers, matches
+from rote.runs.model import build_model, build_tokenizer, encode, load
 
-train_module = importlib.import_module("rote.train")  # `rote.train` is the function
+train_module = importlib.import_module("rote.runs.train")  # `rote.train` is the function
 
 FDA_COLUMNS = ["step", "epoch", "seconds", "loss", "lr", "tokens_per_s", "test_acc",
                "train_clean_acc", "mem_noisy", "mem_corrected"]
@@ -375,7 +375,7 @@ def test_noisy_predictions_agree_with_metrics(task, request, use_home):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     """rote's answer-only loss is HF's causal-LM loss with every non-answer token masked out."""
-    from rote.train import answer_loss, answer_positions
+    from rote.runs.train import answer_loss, answer_positions
 
     config = make_config(task, "tiny")
     frame = rote.load_dataset(config)
@@ -390,7 +390,7 @@ def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
 def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
     """precision=bf16 computes the step's matrix products in bf16 (plain attention) and the same
     loss as fp32 up to bf16 rounding; fp32 leaves the model's attention and dtypes alone."""
-    from rote.train import answer_loss, answer_positions, precision_context
+    from rote.runs.train import answer_loss, answer_positions, precision_context
 
     config = make_config("fda", "tiny")
     frame = rote.load_dataset(config)
@@ -411,7 +411,7 @@ def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
 
 
 def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch):
-    train_module = importlib.import_module("rote.train")  # `rote.train` the attribute is the function
+    train_module = importlib.import_module("rote.runs.train")  # `rote.train` the attribute is the function
     config = make_config("fda", "tiny", precision="bf16")
     model = build_model(config, 14)
     monkeypatch.setattr(train_module, "native_bf16", lambda: False)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import OneLineError
-from .stats import Comparison
-from .store import atomic_path
+from rote.config import OneLineError, config_hash
+from rote.stats import Comparison
+from rote.store import atomic_path, run_dir
 
 VERDICTS = ("holds", "holds in part", "does not hold", "cannot be tested")
 
@@ -122,8 +122,6 @@ def save(claims: list[Claim], run: Path, observation: int, task: str | None = No
 
 def record(claims: list[Claim], config, observation: int) -> list[Claim]:
     """Stamp `claims` with `config`'s hash and save them beside its run (`save`); returns them."""
-    from .config import config_hash
-    from .train import run_dir
     for c in claims:
         c.config_hash = config_hash(config)
     save(claims, run_dir(config), observation, config.task)

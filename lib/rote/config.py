@@ -12,6 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 class OneLineError(Exception):
     """An error the user can fix from its message alone. In a notebook it shows as its one line, not
@@ -34,6 +35,18 @@ PROFILES = ("tiny", "cpu", "paper")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("fp32", "bf16")
 KERNELS = ("deterministic", "fast")
+
+
+# The THR world: its relations and people (a config's n_relations and n_entities take the first ones).
+RELATIONS = ("mother", "father", "neighbor", "debtor", "teacher", "boss", "doctor", "lawyer",
+             "mentor", "landlord", "coach", "partner", "dentist", "banker", "tutor", "colleague",
+             "friend", "roommate", "sponsor", "editor")
+
+
+def names() -> list[str]:
+    """The committed name list (lib/rote/resources/names.txt), most common first."""
+    lines = (Path(__file__).parent / "resources" / "names.txt").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @dataclass(frozen=True)
@@ -182,13 +195,11 @@ def validate(config: Config) -> Config:
     if config.n_embd % config.n_head:
         raise ConfigError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
     if config.task == "thr":
-        from .data import RELATIONS, names  # the data module needs this one: imported here, not at the top
-
         if not 3 <= config.n_entities <= len(names()):
             raise ConfigError(f"n_entities must be in [3, {len(names())}] for thr (the names in "
                               f"lib/rote/resources/names.txt), got {config.n_entities}")
         if config.n_relations > len(RELATIONS):
-            raise ConfigError(f"n_relations must be in [1, {len(RELATIONS)}] for thr (rote.data.RELATIONS), "
+            raise ConfigError(f"n_relations must be in [1, {len(RELATIONS)}] for thr (rote.config.RELATIONS), "
                               f"got {config.n_relations}")
     if config.task == "fda" and config.n_train + config.n_test > 1_000_000:
         raise ConfigError("n_train + n_test must be <= 1,000,000 for fda")
@@ -264,27 +275,6 @@ def data_fields(config: Config) -> dict:
     names = ["task", "noise", "seed"]
     names += ["n_train", "n_test"] if config.task == "fda" else ["n_entities", "n_relations", "two_hop_train_fraction"]
     return {name: getattr(config, name) for name in names}
-
-
-def chapter_tasks(task: str) -> list[str]:
-    """The tasks a chapter runs for its `task` parameter: "fda", "thr" or "both"."""
-    _choice("task", task, (*TASKS, "both"))
-    return list(TASKS) if task == "both" else [task]
-
-
-def check_parameter_names(namespace: dict, allowed) -> dict:
-    """A chapter's parameters (`allowed`) from its global `namespace`, after a one-line error if the
-    namespace holds any other plain value: papermill only warns of an unknown name (`-p nosie 0.1`
-    would silently run the default noise). The `overrides` parameter must be a dict."""
-    import types
-
-    notebook = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
-    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in allowed
-                     and k not in notebook and not isinstance(v, types.ModuleType) and not callable(v))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    check_overrides(namespace.get("overrides", {}))
-    return {k: namespace[k] for k in allowed}
 
 
 def profile_table() -> "pandas.DataFrame":

@@ -9,7 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import OneLineError
+from rote.config import OneLineError, config_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"  # committed data of the repository: the reference runs
@@ -36,6 +36,11 @@ def home() -> Path:
     if (REPO_ROOT / "_toc.yml").exists():
         return REPO_ROOT / "runs"
     return Path.home() / ".cache" / "rote"
+
+
+def run_dir(config) -> Path:
+    """Where `config`'s run lives: its checkpoints, metrics and claim records."""
+    return home() / "runs" / f"{config.task}-{config_hash(config)}"
 
 
 def _umask() -> int:

@@ -1,0 +1,352 @@
+"""Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection)."""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from rote.book import vega  # noqa: F401 - registers the offline renderer the book is executed with
+from rote.interp.sites import PLACES
+
+MEASURES = {
+    "test_acc": "test accuracy",
+    "train_clean_acc": "train-clean accuracy",
+    "facts_acc": "one-hop facts",
+    "mem_noisy": "Mem-Noisy",
+    "mem_corrected": "Mem-Corrected",
+}
+
+
+def composition_chart(counts: pd.DataFrame) -> alt.Chart:
+    """Instances per task, split, kind and label (clean or noisy): `rote.runs.data.composition`
+    of each task, with a `task` column."""
+    return alt.Chart(counts).mark_bar().encode(
+        x=alt.X("instances:Q"), y=alt.Y("kind:N", title=None),
+        color=alt.Color("label:N", scale=alt.Scale(domain=["clean", "noisy"])),
+        row=alt.Row("task:N", title=None), column=alt.Column("split:N", title=None),
+        tooltip=["task", "split", "kind", "label", "instances"],
+    ).properties(width=260, height=60)
+
+
+def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Test and train-clean accuracy, Mem-Noisy and Mem-Corrected over training steps."""
+    present = [m for m in MEASURES if m in metrics]
+    long = metrics.melt(id_vars=["step", "seconds"], value_vars=present, var_name="measure", value_name="share")
+    long["measure"] = long["measure"].map(MEASURES)
+    long["minutes"] = long["seconds"] / 60
+    pick = alt.selection_point(fields=["measure"], bind="legend")
+    return alt.Chart(long, title=title).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+        x=alt.X("step:Q", title="training step"),
+        y=alt.Y("share:Q", title="share of questions", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("measure:N", sort=[MEASURES[m] for m in present], title=None),
+        opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
+        tooltip=["measure", "step", alt.Tooltip("minutes:Q", format=".1f"), alt.Tooltip("share:Q", format=".3f")],
+    ).add_params(pick).properties(width=520, height=260).interactive(bind_y=False)
+
+
+def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per noisy instance: first evaluation with the correct answer (x) against first evaluation
+    with the noisy label (y). Points above the diagonal were answered correctly first."""
+    counted = (first.dropna(subset=["first_correct", "first_noisy"])
+               .groupby(["first_correct", "first_noisy"]).size().rename("instances").reset_index())
+    top = float(max(first[["first_correct", "first_noisy"]].max().max(), 1))
+    points = alt.Chart(counted, title=title).mark_circle(opacity=0.7).encode(
+        x=alt.X("first_correct:Q", title="first evaluation answered correctly (step)", scale=alt.Scale(domain=[0, top])),
+        y=alt.Y("first_noisy:Q", title="first evaluation with the noisy label (step)", scale=alt.Scale(domain=[0, top])),
+        size=alt.Size("instances:Q", title="instances"),
+        tooltip=["first_correct", "first_noisy", "instances"],
+    )
+    diagonal = alt.Chart(pd.DataFrame({"x": [0, top], "y": [0, top]})).mark_line(color="gray", strokeDash=[4, 4]).encode(x="x", y="y")
+    return (diagonal + points).properties(width=360, height=360)
+
+
+# ---- Observation 1: the layer-by-layer readout -----------------------------------------------------
+
+READOUTS = {"share_correct": "correct label", "share_noisy": "noisy label", "share_bridge": "bridge entity"}
+RANKS = {"mean_rank_correct": "correct label", "mean_rank_noisy": "noisy label", "mean_rank_bridge": "bridge entity"}
+POSITION_NAMES = {**{str(k): place for k, place in enumerate(PLACES)}, "all": "all differing digits"}
+
+
+def _layer_label(layer: int) -> str:
+    return "embed" if layer < 0 else str(layer)
+
+
+def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt.Chart:
+    """Per layer (embed = the embedding output): top, the share of readouts whose top-1 is the
+    correct label, the noisy label or (THR) the bridge; bottom, the mean rank of each (0 = top,
+    symlog axis); memorized noisy instances solid, clean ones dashed. FDA: one column per answer
+    digit that enters, and all of them pooled. Click a legend entry to highlight it."""
+    if shares.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to read out"]}), title=title).mark_text().encode(text="text:N")
+    pick = alt.selection_point(fields=["token"], bind="legend")
+    order = [POSITION_NAMES[k] for k in ("all", "0", "1", "2", "3")] if task == "fda" else ["answer"]
+    rows = []
+    for columns, measure, scale in ((READOUTS, "share of readouts that are top-1", alt.Scale(domain=[0, 1])),
+                                    (RANKS, "mean rank (0 = top)", alt.Scale(type="symlog"))):
+        long = shares.melt(id_vars=["group", "position", "layer", "n"], value_vars=list(columns),
+                           var_name="token", value_name="value").dropna(subset=["value"])
+        long["token"] = long["token"].map(columns)
+        long["position"] = long["position"].astype(str).map(POSITION_NAMES) if task == "fda" else "answer"
+        long["layer name"] = long["layer"].astype(int).map(_layer_label)
+        layers = [_layer_label(x) for x in sorted(shares["layer"].astype(int).unique())]
+        chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
+            x=alt.X("layer name:O", sort=layers, title="layer"),
+            y=alt.Y("value:Q", title=measure, scale=scale),
+            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of"),
+            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances"),
+            opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
+            tooltip=["group", "position", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
+        ).properties(width=150 if task == "fda" else 320, height=160)
+        if not rows:
+            chart = chart.add_params(pick)
+        rows.append(chart.facet(column=alt.Column("position:N", title=None, sort=order,
+                                                  header=alt.Header(labelFontSize=12))))
+    return alt.vconcat(*rows, title=title)
+
+
+def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per checkpoint (x) and layer (y): the share of the final model's memorized noisy readouts
+    whose top-1 is the correct label (left) and the noisy label (right)."""
+    if table.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    long = table.melt(id_vars=["step", "layer", "n"], value_vars=["share_correct", "share_noisy"],
+                      var_name="readout", value_name="share")
+    long["readout"] = long["readout"].map(READOUTS)
+    long["layer name"] = long["layer"].map(_layer_label)
+    layers = [_layer_label(x) for x in sorted(long["layer"].unique(), reverse=True)]
+    return alt.Chart(long).mark_rect().encode(
+        x=alt.X("step:O", title="checkpoint (training step)"),
+        y=alt.Y("layer name:O", sort=layers, title="layer"),
+        color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="share top-1"),
+        tooltip=["step", "layer name", "readout", alt.Tooltip("share:Q", format=".3f"), "n"],
+    ).properties(width=260, height=150).facet(column=alt.Column("readout:N", title=None), title=title)
+
+
+# ---- Observation 2: removing the correct intermediate result ----------------------------------------
+
+def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title: str = "") -> alt.Chart:
+    """Per method (columns), group and measure (rows) and layer (x): the mean change of the label's
+    log-prob (nats per scored token) and of memorization accuracy after removing the target (the
+    correct intermediate result) and the control, with 95% bootstrap intervals. `names`:
+    {(method, "target" or "control"): what is removed}, shown in tooltips."""
+    if sizes.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to intervene on"]}), title=title).mark_text().encode(text="text:N")
+    parts = []
+    short = {"memorized noisy": "noisy", "clean": "clean"}
+    for measure, column in (("Δ log-prob", "delta_logp"), ("Δ accuracy", "acc_change")):
+        part = sizes[["method", "layer", "group", "removed", "n"]].copy()
+        part["value"], part["lo"], part["hi"] = sizes[column], sizes[f"{column}_lo"], sizes[f"{column}_hi"]
+        part["panel"] = part["group"].map(short) + ": " + measure
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    long["what"] = [(names or {}).get((m, r), r) for m, r in zip(long["method"], long["removed"])]
+    long["layer"] = long["layer"].astype(int)
+    pick = alt.selection_point(fields=["removed"], bind="legend")
+    enc = dict(x=alt.X("layer:O"), color=alt.Color("removed:N", sort=["target", "control"],
+                                                   title="removed"),
+               xOffset=alt.XOffset("removed:N", sort=["target", "control"]),
+               opacity=alt.condition(pick, alt.value(1), alt.value(0.15)))
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        y=alt.Y("value:Q", title=None), tooltip=["method", "group", "layer", "what", "n",
+                                                  alt.Tooltip("value:Q", format="+.3f"), alt.Tooltip("lo:Q", format="+.3f"),
+                                                  alt.Tooltip("hi:Q", format="+.3f")], **enc).add_params(pick)
+    bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
+    zero = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(0))
+    order = [f"{g}: {m}" for g in ("noisy", "clean") for m in ("Δ log-prob", "Δ accuracy")]
+    return alt.layer(zero, bars, points, data=long).properties(width=220, height=120).facet(
+        row=alt.Row("panel:N", title=None, sort=order, header=alt.Header(labelAngle=0, labelAlign="left")),
+        column=alt.Column("method:N", title=None), title=title,
+    ).resolve_scale(y="independent")
+
+
+def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
+    """A dropdown over precomputed instances: left, the rank (0 = top) of the correct label, the
+    noisy label and (THR) the bridge at every layer and scored answer position; right, the change
+    of the label's log-prob after each removal (target and control) at every layer."""
+    if readout.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
+    names = list(dict.fromkeys(readout["instance"]))
+    choice = alt.param(name="instance", value=names[0],
+                       bind=alt.binding_select(options=names, name="instance: "))
+    keep = alt.datum.instance == choice
+    readout = readout.assign(**{"layer name": readout["layer"].map(_layer_label)})
+    layers = [_layer_label(x) for x in sorted(readout["layer"].unique())]
+    left = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
+        x=alt.X("layer name:O", sort=layers, title="layer"),
+        y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
+        color=alt.Color("token:N", sort=list(READOUTS.values()), title="token"),
+        strokeDash=alt.StrokeDash("position:N", title="answer position"),
+        tooltip=["instance", "layer name", "position", "token", "text", "rank", "top1"],
+    ).transform_filter(keep).properties(width=300, height=220)
+    right = alt.Chart(effects, title="removal: Δ log-prob of the label").mark_line(point=True).encode(
+        x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
+        color=alt.Color("what:N", title="removed"), strokeDash=alt.StrokeDash("method:N"),
+        tooltip=["instance", "method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
+                 "mem_after"],
+    ).transform_filter(keep).properties(width=300, height=220)
+    return alt.hconcat(left, right, title=title).add_params(choice).resolve_scale(color="independent",
+                                                                                    strokeDash="independent")
+
+
+def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
+    """One point per THR set-up: two-hop training questions per fact (x) against the size of the
+    knowledge graph (y), coloured by regime, shaped by how often each fact repeats per epoch, one
+    panel per model shape; tooltips hold the rest."""
+    from rote.grid.regimes import REGIMES
+
+    runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
+                       facts=runs["n_entities"] * runs["n_relations"])
+    tooltip = ["run", "regime", "n_entities", "n_relations", "two_hop_per_fact", "fact_repeats", "batch_size", "lr",
+               "schedule", "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"), alt.Tooltip("final_mem_noisy:Q", format=".3f"),
+               alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
+               "epochs", "note"]
+    return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
+        x=alt.X("two_hop_per_fact:Q", title="two-hop training questions per one-hop fact", scale=alt.Scale(type="log")),
+        y=alt.Y("facts:Q", title="one-hop facts (people x relations)", scale=alt.Scale(type="log")),
+        color=alt.Color("regime:N", scale=alt.Scale(domain=list(REGIMES)), title=None),
+        shape=alt.Shape("fact_repeats:O", title="fact repeats"),
+        column=alt.Column("model:N", title=None),
+        tooltip=tooltip,
+    ).properties(width=260, height=220)
+
+
+CHART_ROWS = 4_800  # under altair's 5,000-row limit for data embedded in a page
+
+
+def every_nth_evaluation(curves: pd.DataFrame, per_run: int) -> pd.DataFrame:
+    """At most `per_run` evaluations of each run, evenly spaced, its first and last kept: a small
+    panel shows no more, and the page embeds less."""
+    def thin(run):
+        keep = np.unique(np.linspace(0, len(run) - 1, min(per_run, len(run))).round().astype(int))
+        return run.iloc[keep]
+    return pd.concat([thin(run) for _, run in curves.groupby("run", sort=False)], ignore_index=True)
+
+
+def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each (each
+    run thinned to fit CHART_ROWS)."""
+    curves = every_nth_evaluation(curves, max(8, CHART_ROWS // (3 * max(1, curves["run"].nunique()))))
+    labels = runs.set_index("run").apply(
+        lambda r: f"{r.name}: {r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
+                  f"facts x{r['fact_repeats']}, {r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
+                  f"{r['schedule']}, wd {r['weight_decay']:g}", axis=1)
+    long = curves.melt(id_vars=["run", "epoch", "seconds"], value_vars=["test_acc", "mem_noisy", "facts_acc"],
+                       var_name="measure", value_name="share")
+    long["measure"] = long["measure"].map(MEASURES)
+    long["set-up"] = long["run"].map(labels)
+    long["minutes"] = long["seconds"] / 60
+    return alt.Chart(long, title=title).mark_line().encode(
+        x=alt.X("epoch:Q"), y=alt.Y("share:Q", title=None, scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("measure:N", title=None),
+        tooltip=["set-up", "measure", alt.Tooltip("epoch:Q", format=".0f"), alt.Tooltip("minutes:Q", format=".1f"),
+                 alt.Tooltip("share:Q", format=".3f")],
+    ).properties(width=200, height=120).facet(facet=alt.Facet("set-up:N", title=None), columns=3)
+
+
+# ---- Observation 4: changing one input at a time ---------------------------------------------------
+
+def single_change_chart(survival: pd.DataFrame, inputs=None, title: str = "") -> alt.Chart:
+    """Per changed input (x) and group (color: memorized noisy, clean, the look-up baselines): top,
+    the share of single-input changes after which the model still writes the label; bottom, the
+    share answered with the changed question's true answer; 95% intervals over instances."""
+    if survival.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no changes to show"]}), title=title).mark_text().encode(text="text:N")
+    parts = []
+    for measure, column in (("label kept", "kept"), ("changed question answered correctly", "correct")):
+        part = survival[["group", "input", "instances", "changes"]].copy()
+        part["value"], part["lo"], part["hi"] = survival[column], survival[f"{column}_lo"], survival[f"{column}_hi"]
+        part["measure"] = measure
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    groups = list(dict.fromkeys(long["group"]))
+    order = list(inputs) if inputs is not None else list(dict.fromkeys(long["input"]))
+    pick = alt.selection_point(fields=["group"], bind="legend")
+    enc = dict(x=alt.X("input:N", sort=order, title="changed input"),
+               color=alt.Color("group:N", sort=groups, title=None),
+               xOffset=alt.XOffset("group:N", sort=groups),
+               opacity=alt.condition(pick, alt.value(1), alt.value(0.15)))
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        y=alt.Y("value:Q", title="share of changes", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["group", "input", "measure", "instances", "changes", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")], **enc).add_params(pick)
+    bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
+    return alt.layer(bars, points, data=long).properties(width=60 * len(order), height=150).facet(
+        row=alt.Row("measure:N", title=None, sort=["label kept", "changed question answered correctly"],
+                    header=alt.Header(labelAngle=0, labelAlign="left")), title=title)
+
+
+# ---- Observation 3: outlier heuristics ---------------------------------------------------------------
+
+def neuron_heatmap_chart(cells: pd.DataFrame, marks: pd.DataFrame, title: str = "") -> alt.Chart:
+    """One neuron's mean activation over the clean grid per (a digit, b digit) (`cells`), with the
+    noisy instance (`marks`) drawn as a circle in its cell, filled with its own activation on the
+    same colour scale: the shift is the contrast between circle and cell."""
+    if cells is None or cells.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no driving neuron to show"]}), title=title).mark_text().encode(text="text:N")
+    lo = float(min(cells["activation"].min(), marks["activation"].min()))
+    hi = float(max(cells["activation"].max(), marks["activation"].max()))
+    scale = alt.Scale(scheme="viridis", domain=[lo, hi])
+    axis = dict(sort=list(range(10)))
+    heat = alt.Chart(cells).mark_rect().encode(
+        x=alt.X("b digit:O", title="digit of b", **axis), y=alt.Y("a digit:O", title="digit of a", **axis),
+        color=alt.Color("activation:Q", scale=scale, title="activation"),
+        tooltip=["a digit", "b digit", alt.Tooltip("activation:Q", format=".2f"), "n"])
+    point = alt.Chart(marks).mark_point(shape="circle", size=420, filled=True, stroke="red", strokeWidth=3).encode(
+        x=alt.X("b digit:O", **axis), y=alt.Y("a digit:O", **axis), color=alt.Color("activation:Q", scale=scale),
+        tooltip=["instance", alt.Tooltip("activation:Q", format=".2f"), alt.Tooltip("neighbour mean:Q", format=".2f"),
+                 alt.Tooltip("z:Q", format=".2f")])
+    return (heat + point).properties(width=300, height=300, title=title)
+
+
+def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Share of memorized noisy instances rescued (greedy answer = true sum) against the number of
+    neurons patched to their clean neighbours' means: the top driving neurons and random neurons of
+    the same layers, with 95% Wilson intervals."""
+    if curve.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    long = pd.concat([pd.DataFrame({"k": curve["k"], "patched": name, "rescued": curve[f"rescue_{key}"],
+                                    "lo": curve[f"{key}_lo"], "hi": curve[f"{key}_hi"]})
+                      for name, key in (("top driving neurons", "driving"), ("random neurons, same layers", "control"))])
+    enc = dict(x=alt.X("k:Q", scale=alt.Scale(type="log"), title="neurons patched per instance"),
+               color=alt.Color("patched:N", title=None))
+    line = alt.Chart(long).mark_line(point=True).encode(
+        y=alt.Y("rescued:Q", scale=alt.Scale(domain=[0, 1]), title="share rescued (true sum written)"),
+        tooltip=["patched", "k", alt.Tooltip("rescued:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f")], **enc)
+    band = alt.Chart(long).mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q", **enc)
+    return (band + line).properties(width=360, height=220, title=title)
+
+
+def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Histogram of the shift z (noisy instance against its clean neighbours) of the driving
+    neurons and of the random control neurons, clipped to [-6, 6]."""
+    if neurons.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
+    both = pd.concat([pd.DataFrame({"z": neurons["z"], "neurons": "driving"}),
+                      pd.DataFrame({"z": control["z"], "neurons": "random, same layers"})]).dropna()
+    # binned here, not by Vega-Lite: one row per bin keeps the chart small at any noise rate
+    both["from"] = (both["z"].clip(-6, 5.99) // 0.25) * 0.25
+    counts = both.groupby(["neurons", "from"]).size().rename("count").reset_index()
+    counts["to"] = counts["from"] + 0.25
+    return alt.Chart(counts).mark_bar(opacity=0.6).encode(
+        x=alt.X("from:Q", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"), x2="to:Q",
+        y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
+        tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
+    ).properties(width=360, height=200, title=title)
+
+
+# ---- The scorecard -------------------------------------------------------------------------------------
+
+SUMMARY_COLORS = {"holds in every run": "#1a7f37", "holds in most runs": "#7fbf7b", "holds in some runs": "#f1b6da",
+                  "holds in no run": "#c51b7d", "cannot be tested": "#9e9e9e", "not run yet": "#e0e0e0"}
+
+
+def scorecard_chart(frame: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Observation (rows) x noise rate (columns), one panel per task: how often the observation held
+    over seeds; the tooltip gives each seed's verdict and number."""
+    return alt.Chart(frame, title=title).mark_rect(stroke="white").encode(
+        x=alt.X("noise:O", title="noise rate", sort=sorted(frame["noise"].unique(), key=lambda n: float(n.rstrip("%")))),
+        y=alt.Y("observation:O", title="observation"),
+        color=alt.Color("summary:N", title=None, scale=alt.Scale(domain=list(SUMMARY_COLORS), range=list(SUMMARY_COLORS.values()))),
+        tooltip=["task", "observation", "claim", "noise", "counts", "runs"],
+    ).properties(width=180, height=200).facet(column=alt.Column("task:N", title=None))
