@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import rote
-from rote import claims
-from rote.observations import heuristics, observation0, observation1, observation2, observation3, observation4
+from rote import claims, parameters
+from rote.observations import OBSERVATIONS, heuristics, observation0, observation1, observation2, observation3, observation4
 
 
 def main():
@@ -34,27 +34,27 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     save = lambda name, frame: frame.to_csv(args.out / f"{name}.csv", index=False)  # noqa: E731
     records = []
-    for task in rote.config.chapter_tasks(args.task):
-        config, seconds = rote.make_config(task, args.profile), []
+    for task in parameters.chapter_tasks(args.task):
+        config, seconds = rote.make_config(task, args.profile), {}
 
-        def analyse(observation, measure, claims_of):
+        def analyse(number):
             """Measure, make the claims and time both, as a chapter does."""
-            t = time.perf_counter()
-            result = measure(config, progress=False)
-            records.extend(claims.record(claims_of(result), config, observation))
-            seconds.append(time.perf_counter() - t)
+            observation, t = OBSERVATIONS[number], time.perf_counter()
+            result = observation.measure(config, progress=False)
+            records.extend(claims.record(observation.claims(result), config, number))
+            seconds[number] = time.perf_counter() - t
             return result
-        r0 = analyse(0, observation0.training_dynamics, observation0.dynamics_claims)
+        r0 = analyse(0)
         (args.out / f"{task}_run_summary.txt").write_text(observation0.run_summary(r0))
-        r1 = analyse(1, observation1.layer_readout, observation1.override_claims)
+        r1 = analyse(1)
         save(f"{task}_readout", observation1.readout_table(r1))
         save(f"{task}_over_training", observation1.readout_over_training(config, r1.memorized))
-        r2 = analyse(2, observation2.reliance, observation2.reliance_claims)
+        r2 = analyse(2)
         save(f"{task}_effects", observation2.effects_table(r2))
         save(f"{task}_contrasts", observation2.contrasts_table(r2))
         save(f"{task}_removal_rows", r2.effects)
-        if task == "fda":
-            r3 = analyse(3, observation3.outlier_heuristics, observation3.outlier_claims)
+        if task in OBSERVATIONS[3].tasks:
+            r3 = analyse(3)
             save("fda_types", heuristics.type_counts(r3.heuristics))
             save("fda_summary", observation3.summary_table(r3))
             save("fda_rescue", observation3.rescue_curve(r3))
@@ -62,11 +62,10 @@ def main():
             cells, _, description = observation3.heatmap_data(r3)
             save("fda_heat", cells)
             (args.out / "fda_heat.txt").write_text(description)
-        r4 = analyse(4, observation4.distributed_encoding, observation4.distributed_claims)
+        r4 = analyse(4)
         save(f"{task}_survival", observation4.survival_table(r4))
         save(f"{task}_dependence", observation4.dependence_table(r4))
-        names = [0, 1, 2, 3, 4] if task == "fda" else [0, 1, 2, 4]
-        print(task, "seconds per observation:", ", ".join(f"{n}: {s:.1f}" for n, s in zip(names, seconds)), flush=True)
+        print(task, "seconds per observation:", ", ".join(f"{n}: {s:.1f}" for n, s in seconds.items()), flush=True)
     (args.out / "claims.json").write_text(claims.to_json(records))
 
 
