@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test book check-book reference sweep bench clean
+.PHONY: install chromium test book check-book reference sweep bench golden clean
 
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -30,6 +30,7 @@ chromium:
 	else echo "note: no chromium; the browser check of the book will be skipped (install chromium, or set CHROMIUM)"; fi
 
 test: install
+	$(BIN)/ruff check lib tests bench
 	$(BIN)/python -m pytest
 
 # PROFILE=paper wants a GPU; ALLOW_CPU=1 runs it anyway.
@@ -50,6 +51,14 @@ check-book: install
 
 bench: install
 	$(BIN)/python bench/training_speed.py
+
+# Every chapter's numbers on small models that memorize their noise (the tiny profile, twice as wide,
+# trained 1,200 steps at 10% noise: about 2 minutes) against bench/golden/tiny/; GOLDEN_WRITE=1 writes them anew.
+GOLDEN := --profile tiny -o noise=0.1 -o n_embd=64 -o max_steps=1200 -o eval_every=100 --threads 1
+golden: install
+	rm -rf _build/golden
+	ROTE_HOME=$(CURDIR)/_build/golden/home $(BIN)/python bench/chapter_numbers.py $(GOLDEN) \
+		$(if $(GOLDEN_WRITE),bench/golden/tiny,_build/golden/numbers --check bench/golden/tiny)
 
 clean:
 	rm -rf _build

@@ -411,7 +411,7 @@ def test_two_builds_of_one_root_are_serialized(tmp_path, monkeypatch):
 
 
 def _repository_copy(tmp_path, monkeypatch) -> Path:
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "CITATION.cff"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "book", tmp_path / "book")
     monkeypatch.setattr(build, "REPO_ROOT", tmp_path)
@@ -422,7 +422,7 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
                                  "https://example.org/a b", "file:///etc/passwd"])
 def test_set_repository_refuses_a_bad_url_and_changes_nothing(tmp_path, monkeypatch, url):
     root = _repository_copy(tmp_path, monkeypatch)
-    before = {p: p.read_bytes() for p in [root / "_config.yml", *root.glob("book/*.ipynb")]}
+    before = {p: p.read_bytes() for p in [root / "_config.yml", root / "CITATION.cff", *root.glob("book/*.ipynb")]}
     with pytest.raises(SystemExit) as err:
         build.main(["--set-repository", url])
     assert str(err.value.code).startswith("error: repository URL must be https://host/path")
@@ -438,6 +438,7 @@ def test_set_repository_edits_the_notebooks_as_json(tmp_path, monkeypatch):
     url = "https://git.example.org:8443/group/rote-fork.git"
     build.set_repository(url)
     assert yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"] == url
+    assert yaml.safe_load((root / "CITATION.cff").read_text())["repository-code"] == url
     for notebook in root.glob("book/*.ipynb"):
         nb = nbformat.read(notebook, as_version=4)
         nbformat.validate(nb)

@@ -258,8 +258,8 @@ REPOSITORY = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~-]+)+")
 
 
 def set_repository(url: str) -> None:
-    """Point the Colab buttons (_config.yml) and every chapter's install cell at `url`, after
-    checking it: the notebooks are edited as JSON (nbformat), never as text."""
+    """Point the Colab buttons (_config.yml), every chapter's install cell and CITATION.cff at `url`,
+    after checking it: the notebooks are edited as JSON (nbformat), never as text."""
     import nbformat
 
     if not REPOSITORY.fullmatch(url):
@@ -269,7 +269,9 @@ def set_repository(url: str) -> None:
     text, found = re.subn(r"(repository:\n  url: )\S+", lambda m: m.group(1) + url, config.read_text())
     if found != 1:
         raise ConfigError(f"{config} has no 'repository:' with a 'url:' line under it; allowed: one such block")
-    edited = {}
+    citation = REPO_ROOT / "CITATION.cff"
+    edited = {citation: re.sub(r'(?m)^(repository-code: )"[^"]*"', lambda m: f'{m.group(1)}"{url}"', citation.read_text())} \
+        if citation.exists() else {}
     for notebook in chapters():
         nb = nbformat.read(notebook, as_version=nbformat.NO_CONVERT)
         for cell in nb.cells:
