@@ -14,10 +14,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import rote
 from rote.interp import eap
-from rote.interp.edits import patch, plain_hooks
+from rote.interp.edits import plain_hooks, read, run
 from rote.interp.instances import questions
 from rote.runs.model import build_model, build_tokenizer
-from rote.interp.sites import Site
 
 # Spearman correlation of EAP scores with single-edge patching over all 46 edges, 64 clean training
 # questions, tiny profile, seed 0, one thread: measured 0.968 (FDA) and 0.769 (THR); seeds 1 and 2
@@ -190,13 +189,22 @@ def test_patching_no_edge_is_clean_and_every_edge_is_corrupted(task):
 
 
 def test_patching_every_edge_out_of_a_head_is_patching_the_head():
-    """Against `rote.interp.edits.patch` (nnsight): the head's z from the corrupted run."""
+    """Against an edit of `rote.interp.edits.run` (nnsight): the head's z (its slice of c_proj's
+    input) from the corrupted run."""
     model, _, _ = trained("fda")
     pairs, graph = clean_pairs("fda", 16), eap.graph_of(model)
+    d_head = model.config.n_embd // model.config.n_head
     for layer, head in ((0, 1), (1, 0)):
         out = torch.tensor((graph.edges["upstream"] == f"a{layer}.h{head}").to_numpy())
+        z = slice(head * d_head, (head + 1) * d_head)
         with torch.no_grad():
-            expected = eap.logit_difference(patch(model, pairs.clean, [Site("head", layer, head)], pairs.corrupt), pairs)
+            corrupted = read(model, pairs.corrupt, [(layer, "head")])[0][(layer, "head")]
+
+            def put(x):
+                x = x.clone()
+                x[..., z] = corrupted[..., z]
+                return x
+            expected = eap.logit_difference(run(model, pairs.clean, {(layer, "head"): put}), pairs)
         assert torch.allclose(eap.patched_metric(model, pairs, out), expected, atol=1e-5)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from rote.book import charts, explorer
 from rote.observations import observation2
-from rote.interp.edits import apply_removal, plain_hooks, projection, remove_directions, resids_at
+from rote.interp.edits import apply_removal, plain_hooks, projection, resids_at
 from rote.runs.evaluate import greedy_answers
 from rote.interp.instances import carries, scored_positions
 from rote.interp.leace import binary_leace, fit_leace
@@ -92,18 +92,26 @@ def test_removal_edits_only_the_scored_readout_positions():
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_bridge_projection_matches_the_interventions_reference(layer):
-    """THR projection at every position (a per-instance `Removal`) = rote.interp.edits.remove_directions with
-    the bridges' entity basis (the dense reference), for the label's log-prob and greedy match."""
+def test_bridge_projection_matches_a_dense_reference(layer):
+    """THR projection at every position (a per-instance `Removal`) = the bridge's direction projected
+    out of the whole block output by a plain torch hook, for the label's log-prob and greedy match."""
     config, model, tok, rows, _ = setup("thr")
     where = scored_positions(rows, "thr")
-    removal = projection(entity_basis(model, tok, rows["bridge"])[:, None], where, True)
-    ours = apply_removal(model, tok, rows, [layer], removal, where, batch_size=7)
-    ref = remove_directions(model, tok, rows, entity_basis(model, tok, rows["bridge"]), [layer])
-    ref = ref[ref["target"] == "label"].set_index("id").loc[rows["id"]]
-    np.testing.assert_allclose(ours["logp_after"], ref["logp_after"], atol=1e-5)
-    np.testing.assert_allclose(ours["logp_before"], ref["logp_before"], atol=1e-5)
-    assert (ours["match_after"].to_numpy() == ref["match_after"].to_numpy()).all()
+    q = entity_basis(model, tok, rows["bridge"])  # [N, d, k]
+    ours = apply_removal(model, tok, rows, [layer], projection(q[:, None], where, True), where, batch_size=7)
+    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    project = lambda mod, args, h: h - torch.einsum("btk,bdk->btd", torch.einsum("btd,bdk->btk", h, q), q)  # noqa: E731
+    handle = model.transformer.h[layer].register_forward_hook(project)
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        handle.remove()
+    answer = mask[:, 1:]
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)[answer]
+    said = logits[:, :-1].argmax(-1)[answer] == ids[:, 1:][answer]
+    np.testing.assert_allclose(ours["logp_after"], logp.numpy(), atol=1e-5)
+    assert (ours["match_after"].to_numpy() == said.numpy()).all()
     assert (ours["logp_after"] - ours["logp_before"]).abs().max() > 1e-4
 
 

@@ -12,8 +12,7 @@ The edits the chapters use:
   erasure (`erasure`: the eraser's factors);
 - `set_at`: given neurons set to given values at one column per row (patching to a mean);
 - skipped blocks (`run`'s `skip`): a block not run, its output given (a neuron's mean ablation
-  is a known change of its block's output, so only the blocks after it need to run);
-- `Site` edits: `activations` read, `patch` from another run, `ablate` to zero / mean / a value.
+  is a known change of its block's output, so only the blocks after it need to run).
 
 Effects are measured under teacher forcing with `score` (the one log-prob function): the mean
 log-prob of the answer's scored tokens and whether greedy decoding writes the whole answer.
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from rote.interp.sites import POINTS, column_mask, hf, orthonormal, prompt_batch, readout_columns, traced
+from rote.interp.sites import POINTS, hf, prompt_batch, readout_columns, traced
 
 _HOOKS = ContextVar("plain_hooks", default=False)
 
@@ -291,114 +290,3 @@ def neurons_set(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) ->
     values [N, n_layer, M] (only layers with something to set are edited)."""
     return {(layer, "neuron"): set_at(cols, mask[:, layer], values[:, layer])
             for layer in range(mask.shape[1]) if mask[:, layer].any()}
-
-
-# ---- sites: read, patch, ablate ---------------------------------------------------------------------
-
-def _site_edits(model, sites, write) -> dict:
-    """Edits calling `write(site, x, where)` on a copy of each site's tensor, grouped by point."""
-    config = hf(model).config
-    d_head = config.n_embd // config.n_head
-    groups: dict = {}
-    for site in sites:
-        groups.setdefault((site.layer, site.kind), []).append(site)
-
-    def edit(group):
-        def fn(x):
-            x = x.clone()
-            for site in group:
-                write(site, x, site.where(d_head))
-            return x
-        return fn
-    return {key: edit(group) for key, group in groups.items()}
-
-
-def _batched(model, ids, batch_size, edits_for) -> torch.Tensor:
-    device, out = hf(model).device, []
-    for start in range(0, len(ids), batch_size):
-        x, edits, keep = edits_for(ids[start: start + batch_size].to(device), start)
-        out.append(run(model, x, edits)[:keep])
-    return torch.cat(out)
-
-
-def activations(model, ids: torch.Tensor, sites, batch_size: int = 512) -> dict:
-    """{site: its activations [N, ...]} on `ids` (e.g. a source run to patch from)."""
-    store = {site: [] for site in sites}
-    write = lambda site, x, where: store[site].append(x[where].clone())  # noqa: E731
-    _batched(model, ids, batch_size, lambda x, start: (x, _site_edits(model, sites, write), 0))
-    return {site: torch.cat(values) for site, values in store.items()}
-
-
-def _output(logits, ids, mask):
-    return logits if mask is None else answer_logprobs(logits, ids.to(logits.device), mask.to(logits.device))
-
-
-def patch(model, ids: torch.Tensor, sites, source, batch_size: int = 256, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `ids` with each site's activation replaced by the source run's: `source` is token ids of
-    the same shape (run side by side in the same trace) or a dict from `activations`. Returns
-    logits [N, T, V], or with the answer `mask` the answer tokens' log-probs [N, L]."""
-    def edits_for(x, start):
-        if isinstance(source, torch.Tensor):
-            n = len(x)
-            write = lambda site, h, where: h[:n].__setitem__(where, h[n:][where])  # noqa: E731
-            return torch.cat([x, source[start: start + n].to(x.device)]), _site_edits(model, sites, write), n
-        write = lambda site, h, where: h.__setitem__(where, source[site][start: start + len(h)].to(h))  # noqa: E731
-        return x, _site_edits(model, sites, write), len(x)
-    if isinstance(source, torch.Tensor) and source.shape != ids.shape:
-        raise ValueError(f"source ids {tuple(source.shape)} and ids {tuple(ids.shape)} differ in shape")
-    return _output(_batched(model, ids, batch_size, edits_for), ids, mask)
-
-
-def ablate(model, ids: torch.Tensor, sites, value="zero", batch_size: int = 256,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `ids` with each site set to `value`: "zero", "mean" (its mean over the rows of `ids`, per
-    column), a number, or {site: tensor}. Returns logits, or answer log-probs with `mask`."""
-    if isinstance(value, str):
-        if value not in ("zero", "mean"):
-            raise ValueError(f"value must be 'zero', 'mean', a number or a dict, got {value!r}")
-        means = activations(model, ids, sites, batch_size) if value == "mean" else {}
-        value = {site: means[site].mean(0) if means else 0.0 for site in sites}
-    elif not isinstance(value, dict):
-        value = {site: float(value) for site in sites}
-    write = lambda site, h, where: h.__setitem__(where, torch.as_tensor(value[site]).to(h))  # noqa: E731
-    return _output(_batched(model, ids, batch_size, lambda x, start: (x, _site_edits(model, sites, write), len(x))),
-                   ids, mask)
-
-
-# ---- the toolbox on instances: both targets ------------------------------------------------------------
-
-def target_effects(model, tokenizer, rows: pd.DataFrame, make_edits, batch_size: int = 256) -> pd.DataFrame:
-    """`effects` teacher-forced on the label in data ("label") and on the true answer ("true"):
-    one row per (id, target), sorted by target then id."""
-    parts = [effects(model, tokenizer, rows, make_edits, column, None, batch_size).assign(target=name)
-             for name, column in (("label", "answer"), ("true", "true"))]
-    frame = pd.concat(parts, ignore_index=True)[["id", "target", "logp_before", "logp_after",
-                                                 "match_before", "match_after"]]
-    return frame.sort_values(["target", "id"], kind="stable").reset_index(drop=True)
-
-
-def remove_directions(model, tokenizer, rows: pd.DataFrame, basis: torch.Tensor, layers, positions=None,
-                      batch_size: int = 256) -> pd.DataFrame:
-    """Project span(basis) out of the block outputs of `layers` at the readout columns of answer
-    `positions` (None: every column): h <- h - Q Q^T h, Q the orthonormalized basis, [d, k] for
-    every instance or [N, d, k] per instance (row i for the i-th row of `rows`). `target_effects`."""
-    q = orthonormal(basis.detach().cpu())
-    dtype = hf(model).dtype
-
-    def make_edits(index, plen, length):
-        device = hf(model).device
-        qb = (q[index] if q.dim() == 3 else q.expand(len(index), *q.shape)).to(device, dtype)
-        m = column_mask(plen, length, positions).to(device)[..., None]
-        fn = lambda h: h - m * torch.einsum("btk,bdk->btd", torch.einsum("btd,bdk->btk", h, qb), qb)  # noqa: E731
-        return {(layer, "resid"): fn for layer in layers}
-    return target_effects(model, tokenizer, rows, make_edits, batch_size)
-
-
-def erase(model, tokenizer, rows: pd.DataFrame, erasers: dict, positions=(0,), batch_size: int = 256) -> pd.DataFrame:
-    """Apply `erasers` ({layer: `rote.interp.leace.Eraser`}) to the block outputs at the readout columns of
-    answer `positions`; `target_effects`."""
-    def make_edits(index, plen, length):
-        m = column_mask(plen, length, positions).to(hf(model).device)[..., None]
-        return {(layer, "resid"): (lambda h, e=e: torch.where(m, e(h), h)) for layer, e in erasers.items()}
-    return target_effects(model, tokenizer, rows, make_edits, batch_size)
-

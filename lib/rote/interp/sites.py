@@ -18,8 +18,6 @@ its embedding (= unembedding: tied weights) row (`entity_basis`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import torch
 from nnsight import NNsight
@@ -60,20 +58,6 @@ def readout_columns(prompt_lengths, positions) -> torch.Tensor:
     return torch.as_tensor(prompt_lengths) - 1 + torch.as_tensor(positions)
 
 
-def column_mask(prompt_lengths: torch.Tensor, length: int, positions=None) -> torch.Tensor:
-    """[B, length] bool: the readout columns of the answer `positions` of each row (None: every
-    column)."""
-    if positions is None:
-        return torch.ones(len(prompt_lengths), length, dtype=torch.bool)
-    mask = torch.zeros(len(prompt_lengths), length, dtype=torch.bool)
-    for k in positions:
-        col = readout_columns(prompt_lengths, k)
-        if (col < 0).any() or (col >= length).any():
-            raise ValueError(f"answer position {k} is outside some sequence")
-        mask[torch.arange(len(mask)), col] = True
-    return mask
-
-
 # ---- directions in the residual stream ------------------------------------------------------------
 
 def orthonormal(basis: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
@@ -95,29 +79,3 @@ def entity_basis(model, tokenizer, entities) -> torch.Tensor:
     emb, unemb = model.transformer.wte.weight, model.lm_head.weight
     rows = [emb[ids]] if unemb is emb or torch.equal(unemb, emb) else [emb[ids], unemb[ids]]
     return orthonormal(torch.stack(rows, -1).detach().cpu())
-
-
-
-# ---- components ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Site:
-    """One component of block `layer`: kind "head" (index = head; None: all heads), "neuron"
-    (index = MLP neuron) or "resid" (the whole block output; index unused), at token `column`
-    (None: every column)."""
-    kind: str
-    layer: int
-    index: int | None = None
-    column: int | None = None
-
-    def __post_init__(self):
-        if self.kind not in POINTS[1:]:
-            raise ValueError(f"unknown site kind {self.kind!r}; allowed: {', '.join(POINTS[1:])}")
-
-    def where(self, d_head: int) -> tuple:
-        """The index of this site into its point's tensor [B, T, width]."""
-        col = slice(None) if self.column is None else self.column
-        j = self.index
-        width = {"head": slice(None) if j is None else slice(j * d_head, (j + 1) * d_head),
-                 "neuron": j, "resid": slice(None)}[self.kind]
-        return slice(None), col, width

@@ -47,7 +47,6 @@ from rote.interp.sites import hf
 from rote.stats import bootstrap_ci, independent_share_ci, wilson_interval
 from rote.runs.train import get_or_train
 
-INTERMEDIATES = {"fda": ("correct digits", "carries"), "thr": ("bridge",)}
 METHOD_RESULT = {("fda", "projection"): "correct digits", ("fda", "LEACE carry"): "carries",
                  ("thr", "projection"): "bridge", ("thr", "LEACE"): "bridge"}
 GROUPS = ("memorized noisy", "clean")
