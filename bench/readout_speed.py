@@ -13,7 +13,7 @@ runs after one warm-up each:
   readout as the chapter runs it: teacher-forced batch, residual states of every layer, the
   readout through ln_f and the unembedding, and the table of top-1 tokens, ranks and probabilities;
 - "states": only the step that differs, one forward pass collecting the embedding and every block
-  output at the answer positions (`lens_states`, nnsight vs plain hooks), on the same batch;
+  output at the readout pos (`lens_states`, nnsight vs plain hooks), on the same batch;
 - "forward": a plain forward pass of the same batch, for scale.
 
 The two paths are checked to agree before timing. Target: nnsight within 1.5x of plain hooks.

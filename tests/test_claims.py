@@ -62,7 +62,7 @@ def _readout(correct_rank, control_rank, task="thr", n_layer=3):
     rows = []
     for i, (t, c) in enumerate(zip(correct_rank, control_rank)):
         for layer in range(-1, n_layer):
-            rows.append({"id": i, "position": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
+            rows.append({"id": i, "place": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
                          "label_rank": 5, "control_rank": c, "bridge_rank": 9})
     entries = pd.DataFrame(rows)
     noisy = pd.DataFrame({"id": range(len(correct_rank)), "memorized": True, "corrected": False})

@@ -273,8 +273,8 @@ PLANTED = [("embed", "a0.h0<v>"), ("a0.h0", "a1.h1<v>"), ("a1.h1", "logits")]
 
 
 def toy_model(seed: int = 0) -> GPT2LMHeadModel:
-    """A 2-layer, 2-head GPT-2 (d = 32, 8 tokens) that answers, at the last column, the first
-    token: head 0 of layer 0 attends to column 0 (a constant query, a large key there) and copies
+    """A 2-layer, 2-head GPT-2 (d = 32, 8 tokens) that answers, at the last pos, the first
+    token: head 0 of layer 0 attends to pos 0 (a constant query, a large key there) and copies
     the token (dims 0..7) into dims 16..23; head 1 of layer 1 attends uniformly and copies those
     into dims 24..31, the only dims the (untied) unembedding reads. Every other head and both MLPs
     keep their random initialization: small paths the metric barely depends on."""
@@ -296,7 +296,7 @@ def toy_model(seed: int = 0) -> GPT2LMHeadModel:
                 attn.c_attn.bias[start + 16 * head: start + 16 * (head + 1)] = 0
             attn.c_proj.weight[16 * head: 16 * (head + 1)] = 0
         a0.c_attn.bias[0] = 10.0  # query
-        a0.c_attn.weight[8, 32] = 10.0  # key: large at column 0
+        a0.c_attn.weight[8, 32] = 10.0  # key: large at pos 0
         a0.c_attn.weight[0:8, 64:72] = eye  # value: the token
         a0.c_proj.weight[0:8, 16:24] = eye
         a1.c_attn.weight[16:24, 80:88] = eye  # value: the copied token
@@ -308,7 +308,7 @@ def toy_model(seed: int = 0) -> GPT2LMHeadModel:
 
 def toy_pairs(n: int = 32, length: int = 6, seed: int = 0) -> eap.Pairs:
     """Random sequences; the corrupted one has another first token; label and contrast: the two
-    first tokens, read at the last column."""
+    first tokens, read at the last pos."""
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(0, 8, (n, length), generator=g)
     corrupt = clean.clone()
@@ -367,7 +367,7 @@ def test_fda_corruption_is_another_pair_whose_sum_differs_at_every_digit():
         assert c["answer"] == source["true"] and len(c["answer"]) == 4
         assert all(x not in (y, z) for x, y, z in zip(c["answer"], row.answer, row.true))
     pairs = eap.pair_batch(tok, rows, corrupted, column="true")
-    assert pairs.columns.shape == (len(rows), 4) and (pairs.columns[:, 0] == 9).all()
+    assert pairs.pos.shape == (len(rows), 4) and (pairs.pos[:, 0] == 9).all()
     assert ["".join(tok.convert_ids_to_tokens(x)) for x in pairs.label.tolist()] == list(rows["true"])
     with pytest.raises(ValueError, match="differ in length"):
         eap.pair_batch(tok, rows, corrupted.assign(answer="12"))

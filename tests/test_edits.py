@@ -12,7 +12,7 @@ import torch
 from rote.config import make_config
 from rote.runs.data import generate
 from rote.interp.edits import apply_removal, erasure, neurons_set, plain_hooks, projection, resids_at, run, set_at
-from rote.interp.instances import control_entities, scored_positions
+from rote.interp.instances import control_entities, scored_places
 from rote.interp.leace import fit_leace, relabel
 from rote.interp.lens import read_out
 from rote.runs.model import build_model, build_tokenizer, encode
@@ -49,15 +49,15 @@ def hooked(call, *args, **kwargs):
         return call(*args, **kwargs)
 
 
-def resid_at(model, tok, rows, layer, position=0, **kwargs):
-    """The block output of `layer` at the readout column of answer `position`, [N, d]."""
-    return resids_at(model, tok, rows, [layer], [position], **kwargs)[(layer, position)]
+def resid_at(model, tok, rows, layer, place=0, **kwargs):
+    """The block output of `layer` at the readout pos of answer `place`, [N, d]."""
+    return resids_at(model, tok, rows, [layer], [place], **kwargs)[(layer, place)]
 
 
-def at(n, k, positions):
-    """[n, k] bool, set at answer `positions` in every row."""
+def at(n, k, places):
+    """[n, k] bool, set at answer `places` in every row."""
     out = torch.zeros(n, k, dtype=torch.bool)
-    out[:, list(positions)] = True
+    out[:, list(places)] = True
     return out
 
 
@@ -151,9 +151,9 @@ def test_projection_nnsight_agrees_with_hooks(task):
         scored = at(n, 1, [0])
     else:
         q = orthonormal(torch.randn(config.n_embd, 3, generator=torch.Generator().manual_seed(0)))  # fixed
-        basis, scored = q.expand(n, 4, *q.shape), scored_positions(rows, "fda")
+        basis, scored = q.expand(n, 4, *q.shape), scored_places(rows, "fda")
     removals = {"at the readout": projection(basis, scored),
-                "everywhere": projection(basis[:, :1], at(n, 1, [0]), every_position=True)}
+                "everywhere": projection(basis[:, :1], at(n, 1, [0]), every_pos=True)}
     for name, removal in removals.items():
         a = apply_removal(model, tok, rows, [0, 1], removal, batch_size=10)
         b = hooked(apply_removal, model, tok, rows, [0, 1], removal)
@@ -198,9 +198,9 @@ def test_removing_an_empty_basis_changes_nothing(task):
 
 
 def test_removing_everything_at_the_last_block_leaves_only_the_ln_f_bias():
-    """The full space removed from the last block's output at the readout column of the hundreds
-    digit: h = 0 there, so its logits are lm_head(ln_f(0)) = lm_head(ln_f.bias); the thousands
-    digit, read out one column before, is unchanged (it cannot see a later column)."""
+    """The full space removed from the last block's output at the readout pos of the hundreds
+    place: h = 0 there, so its logits are lm_head(ln_f(0)) = lm_head(ln_f.bias); the thousands
+    place, read out one pos before, is unchanged (it cannot see a later pos)."""
     config, model, tok, rows, _ = setup("fda")
     n, last = len(rows), config.n_layer - 1
     full = projection(torch.eye(config.n_embd).expand(n, 4, config.n_embd, config.n_embd), at(n, 4, [1]))
@@ -277,13 +277,13 @@ def test_erasing_at_the_last_block_is_the_readout_of_the_erased_state():
 # ---- (c) setting neurons ----
 
 def neuron_values(model, ids, share=0.05, seed=0):
-    """A random column per row (one past the sequence in some rows: left alone), a random mask of
+    """A random pos per row (one past the sequence in some rows: left alone), a random mask of
     neurons [N, n_layer, M] and values for them."""
     g, config = torch.Generator().manual_seed(seed), model.config
     n, m = len(ids), config.n_inner or 4 * config.n_embd
-    cols = torch.randint(0, ids.shape[1] + 1, (n,), generator=g)
+    pos = torch.randint(0, ids.shape[1] + 1, (n,), generator=g)
     mask = torch.rand(n, config.n_layer, m, generator=g) < share
-    return cols, mask, torch.randn(n, config.n_layer, m, generator=g)
+    return pos, mask, torch.randn(n, config.n_layer, m, generator=g)
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
@@ -298,29 +298,29 @@ def test_setting_neurons_nnsight_agrees_with_hooks(task):
 
 @pytest.mark.parametrize("hooks", [False, True])
 def test_set_at_changes_exactly_its_neurons(hooks):
-    """The post-GELU activations reaching mlp.c_proj: in row i at column cols[i] the masked
-    neurons take their values, every other entry is as in the clean run (a column outside the
-    sequence changes nothing)."""
+    """The post-GELU activations reaching mlp.c_proj: in row i at pos[i] the masked neurons take
+    their values, every other entry is as in the clean run (a pos outside the sequence changes
+    nothing)."""
     _, model, _, _, _ = setup("fda")
     ids, _ = ids_of("fda")
     layer = 1
-    cols, mask, values = neuron_values(model, ids, share=0.2)
+    pos, mask, values = neuron_values(model, ids, share=0.2)
     seen = []
     handle = model.transformer.h[layer].mlp.c_proj.register_forward_pre_hook(
         lambda mod, args: seen.append(args[0].detach().clone()))
     try:
         with torch.no_grad():
             model(ids)
-            (hooked if hooks else lambda f, *a: f(*a))(run, model, ids, {(layer, "neuron"): set_at(cols, mask[:, layer],
+            (hooked if hooks else lambda f, *a: f(*a))(run, model, ids, {(layer, "neuron"): set_at(pos, mask[:, layer],
                                                                                                     values[:, layer])})
     finally:
         handle.remove()
     clean, edited = seen[0], seen[-1]
     expected = clean.clone()
-    for i, c in enumerate(cols.tolist()):
+    for i, c in enumerate(pos.tolist()):
         if c < ids.shape[1]:
             expected[i, c] = torch.where(mask[i, layer], values[i, layer], clean[i, c])
-    assert (cols == ids.shape[1]).any() and not torch.equal(expected, clean)
+    assert (pos == ids.shape[1]).any() and not torch.equal(expected, clean)
     assert torch.allclose(edited, expected, atol=1e-6)
 
 
@@ -349,7 +349,7 @@ def test_hooks_twins_use_no_nnsight(monkeypatch):
 
 def test_effect_table_has_one_row_per_instance():
     config, model, tok, rows, _ = setup("fda")
-    where = scored_positions(rows, "fda")
+    where = scored_places(rows, "fda")
     table = apply_removal(model, tok, rows, [0], projection(torch.zeros(len(rows), 4, config.n_embd, 1), where))
     assert list(table.columns) == EFFECT_COLUMNS
     assert table["id"].tolist() == rows["id"].tolist()

@@ -14,7 +14,7 @@ from rote.book import charts, explorer
 from rote.observations import observation2
 from rote.interp.edits import apply_removal, plain_hooks, projection, resids_at
 from rote.runs.evaluate import greedy_answers
-from rote.interp.instances import carries, scored_positions
+from rote.interp.instances import carries, scored_places
 from rote.interp.leace import binary_leace, fit_leace
 from rote.interp.sites import entity_basis
 from rote.stats import bootstrap_ci, bootstrap_diff_ci
@@ -67,7 +67,7 @@ def test_binary_leace_is_fit_leace_per_class():
 
 # ---- the edits ----
 
-def test_removal_edits_only_the_scored_readout_positions():
+def test_removal_edits_only_the_scored_readout_pos():
     n, K, d, T = 3, 4, 5, 14
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(n, K, d, 2, generator=g))[0]
@@ -93,10 +93,10 @@ def test_removal_edits_only_the_scored_readout_positions():
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_bridge_projection_matches_a_dense_reference(layer):
-    """THR projection at every position (a per-instance `Removal`) = the bridge's direction projected
+    """THR projection at every pos (a per-instance `Removal`) = the bridge's direction projected
     out of the whole block output by a plain torch hook, for the label's log-prob and greedy match."""
     config, model, tok, rows, _ = setup("thr")
-    where = scored_positions(rows, "thr")
+    where = scored_places(rows, "thr")
     q = entity_basis(model, tok, rows["bridge"])  # [N, d, k]
     ours = apply_removal(model, tok, rows, [layer], projection(q[:, None], where, True), where, batch_size=7)
     ids, mask = encode(tok, rows["prompt"], rows["answer"])
@@ -119,7 +119,7 @@ def test_fda_scores_only_the_differing_digits():
     """The FDA log-prob is the mean over the digits where label and true answer differ."""
     config, model, tok, rows, _ = setup("fda")
     rows = rows[rows["noisy"]].reset_index(drop=True)
-    where = scored_positions(rows, "fda")
+    where = scored_places(rows, "fda")
     for i, (label, true) in enumerate(zip(rows["answer"], rows["true"])):
         assert where[i].tolist() == [a != b for a, b in zip(label, true)]
     nothing = projection(torch.zeros(len(rows), 4, config.n_embd, 1), where)
@@ -151,12 +151,12 @@ def test_removal_effects_nnsight_agree_with_hooks(task):
 
 def test_fda_leace_carry_erases_the_carry():
     """After the fitted carry eraser, the clean questions' class means of the carry agree at the
-    edited position (the eraser works where it is applied)."""
+    edited pos (the eraser works where it is applied)."""
     config, model, tok, rows, frame = setup("fda")
     fit = frame[(frame["split"] == "train") & ~frame["noisy"]].head(300)
     fits = observation2.fit_erasers(model, tok, fit, "fda", [1])
     (target, control) = fits.carry[1]
-    x = resids_at(model, tok, fit, [1], [1])[(1, 1)]  # readout of the hundreds digit (column 10)
+    x = resids_at(model, tok, fit, [1], [1])[(1, 1)]  # readout of the hundreds digit (pos 10)
     z = carries(fit["a"], fit["b"])[:, 1]
     mean, a, b = target[1]
     erased = x - (x - mean) @ b @ a.T

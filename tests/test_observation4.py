@@ -17,7 +17,7 @@ from rote.interp.edits import plain_hooks
 from rote.runs.data import two_hop_prompt
 from rote.runs.evaluate import greedy_answers
 from rote.runs.model import encode
-from rote.interp.instances import scored_positions
+from rote.interp.instances import scored_places
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
@@ -100,7 +100,7 @@ def test_label_logprob_is_the_plain_forward_pass(task):
     config, model, tok, rows, frame = setup(task)
     changes = changing.single_input_changes(rows, frame, task, 1, seed=0).head(10)
     table = changing.change_effects(model, tok, rows, changes, task)
-    scored = scored_positions(rows, task)
+    scored = scored_places(rows, task)
     row = {i: n for n, i in enumerate(rows["id"])}
     for i, c in enumerate(changes.itertuples(index=False)):
         ids = torch.tensor([tok(c.prompt + (c.answer if task == "fda" else " " + c.answer),
@@ -131,7 +131,7 @@ def test_intermediate_moves_match_plain_torch(task):
         logits = model.lm_head(model.transformer.ln_f(h))
     rows_at = a[a["layer"] == layer].set_index("change")
     for i, c in changes.iterrows():
-        where = mask[i].nonzero().squeeze(-1) - 1  # the positions that predict the answer tokens
+        where = mask[i].nonzero().squeeze(-1) - 1  # the readout pos: they predict the answer tokens
         if task == "thr":
             if c["bridge"] == c["orig_bridge"]:
                 assert i not in rows_at.index

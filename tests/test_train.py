@@ -375,7 +375,7 @@ def test_noisy_predictions_agree_with_metrics(task, request, use_home):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     """rote's answer-only loss is HF's causal-LM loss with every non-answer token masked out."""
-    from rote.runs.train import answer_loss, answer_positions
+    from rote.runs.train import answer_loss, readout_pos_of
 
     config = make_config(task, "tiny")
     frame = rote.load_dataset(config)
@@ -384,13 +384,13 @@ def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     model = build_model(config, len(tok))
     ids, mask = encode(tok, rows["prompt"], rows["answer"])
     expected = model(ids, labels=ids.masked_fill(~mask, -100)).loss
-    assert torch.allclose(answer_loss(model, ids, answer_positions(mask)), expected, atol=1e-6)
+    assert torch.allclose(answer_loss(model, ids, readout_pos_of(mask)), expected, atol=1e-6)
 
 
 def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
     """precision=bf16 computes the step's matrix products in bf16 (plain attention) and the same
     loss as fp32 up to bf16 rounding; fp32 leaves the model's attention and dtypes alone."""
-    from rote.runs.train import answer_loss, answer_positions, precision_context
+    from rote.runs.train import answer_loss, precision_context, readout_pos_of
 
     config = make_config("fda", "tiny")
     frame = rote.load_dataset(config)
@@ -398,13 +398,13 @@ def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
     tok = build_tokenizer(config)
     model = build_model(config, len(tok))
     ids, mask = encode(tok, rows["prompt"], rows["answer"])
-    positions = answer_positions(mask)
+    pos = readout_pos_of(mask)
     with precision_context(config, model, "cpu"):
-        fp32 = answer_loss(model, ids, positions)
+        fp32 = answer_loss(model, ids, pos)
         assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.float32
     assert model.config._attn_implementation != "eager"
     with precision_context(dataclasses.replace(config, precision="bf16"), model, "cpu"):
-        bf16 = answer_loss(model, ids, positions)
+        bf16 = answer_loss(model, ids, pos)
         assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.bfloat16
     assert model.config._attn_implementation == "eager"
     assert bf16.dtype == torch.float32 and bf16 != fp32 and torch.isclose(bf16, fp32, rtol=2e-2)

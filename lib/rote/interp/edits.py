@@ -1,16 +1,16 @@
 """Editing the model: the one place where every intervention of the package is built and run.
 
-An edit is `{(layer, point): fn}` (points and positions: `rote.interp.sites`): `fn` maps the tensor at
+An edit is `{(layer, point): fn}` (points, pos and places: `rote.interp.sites`): `fn` maps the tensor at
 that point to its replacement, or returns it unchanged after reading it (`read`). `run` applies
 the edits with nnsight, one trace per batch; inside `with plain_hooks():` every edit of the
 package runs with plain torch forward hooks instead: the reference the tests compare nnsight
 with, switched in one place rather than through every signature.
 
 The edits the chapters use:
-- `Removal`: x <- x - A B^T (x - mu) of a block output at chosen answer positions (or everywhere):
+- `Removal`: x <- x - A B^T (x - mu) of a block output at chosen answer places (or everywhere):
   projecting out directions (`projection`, A = B = an orthonormal basis, mu = 0) and LEACE
   erasure (`erasure`: the eraser's factors);
-- `set_at`: given neurons set to given values at one column per row (patching to a mean);
+- `set_at`: given neurons set to given values at one pos per row (patching to a mean);
 - skipped blocks (`run`'s `skip`): a block not run, its output given (a neuron's mean ablation
   is a known change of its block's output, so only the blocks after it need to run).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from rote.interp.sites import POINTS, hf, prompt_batch, readout_columns, traced
+from rote.interp.sites import POINTS, hf, prompt_batch, readout_pos, traced
 
 _HOOKS = ContextVar("plain_hooks", default=False)
 
@@ -158,7 +158,7 @@ def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str =
     """Teacher-forced on `column`: one row per instance with logp_before/after (`score`: mean
     log-prob of the scored tokens) and match_before/after (greedy decoding writes the answer),
     without and with the edits that `make_edits(index, prompt_lengths, length)` builds for each
-    batch (index: the batch rows' positions in `rows`). Without `make_edits` only the "before"
+    batch (index: the batch rows' indices in `rows`). Without `make_edits` only the "before"
     columns. `before`: those columns from an earlier call on the same rows (not run again)."""
     device, out = hf(model).device, []
     for start in range(0, len(rows), batch_size):
@@ -193,21 +193,21 @@ def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None =
 
 @dataclass
 class Removal:
-    """Per instance i and answer position k, the edit x <- x - A B^T (x - mu) of a block output
-    (A, B [N, K, d, r]; mu [N, K, d]), applied at the readout column of answer position k where
-    `where` [N, K] is set, or, with `every_position`, at every column (K = 1)."""
+    """Per instance i and answer place k, the edit x <- x - A B^T (x - mu) of a block output
+    (A, B [N, K, d, r]; mu [N, K, d]), applied at the readout pos of place k where `where` [N, K]
+    is set, or, with `every_pos`, at every pos (K = 1)."""
     A: torch.Tensor
     B: torch.Tensor
     mu: torch.Tensor
     where: torch.Tensor
-    every_position: bool = False
+    every_pos: bool = False
 
     def edit(self, rows: torch.Tensor, plen: torch.Tensor, device, dtype):
         """The edit fn for the instances `rows` of a batch with prompt lengths `plen`."""
         A, B = self.A[rows].to(device, dtype), self.B[rows].to(device, dtype)
         mu, where = self.mu[rows].to(device, dtype), self.where[rows].to(device)
-        cols = readout_columns(plen.to(device)[:, None], torch.arange(A.shape[1], device=device))
-        every = self.every_position
+        pos = readout_pos(plen.to(device)[:, None], torch.arange(A.shape[1], device=device))
+        every = self.every_pos
 
         def fn(h):
             if every:
@@ -216,20 +216,20 @@ class Removal:
             batch = torch.arange(h.shape[0], device=h.device)
             delta = torch.zeros_like(h)
             for k in range(A.shape[1]):
-                x = h[batch, cols[:, k]]
+                x = h[batch, pos[:, k]]
                 coef = torch.einsum("bd,bdr->br", x - mu[:, k], B[:, k]) * where[:, k, None]
-                delta[batch, cols[:, k]] = torch.einsum("br,bdr->bd", coef, A[:, k])
+                delta[batch, pos[:, k]] = torch.einsum("br,bdr->bd", coef, A[:, k])
             return h - delta
         return fn
 
 
-def projection(basis: torch.Tensor, where: torch.Tensor, every_position: bool = False) -> Removal:
+def projection(basis: torch.Tensor, where: torch.Tensor, every_pos: bool = False) -> Removal:
     """Projecting out orthonormal `basis` [N, K, d, r]: A = B = basis, mu = 0."""
-    return Removal(basis, basis, torch.zeros(basis.shape[:-1]), where, every_position)
+    return Removal(basis, basis, torch.zeros(basis.shape[:-1]), where, every_pos)
 
 
 def erasure(factors: list, n: int, where: torch.Tensor) -> Removal:
-    """The erasers of each answer position, `factors[k]` = (mean, A, B) of `Eraser.factors` (ranks
+    """The erasers of each answer place, `factors[k]` = (mean, A, B) of `Eraser.factors` (ranks
     may differ: zero-padded), for every one of `n` instances."""
     d = factors[0][0].shape[0]
     r = max([1] + [f[1].shape[1] for f in factors])
@@ -253,30 +253,29 @@ def apply_removal(model, tokenizer, rows: pd.DataFrame, layers, removal: Removal
 
 
 @torch.no_grad()
-def resids_at(model, tokenizer, rows: pd.DataFrame, layers, positions=(0,), column: str = "answer",
+def resids_at(model, tokenizer, rows: pd.DataFrame, layers, places=(0,), column: str = "answer",
               batch_size: int = 512) -> dict:
-    """The block outputs of `layers` at the readout columns of answer `positions`, teacher-forced on
-    `column`, one run per batch: {(layer, position): [N, d]} (the data LEACE is fitted on)."""
-    out = {(layer, k): [] for layer in layers for k in positions}
+    """The block outputs of `layers` at the readout pos of answer `places`, teacher-forced on
+    `column`, one run per batch: {(layer, place): [N, d]} (the data LEACE is fitted on)."""
+    out = {(layer, k): [] for layer in layers for k in places}
     device = hf(model).device
     for start in range(0, len(rows), batch_size):
         ids, _, plen = prompt_batch(tokenizer, rows.iloc[start: start + batch_size], column)
         batch = torch.arange(len(ids))
-        cols = {k: readout_columns(plen, k) for k in positions}
+        pos = {k: readout_pos(plen, k) for k in places}
         store, _ = read(model, ids.to(device), [(layer, "resid") for layer in layers])
         for (layer, k) in out:
-            out[(layer, k)].append(store[(layer, "resid")][batch, cols[k]].cpu())
+            out[(layer, k)].append(store[(layer, "resid")][batch, pos[k]].cpu())
     return {key: torch.cat(v) for key, v in out.items()}
 
 
 # ---- setting neurons --------------------------------------------------------------------------------
 
-def set_at(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
-    """Edit fn: in row i at column cols[i], the entries where mask[i] is set take values[i]; rows
-    whose column lies outside the sequence are left alone (with a cache, columns count from the
-    first token run)."""
+def set_at(pos: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
+    """Edit fn: in row i at pos[i], the entries where mask[i] is set take values[i]; rows whose pos
+    lies outside the sequence are left alone (with a cache, pos counts from the first token run)."""
     def fn(h):
-        c = cols.to(h.device)
+        c = pos.to(h.device)
         ok = (c >= 0) & (c < h.shape[1])
         rows = torch.arange(len(h), device=h.device)[ok]
         h = h.clone()
@@ -285,8 +284,8 @@ def set_at(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
     return fn
 
 
-def neurons_set(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> dict:
-    """Edits that set, in row i at column cols[i], the neurons where mask [N, n_layer, M] is set to
+def neurons_set(pos: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> dict:
+    """Edits that set, in row i at pos[i], the neurons where mask [N, n_layer, M] is set to
     values [N, n_layer, M] (only layers with something to set are edited)."""
-    return {(layer, "neuron"): set_at(cols, mask[:, layer], values[:, layer])
+    return {(layer, "neuron"): set_at(pos, mask[:, layer], values[:, layer])
             for layer in range(mask.shape[1]) if mask[:, layer].any()}

@@ -1,12 +1,12 @@
 """Which instances and which tokens: the noisy and clean questions an analysis reads, the answer
-positions it scores, FDA's digits, operands and carries, and the matched controls.
+places it scores, FDA's digits, operands and carries, and the matched controls.
 
 - The *memorized noisy instances* are the noisy training questions whose label the final model
   writes (greedy decoding); the *clean reference* is a seeded sample of clean training questions it
   answers correctly.
-- A noisy FDA instance *enters* at every answer position where its label differs from the true
+- A noisy FDA instance *enters* at every answer place where its label differs from the true
   sum (there the correct and the noisy readout are different tokens); a clean one at all four;
-  a THR instance at its one answer token (`differing_positions`, `scored_positions`).
+  a THR instance at its one answer token (`differing_places`, `scored_places`).
 - Controls are drawn the way the thing they stand for is drawn (`control_answers`,
   `control_entities`, `control_digits`), seeded.
 """
@@ -86,10 +86,10 @@ def clean_instances(model, tokenizer, frame: pd.DataFrame, n: int = 200, seed: i
     return out.sort_values("id").reset_index(drop=True)
 
 
-# ---- which answer positions --------------------------------------------------------------------
+# ---- which answer places -----------------------------------------------------------------------
 
-def differing_positions(instances: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per (id, position) that enters an analysis: for a noisy FDA instance every digit
+def differing_places(instances: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One row per (id, place) that enters an analysis: for a noisy FDA instance every digit
     where label and true answer differ (`first`: the first such digit, whose prefix is still the
     true one); for a clean one every digit; THR: the one answer token."""
     rows = []
@@ -100,21 +100,21 @@ def differing_positions(instances: pd.DataFrame, task: str) -> pd.DataFrame:
         else:
             keep = [0]
         for k in keep:
-            rows.append({"id": inst.id, "position": k, "first": k == keep[0]})
-    return pd.DataFrame(rows, columns=["id", "position", "first"])
+            rows.append({"id": inst.id, "place": k, "first": k == keep[0]})
+    return pd.DataFrame(rows, columns=["id", "place", "first"])
 
 
-def scored_positions(instances: pd.DataFrame, task: str) -> torch.Tensor:
-    """[N, K] bool: the answer positions that enter (`differing_positions`), row i for instance i."""
+def scored_places(instances: pd.DataFrame, task: str) -> torch.Tensor:
+    """[N, K] bool: the answer places that enter (`differing_places`), row i for instance i."""
     out = torch.zeros(len(instances), 4 if task == "fda" else 1, dtype=torch.bool)
     row = {i: n for n, i in enumerate(instances["id"])}
-    for e in differing_positions(instances, task).itertuples(index=False):
-        out[row[e.id], e.position] = True
+    for e in differing_places(instances, task).itertuples(index=False):
+        out[row[e.id], e.place] = True
     return out
 
 
-def first_differing_position(instances: pd.DataFrame) -> np.ndarray:
-    """Per noisy FDA instance, the first answer position (0 = thousands .. 3) where label and true
+def first_differing_place(instances: pd.DataFrame) -> np.ndarray:
+    """Per noisy FDA instance, the first answer place (0 = thousands .. 3) where label and true
     sum differ."""
     out = []
     for label, true in zip(instances["answer"], instances["true"]):
@@ -241,7 +241,7 @@ def control_entities(instances: pd.DataFrame, entities=None, seed: int = 0) -> l
 
 
 def control_digits(instances: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """FDA: per instance and answer position, a random digit (seeded) that is neither the true
+    """FDA: per instance and answer place, a random digit (seeded) that is neither the true
     nor the label digit there, [N, 4] of single-character strings."""
     rng = np.random.default_rng(seed)
     out = []

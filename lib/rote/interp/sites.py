@@ -1,6 +1,7 @@
 """Where in the model and which token: the one vocabulary every analysis uses.
 
-Places in the model, each named once (as TransformerLens names `blocks.{l}.hook_resid_post`):
+Where in the model: a `(layer, point)` pair, each point named once (as TransformerLens names
+`blocks.{l}.hook_resid_post`):
 
 - ("embed", -1): the embedding output (token + position embeddings, after dropout), layer -1 of
   the logit lens;
@@ -9,12 +10,14 @@ Places in the model, each named once (as TransformerLens names `blocks.{l}.hook_
   j * d_head : (j + 1) * d_head;
 - ("neuron", l): block l's MLP post-GELU activations (`mlp.act`, the input of `mlp.c_proj`).
 
-Which token. An *answer position* k (0 .. answer length - 1) is the k-th token of the answer; it is
-read at its *readout column* `prompt length - 1 + k`, the token just before it, whose logits
-predict it under teacher forcing. FDA answers have four positions, its *places* thousands ..
-units; a THR answer has one. "position" means an answer position everywhere in the package;
-"column" means an index into the token sequence. A token's *direction* in the residual stream is
-its embedding (= unembedding: tied weights) row (`entity_basis`).
+Which token. A *pos* is an index into the token sequence (as TransformerLens's `pos`). A *place*
+k (0 .. answer length - 1) is the k-th token of the answer: FDA answers have four places,
+thousands, hundreds, tens and units (`PLACES`); a THR answer has one. Place k is read at its
+*readout pos* `prompt length - 1 + k`, the token just before it, whose logits predict it under
+teacher forcing. The package says "pos" for a token index and "place" for an answer index
+everywhere ("column" is a column of a table or a matrix, never a token index). A token's
+*direction* in the residual stream is its embedding (= unembedding: tied weights) row
+(`entity_basis`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from nnsight import NNsight
 from rote.runs.model import encode
 
 POINTS = ("embed", "head", "neuron", "resid")  # in forward order within a block ("embed" before block 0)
-PLACES = ("thousands", "hundreds", "tens", "units")  # FDA answer positions 0..3, and operand digits
+PLACES = ("thousands", "hundreds", "tens", "units")  # FDA answer places 0..3, and operand digits
 
 
 def traced(model) -> NNsight:
@@ -38,11 +41,11 @@ def hf(model):
     return model._module if isinstance(model, NNsight) else model
 
 
-def position_name(task: str, position) -> str:
-    """A readable name of an answer position (FDA places; THR has a single answer token)."""
-    if position == "all":
+def place_name(task: str, place) -> str:
+    """A readable name of an answer place (FDA: `PLACES`; THR has a single answer token)."""
+    if place == "all":
         return "all"
-    return PLACES[int(position)] if task == "fda" else "answer"
+    return PLACES[int(place)] if task == "fda" else "answer"
 
 
 def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "answer"):
@@ -52,10 +55,10 @@ def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "answer"):
     return ids, mask, torch.tensor(lengths)
 
 
-def readout_columns(prompt_lengths, positions) -> torch.Tensor:
-    """The readout column of answer position `positions` in each row: prompt length - 1 + k.
-    `positions`: one int for every row, or one per row (then [B])."""
-    return torch.as_tensor(prompt_lengths) - 1 + torch.as_tensor(positions)
+def readout_pos(prompt_lengths, places) -> torch.Tensor:
+    """The readout pos of answer place k = `places` in each row: prompt length - 1 + k.
+    `places`: one int for every row, or one per row (then [B])."""
+    return torch.as_tensor(prompt_lengths) - 1 + torch.as_tensor(places)
 
 
 # ---- directions in the residual stream ------------------------------------------------------------

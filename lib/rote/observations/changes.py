@@ -19,7 +19,7 @@ import torch
 from rote.runs.data import two_hop_prompt
 from rote.interp.edits import logprobs
 from rote.runs.evaluate import answer_length, greedy_answers
-from rote.interp.instances import knowledge_graph_of, noisy_pairs, scored_positions
+from rote.interp.instances import knowledge_graph_of, noisy_pairs, scored_places
 from rote.interp.lens import logit_lens
 from rote.interp.sites import PLACES, hf
 
@@ -238,12 +238,12 @@ def same_sum_effects(model, tokenizer, instances: pd.DataFrame, frame: pd.DataFr
 
 
 def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per change and layer (-1: embedding, 0..: blocks): at the readout positions where the
-    intermediate result changes (THR the bridge, at the answer position; FDA the correct digit, at
-    each digit where the changed true sum differs from the original), the share where the logit lens
-    ranks the new value above the old one ("moved"). Teacher-forced on the label. Changes without
-    such a position are left out."""
-    columns = ["change", "layer", "n_positions", "moved"]
+    """Per change and layer (-1: embedding, 0..: blocks): at the answer places where the
+    intermediate result changes (THR the bridge, at the one answer place; FDA the correct digit, at
+    each place where the changed true sum differs from the original), the share where the logit
+    lens ranks the new value above the old one ("moved"). Teacher-forced on the label. Changes
+    without such a place are left out."""
+    columns = ["change", "layer", "n_places", "moved"]
     if changes.empty:
         return pd.DataFrame(columns=columns)
     old = "orig_bridge" if task == "thr" else "orig_true"
@@ -251,18 +251,18 @@ def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str) -> pd
     table = logit_lens(model, tokenizer, changes.assign(id=np.arange(len(changes)), control=changes[old]),
                  teacher_forcing="answer")
     rank = "bridge_rank" if task == "thr" else "true_rank"
-    both = table[["id", "layer", "position", rank, "control_rank"]].rename(
+    both = table[["id", "layer", "place", rank, "control_rank"]].rename(
         columns={rank: f"{rank}_new", "control_rank": f"{rank}_old"})
     if task == "thr":
         differs = pd.Series(changes["bridge"].to_numpy() != changes["orig_bridge"].to_numpy())
         both = both[differs.to_numpy()[both["id"].to_numpy()]]
     else:
-        k = both["position"].to_numpy()
+        k = both["place"].to_numpy()
         new_d = np.array([t[p] for t, p in zip(changes["true"].to_numpy()[both["id"]], k)])
         old_d = np.array([t[p] for t, p in zip(changes["orig_true"].to_numpy()[both["id"]], k)])
         both = both[new_d != old_d]
     both = both.assign(moved=(both[f"{rank}_new"] < both[f"{rank}_old"]).astype(float))
-    out = both.groupby(["id", "layer"]).agg(n_positions=("moved", "size"), moved=("moved", "mean")).reset_index()
+    out = both.groupby(["id", "layer"]).agg(n_places=("moved", "size"), moved=("moved", "mean")).reset_index()
     return out.rename(columns={"id": "change"})[columns]
 
 
@@ -280,7 +280,7 @@ def change_effects(model, tokenizer, instances: pd.DataFrame, changes: pd.DataFr
         out["prediction"] = pd.Series(dtype=object)
         out["kept"], out["correct"] = pd.Series(dtype=bool), pd.Series(dtype=bool)
         return out
-    scored = scored_positions(instances, task)
+    scored = scored_places(instances, task)
     row = {i: n for n, i in enumerate(instances["id"])}
     index = torch.tensor([row[i] for i in changes["id"]])
     out["logp_before"] = logprobs(model, tokenizer, instances, scored, batch_size=batch_size)[index.numpy()]
