@@ -79,7 +79,7 @@ def measure(config, model, tok, repeats: int) -> dict:
     worst = max(np.abs(a[c].to_numpy(float) - b[c].to_numpy(float)).max()
                 for c in ("true_prob", "label_prob", "top1_prob"))
     assert worst < 1e-5, worst
-    ids, where, *_ = readout_batch(tok, noisy, "answer")
+    ids, where, *_ = readout_batch(tok, noisy, "label")
     ms = median_ms({
         "table nnsight": lambda: logit_lens(model, tok, noisy),
         "table hooks": lambda: logit_lens_hooks(model, tok, noisy),

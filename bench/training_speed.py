@@ -139,7 +139,7 @@ def training_batches(config):
     ids, mask, readout pos)."""
     tok = build_tokenizer(config)
     rows = training_rows(load_dataset(config), config)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     return tok, ids, mask, readout_pos_of(mask)
 
 

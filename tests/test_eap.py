@@ -345,13 +345,13 @@ def test_thr_corruption_asks_the_same_question_about_another_subject():
     for row, (_, c) in zip(rows.itertuples(), corrupted.iterrows()):
         source = by_id.loc[c["id"]]
         assert (source["r1"], source["r2"]) == (row.r1, row.r2) and source["subject"] != row.subject
-        assert c["answer"] == source["true"] and c["answer"] not in (row.answer, row.true)
+        assert c["label"] == source["true"] and c["label"] not in (row.label, row.true)
     assert corrupted.equals(eap.corrupted_inputs(rows, frame, "thr", seed=1))
     assert not corrupted.equals(eap.corrupted_inputs(rows, frame, "thr", seed=2))
     pairs = eap.pair_batch(tok, rows, corrupted)
     assert pairs.label.shape == (len(rows), 1)
-    assert tok.convert_ids_to_tokens(pairs.label[:, 0].tolist()) == list(rows["answer"])  # noisy: the noisy label
-    assert tok.convert_ids_to_tokens(pairs.contrast[:, 0].tolist()) == list(corrupted["answer"])
+    assert tok.convert_ids_to_tokens(pairs.label[:, 0].tolist()) == list(rows["label"])  # noisy: the noisy label
+    assert tok.convert_ids_to_tokens(pairs.contrast[:, 0].tolist()) == list(corrupted["label"])
     with pytest.raises(ValueError, match="two-hop"):
         eap.corrupted_inputs(frame[frame["kind"] == "fact"].head(3), frame, "thr")
 
@@ -364,13 +364,13 @@ def test_fda_corruption_is_another_pair_whose_sum_differs_at_every_digit():
     for row, (_, c) in zip(rows.itertuples(), corrupted.iterrows()):
         source = by_id.loc[c["id"]]
         assert not source["noisy"] and source["split"] == "train" and c["id"] != row.id
-        assert c["answer"] == source["true"] and len(c["answer"]) == 4
-        assert all(x not in (y, z) for x, y, z in zip(c["answer"], row.answer, row.true))
+        assert c["label"] == source["true"] and len(c["label"]) == 4
+        assert all(x not in (y, z) for x, y, z in zip(c["label"], row.label, row.true))
     pairs = eap.pair_batch(tok, rows, corrupted, column="true")
     assert pairs.pos.shape == (len(rows), 4) and (pairs.pos[:, 0] == 9).all()
     assert ["".join(tok.convert_ids_to_tokens(x)) for x in pairs.label.tolist()] == list(rows["true"])
     with pytest.raises(ValueError, match="differ in length"):
-        eap.pair_batch(tok, rows, corrupted.assign(answer="12"))
+        eap.pair_batch(tok, rows, corrupted.assign(label="12"))
 
 
 def test_mean_patching_every_edge_feeds_every_input_the_mean_residual():

@@ -40,7 +40,7 @@ def training_questions(frame):
 
 def ids_of(task):
     _, _, tok, rows, _ = setup(task)
-    return encode(tok, rows["prompt"], rows["answer"])
+    return encode(tok, rows["prompt"], rows["label"])
 
 
 def hooked(call, *args, **kwargs):
@@ -137,7 +137,7 @@ def test_control_entities_avoid_the_instance_and_are_seeded():
     picked = control_entities(rows, pool, seed=3)
     assert len(picked) == len(rows) and set(picked) <= set(pool)
     for entity, (_, row) in zip(picked, rows.iterrows()):
-        assert entity not in {row["answer"], row["true"], row["bridge"], row["subject"]}
+        assert entity not in {row["label"], row["true"], row["bridge"], row["subject"]}
     assert picked == control_entities(rows, pool, seed=3)
     assert picked != control_entities(rows, pool, seed=4)
 
@@ -206,7 +206,7 @@ def test_removing_everything_at_the_last_block_leaves_only_the_ln_f_bias():
     full = projection(torch.eye(config.n_embd).expand(n, 4, config.n_embd, config.n_embd), at(n, 4, [1]))
     table = apply_removal(model, tok, rows, [last], full, scored=at(n, 4, [1]))
     expected = model.lm_head(model.transformer.ln_f.bias).log_softmax(-1).detach()
-    target = tok.convert_tokens_to_ids([label[1] for label in rows["answer"]])
+    target = tok.convert_tokens_to_ids([label[1] for label in rows["label"]])
     np.testing.assert_allclose(table["logp_after"], expected[target].numpy(), atol=1e-5)
     other = apply_removal(model, tok, rows, [last], full, scored=at(n, 4, [0]))
     np.testing.assert_allclose(other["logp_after"], other["logp_before"], atol=1e-5)
@@ -270,7 +270,7 @@ def test_erasing_at_the_last_block_is_the_readout_of_the_erased_state():
     eraser = fit_leace(x, torch.arange(len(rows)) % 3)
     table = apply_removal(model, tok, rows, [last], erasure([eraser.factors()], len(rows), at(len(rows), 1, [0])))
     logp = read_out(model, eraser(x)).log_softmax(-1)
-    token = torch.tensor(tok.convert_tokens_to_ids(list(rows["answer"])))
+    token = torch.tensor(tok.convert_tokens_to_ids(list(rows["label"])))
     np.testing.assert_allclose(table["logp_after"], logp[torch.arange(len(rows)), token].numpy(), atol=1e-5)
 
 

@@ -43,7 +43,7 @@ def setup(task):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_readout_of_last_block_is_the_models_logits(task):
     config, model, tok, rows = setup(task)
-    ids, where, place, row, targets = readout_batch(tok, rows, "answer")
+    ids, where, place, row, targets = readout_batch(tok, rows, "label")
     states = lens_states(model, ids, where)
     with torch.no_grad():
         out = model(ids, output_hidden_states=True)
@@ -62,7 +62,7 @@ def test_readout_of_last_block_is_the_models_logits(task):
     order = np.lexsort((place.numpy(), rows["id"].to_numpy()[row.numpy()]))  # table order
     probs = logits.softmax(-1)[order]
     assert (last["top1"].to_numpy() == tok.convert_ids_to_tokens(logits.argmax(-1)[order].tolist())).all()
-    for name, column in (("true", "true"), ("label", "answer")):  # target tokens from the table
+    for name, column in (("true", "true"), ("label", "label")):  # target tokens from the table
         t = torch.tensor(sum(tok(list(rows[column]), add_special_tokens=False)["input_ids"], []))[order]
         np.testing.assert_allclose(last[f"{name}_prob"], probs[torch.arange(len(t)), t], atol=1e-6)
         expected = (probs > probs[torch.arange(len(t)), t][:, None]).sum(1)
@@ -70,7 +70,7 @@ def test_readout_of_last_block_is_the_models_logits(task):
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
-@pytest.mark.parametrize("teacher_forcing", ["answer", "true"])
+@pytest.mark.parametrize("teacher_forcing", ["label", "true"])
 def test_nnsight_agrees_with_hooks(task, teacher_forcing):
     _, model, tok, rows = setup(task)
     ids, where, *_ = readout_batch(tok, rows, teacher_forcing)
@@ -112,7 +112,7 @@ def test_fda_teacher_forcing_changes_only_later_places():
     places of noisy instances are not."""
     _, model, tok, rows = setup("fda")
     noisy = rows[rows["noisy"]]
-    a, b = logit_lens(model, tok, noisy, "answer"), logit_lens(model, tok, noisy, "true")
+    a, b = logit_lens(model, tok, noisy, "label"), logit_lens(model, tok, noisy, "true")
     first = a["place"] == 0
     np.testing.assert_allclose(a.loc[first, "true_prob"], b.loc[first, "true_prob"], atol=1e-6)
     assert not np.allclose(a.loc[~first, "true_prob"], b.loc[~first, "true_prob"], atol=1e-4)

@@ -46,7 +46,7 @@ def planted(task):
     q = frame[(frame["kind"] != "fact") & (frame["split"] == "train")].head(240).copy()
     n = 4 if task == "fda" else 1
     said = greedy_answers(model, tok, q["prompt"], n)
-    ids, where, place, row, _ = readout_batch(tok, q.assign(answer=said, true=said), "answer")
+    ids, where, place, row, _ = readout_batch(tok, q.assign(label=said, true=said), "label")
     with torch.no_grad():
         layer0 = read_out(model, lens_states(model, ids, where))[1].argmax(-1)
     top = np.array(tok.convert_ids_to_tokens(layer0.tolist()), dtype=object).reshape(len(q), n)
@@ -60,9 +60,9 @@ def planted(task):
         label = join(toks)
         if all(f[k] != toks[k] for k in planted_at) and len(rows) < 40:
             true = [f[k] if k in planted_at else t for k, t in enumerate(toks)]
-            rows.append({**r, "answer": label, "true": join(true), "noisy": True})
+            rows.append({**r, "label": label, "true": join(true), "noisy": True})
         elif len(clean_rows) < 40:
-            clean_rows.append({**r, "answer": label, "true": label, "noisy": False})
+            clean_rows.append({**r, "label": label, "true": label, "noisy": False})
     table = pd.DataFrame(rows + clean_rows)
     table["id"] = np.arange(len(table))
     assert table["noisy"].sum() >= 10 and (~table["noisy"]).sum() >= 10
@@ -114,7 +114,7 @@ def test_a_correct_label_never_computed_does_not_hold():
     correct label never outranks the noisy one at an intermediate layer, and the claims do not hold."""
     config, model, tok, table = planted("thr")
     noisy = table[table["noisy"]]
-    ids, where, *_ = readout_batch(tok, noisy, "answer")
+    ids, where, *_ = readout_batch(tok, noisy, "label")
     with torch.no_grad():
         layer0 = read_out(model, lens_states(model, ids, where))[1]
     layer0[:, tok.convert_tokens_to_ids(sorted(SPECIAL))] = float("inf")
@@ -130,7 +130,7 @@ def test_a_correct_label_never_computed_does_not_hold():
 
 def test_differing_places_on_hand_made_answers():
     table = pd.DataFrame({"id": [1, 2, 3], "noisy": [True, True, False],
-                          "answer": ["3880", "9830", "3830"], "true": ["3830", "3831", "3830"]})
+                          "label": ["3880", "9830", "3830"], "true": ["3830", "3831", "3830"]})
     got = differing_places(table, "fda")
     assert got.values.tolist() == [[1, 2, True], [2, 0, True], [2, 3, False],
                                    [3, 0, True], [3, 1, False], [3, 2, False], [3, 3, False]]
@@ -167,7 +167,7 @@ def test_nothing_memorized_cannot_be_tested_and_still_charts():
     config, model, tok, table = planted("thr")
     said = set(greedy_answers(model, tok, table["prompt"], 1))
     unsaid = next(t for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if t not in said | SPECIAL)
-    nothing = table.assign(answer=np.where(table["noisy"], unsaid, table["answer"]))
+    nothing = table.assign(label=np.where(table["noisy"], unsaid, table["label"]))
     result = observation1.layer_readout_of(model, tok, nothing, "thr", n_clean=500)
     assert result.memorized.empty and len(result.noisy) == table["noisy"].sum()
     assert {c.verdict for c in observation1.override_claims(result)} == {"cannot be tested"}

@@ -99,7 +99,7 @@ def test_bridge_projection_matches_a_dense_reference(layer):
     where = scored_places(rows, "thr")
     q = entity_basis(model, tok, rows["bridge"])  # [N, d, k]
     ours = apply_removal(model, tok, rows, [layer], projection(q[:, None], where, True), where, batch_size=7)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     project = lambda mod, args, h: h - torch.einsum("btk,bdk->btd", torch.einsum("btd,bdk->btk", h, q), q)  # noqa: E731
     handle = model.transformer.h[layer].register_forward_hook(project)
     try:
@@ -120,11 +120,11 @@ def test_fda_scores_only_the_differing_digits():
     config, model, tok, rows, _ = setup("fda")
     rows = rows[rows["noisy"]].reset_index(drop=True)
     where = scored_places(rows, "fda")
-    for i, (label, true) in enumerate(zip(rows["answer"], rows["true"])):
+    for i, (label, true) in enumerate(zip(rows["label"], rows["true"])):
         assert where[i].tolist() == [a != b for a, b in zip(label, true)]
     nothing = projection(torch.zeros(len(rows), 4, config.n_embd, 1), where)
     table = apply_removal(model, tok, rows, [0], nothing, where)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     with torch.no_grad():
         lp = model(ids).logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)[mask[:, 1:]].view(len(rows), 4)
     expected = (lp * where).sum(1) / where.sum(1)
@@ -186,7 +186,7 @@ def planted_thr():
     frame = frame.copy()
     frame["noisy"] = False
     frame.loc[plant, "noisy"] = True
-    frame.loc[plant, "answer"] = two_hop.loc[plant, "said"]
+    frame.loc[plant, "label"] = two_hop.loc[plant, "said"]
     frame.loc[plant, "bridge"] = two_hop.loc[plant, "said"]
     assert len(plant) >= 12
     return config, model, tok, frame
@@ -221,12 +221,12 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     instance_box.value = instance_box.options[1][1]
     layer_box.value = 1
     top = explorer.top_readout(model, tok, result.memorized.iloc[[0]], config.n_layer - 1)
-    assert top.loc[0, "top 1"].startswith(result.memorized["answer"].iloc[0] + " (")  # the label is the output
+    assert top.loc[0, "top 1"].startswith(result.memorized["label"].iloc[0] + " (")  # the label is the output
 
 
 def test_nothing_memorized_cannot_be_tested():
     config, model, tok, rows, frame = setup("thr")
-    frame = frame.assign(answer=np.where(frame["noisy"], "of", frame["answer"]))  # a label never said
+    frame = frame.assign(label=np.where(frame["noisy"], "of", frame["label"]))  # a label never said
     result = observation2.reliance_of(model, tok, frame, "thr", n_clean=20, n_fit=100, n_resamples=50)
     assert result.memorized.empty and len(result.noisy) == frame["noisy"].sum()
     assert {c.verdict for c in observation2.reliance_claims(result)} == {"cannot be tested"}

@@ -49,8 +49,8 @@ def setup():
     model.lm_head.weight = torch.nn.Parameter(w * torch.linspace(3, 6, len(w))[:, None])
     frame = generate(config)
     noisy = frame[(frame["split"] == "train") & frame["noisy"]].head(12).copy()
-    noisy["answer"] = greedy_answers(model, tok, noisy["prompt"], 4)
-    noisy = noisy[noisy["answer"] != noisy["true"]]
+    noisy["label"] = greedy_answers(model, tok, noisy["prompt"], 4)
+    noisy = noisy[noisy["label"] != noisy["true"]]
     frame = pd.concat([frame[~frame["noisy"]].head(100), noisy]).reset_index(drop=True)
     return config, model, tok, frame, noisy.reset_index(drop=True)
 
@@ -93,17 +93,17 @@ def test_neighbours_by_hand():
 
 
 def test_first_differing_place():
-    rows = pd.DataFrame({"answer": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
+    rows = pd.DataFrame({"label": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
     assert list(first_differing_place(rows)) == [0, 2, 3]
     with pytest.raises(ValueError):
-        first_differing_place(pd.DataFrame({"answer": ["1234"], "true": ["1234"]}))
+        first_differing_place(pd.DataFrame({"label": ["1234"], "true": ["1234"]}))
 
 
 # ---- attribution and patching against plain torch ----
 
 def batch():
     _, model, tok, _, noisy = setup()
-    ids, _, plen = prompt_batch(tok, noisy, "answer")
+    ids, _, plen = prompt_batch(tok, noisy, "label")
     place = first_differing_place(noisy)
     pos = torch.as_tensor(int(plen[0]) - 1 + place)
     plus = ids[torch.arange(len(ids)), pos + 1]
@@ -231,7 +231,7 @@ def test_outliers_shapes_and_z_by_hand():
     ids, _, _ = prompt_batch(tok, fda_rows(nb["a"], nb["b"]), "true")
     pos = 9 + int(row["place"])
     x = hooked_acts(model, ids, torch.full((len(ids),), pos))[:, int(row["layer"]), int(row["neuron"])].double().numpy()
-    own_ids, _, _ = prompt_batch(tok, noisy[noisy["id"] == row["id"]], "answer")
+    own_ids, _, _ = prompt_batch(tok, noisy[noisy["id"] == row["id"]], "label")
     a = float(hooked_acts(model, own_ids, torch.tensor([pos]))[0, int(row["layer"]), int(row["neuron"])])
     assert row["act"] == pytest.approx(a, abs=1e-5)
     assert row["nbr_mean"] == pytest.approx(x.mean(), abs=1e-5) and row["nbr_std"] == pytest.approx(x.std(ddof=1), abs=1e-5)

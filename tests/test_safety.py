@@ -116,7 +116,7 @@ def test_a_changed_label_in_the_dataset_is_refused(tmp_path):
     config = rote.make_config("fda", "tiny")
     frame = load_dataset(config)
     path = dataset_dir(config) / "instances.csv"
-    frame.loc[frame["split"] == "train", "answer"] = "0000"
+    frame.loc[frame["split"] == "train", "label"] = "0000"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError) as err:
         rote.train(config, progress=False)

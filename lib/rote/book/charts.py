@@ -18,13 +18,13 @@ MEASURES = {
 
 
 def composition_chart(counts: pd.DataFrame) -> alt.Chart:
-    """Instances per task, split, kind and label (clean or noisy): `rote.runs.data.composition`
+    """Instances per task, split, kind and noise (label clean or noisy): `rote.runs.data.composition`
     of each task, with a `task` column."""
     return alt.Chart(counts).mark_bar().encode(
         x=alt.X("instances:Q"), y=alt.Y("kind:N", title=None),
-        color=alt.Color("label:N", scale=alt.Scale(domain=["clean", "noisy"])),
+        color=alt.Color("noise:N", title="label", scale=alt.Scale(domain=["clean", "noisy"])),
         row=alt.Row("task:N", title=None), column=alt.Column("split:N", title=None),
-        tooltip=["task", "split", "kind", "label", "instances"],
+        tooltip=["task", "split", "kind", "noise", "instances"],
     ).properties(width=260, height=60)
 
 

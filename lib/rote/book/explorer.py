@@ -29,7 +29,7 @@ def instance_label(row) -> str:
     """How an instance is named in the dropdowns: id, kind, question, label and true answer."""
     kind = "noisy" if row["noisy"] else "clean"
     extra = f", bridge {row['bridge']}" if isinstance(row.get("bridge"), str) else ""
-    return f"#{row['id']} [{kind}] {row['prompt']} {row['answer']} (true {row['true']}{extra})"
+    return f"#{row['id']} [{kind}] {row['prompt']} {row['label']} (true {row['true']}{extra})"
 
 
 def pick_instances(result: Reliance, n: int = 20, seed: int = 0) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["instance", "method", "what", "layer",
                                                                  "delta_logp", "mem_after"])
     labels = {row["id"]: f"{result.task.upper()} " + instance_label(row) for _, row in picked.iterrows()}
-    lens = logit_lens(model, tokenizer, picked, teacher_forcing="answer")
+    lens = logit_lens(model, tokenizer, picked, teacher_forcing="label")
     lens = lens.merge(differing_places(picked, result.task), on=["id", "place"])
     texts = picked.set_index("id")
     rows = []
@@ -72,7 +72,7 @@ def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0
         part = lens[["id", "layer", "place", "top1", f"{role}_rank"]].rename(columns={f"{role}_rank": "rank"})
         if role == "label":  # the noisy label only differs from the correct one on noisy instances
             part = part[part["id"].map(texts["noisy"]).astype(bool)]
-        column = {"true": "true", "label": "answer", "bridge": "bridge"}[role]
+        column = {"true": "true", "label": "label", "bridge": "bridge"}[role]
         part = part.assign(token=name, text=[str(texts.loc[i, column])[p] if result.task == "fda" else texts.loc[i, column]
                                              for i, p in zip(part["id"], part["place"])])
         rows.append(part)
@@ -94,7 +94,7 @@ def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0
 def top_readout(model, tokenizer, row: pd.DataFrame, layer: int, k: int = 5) -> pd.DataFrame:
     """The top-`k` tokens of the logit lens at `layer` (-1: embedding) at each answer place of
     one instance (teacher-forced on its label), with probabilities."""
-    ids, where, place, _, _ = readout_batch(tokenizer, row, "answer")
+    ids, where, place, _, _ = readout_batch(tokenizer, row, "label")
     logits = read_out(model, lens_states(model, ids, where))[layer + 1]
     probs = logits.float().softmax(-1)
     top = probs.topk(min(k, probs.shape[-1]), dim=-1)

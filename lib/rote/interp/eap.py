@@ -129,8 +129,8 @@ def graph_of(model) -> Graph:
 def corrupted_inputs(rows: pd.DataFrame, frame: pd.DataFrame, task: str, seed: int = 0) -> pd.DataFrame:
     """Per row of `rows`, a corrupted question (seeded): THR, a two-hop question of `frame` with
     the same relations about another subject; FDA, a clean training question with other operands.
-    Its true answer, the contrast (column "answer"), differs from the row's label and true answer
-    (at every digit, FDA). Columns id, prompt, answer; index as `rows`."""
+    It is clean: its label (column "label") is its true answer, the contrast, which differs from the
+    row's label and true answer (at every digit, FDA). Columns id, prompt, label; index as `rows`."""
     if task == "thr" and (rows["kind"] != "two_hop").any():
         raise ValueError("THR corrupted inputs are made for two-hop questions only")
     rng = np.random.default_rng(seed)
@@ -140,17 +140,17 @@ def corrupted_inputs(rows: pd.DataFrame, frame: pd.DataFrame, task: str, seed: i
         groups = {key: g for key, g in pool.groupby(["r1", "r2"])}
         for row in rows.itertuples(index=False):
             g = groups[(row.r1, row.r2)]
-            ok = g[(g["subject"] != row.subject) & ~g["true"].isin([row.answer, row.true])]
+            ok = g[(g["subject"] != row.subject) & ~g["true"].isin([row.label, row.true])]
             out.append(_pick(ok, rng, row))
     elif task == "fda":
         pool = frame[(frame["split"] == "train") & (frame["kind"] != "fact") & ~frame["noisy"]]
         pool_digits = np.array([list(s) for s in pool["true"].astype(str)])
         for row in rows.itertuples(index=False):
-            differ = (pool_digits != np.array(list(str(row.answer)))) & (pool_digits != np.array(list(str(row.true))))
+            differ = (pool_digits != np.array(list(str(row.label)))) & (pool_digits != np.array(list(str(row.true))))
             out.append(_pick(pool[differ.all(1) & (pool["id"] != row.id).to_numpy()], rng, row))
     else:
         raise ValueError(f"unknown task {task!r}")
-    table = pd.DataFrame(out, columns=["id", "prompt", "answer"])
+    table = pd.DataFrame(out, columns=["id", "prompt", "label"])
     return table.set_axis(rows.index)
 
 
@@ -181,13 +181,13 @@ class Pairs:
             yield Pairs(self.clean[part], self.corrupt[part], self.pos[part], self.label[part], self.contrast[part])
 
 
-def pair_batch(tokenizer, rows: pd.DataFrame, corrupted: pd.DataFrame, column: str = "answer") -> Pairs:
+def pair_batch(tokenizer, rows: pd.DataFrame, corrupted: pd.DataFrame, column: str = "label") -> Pairs:
     """Clean sequences (prompt + `column` of `rows`: the label, or "true") and corrupted ones
-    (prompt + answer of `corrupted`), with the answer tokens and readout pos."""
+    (prompt + label of `corrupted`), with the answer tokens and readout pos."""
     clean, mask, plen = prompt_batch(tokenizer, rows, column)
-    corrupt, cmask, _ = prompt_batch(tokenizer, corrupted, "answer")
+    corrupt, cmask, _ = prompt_batch(tokenizer, corrupted, "label")
     if clean.shape != corrupt.shape or not torch.equal(mask, cmask):
-        raise ValueError("clean and corrupted sequences differ in length or in their answer pos")
+        raise ValueError("clean and corrupted sequences differ in length or in the pos of their answers")
     k = int(mask[0].sum())
     pos = readout_pos(plen[:, None], torch.arange(k))
     return Pairs(clean, corrupt, pos, clean[mask].view(-1, k), corrupt[cmask].view(-1, k))

@@ -153,7 +153,7 @@ def score(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, scored: t
 
 
 @torch.no_grad()
-def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str = "answer",
+def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str = "label",
             scored: torch.Tensor | None = None, batch_size: int = 256, before: pd.DataFrame | None = None) -> pd.DataFrame:
     """Teacher-forced on `column`: one row per instance with logp_before/after (`score`: mean
     log-prob of the scored tokens) and match_before/after (greedy decoding writes the answer),
@@ -182,7 +182,7 @@ def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str =
     return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
 
 
-def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None = None, column: str = "answer",
+def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None = None, column: str = "label",
              batch_size: int = 256):
     """Per row, the mean teacher-forced log-prob of its `column` tokens where `scored` is set
     (`score`), without edits."""
@@ -249,11 +249,11 @@ def apply_removal(model, tokenizer, rows: pd.DataFrame, layers, removal: Removal
     def make_edits(index, plen, length):
         fn = removal.edit(index, plen, hf(model).device, dtype)
         return {(layer, "resid"): fn for layer in layers}
-    return effects(model, tokenizer, rows, make_edits, "answer", scored, batch_size, before)
+    return effects(model, tokenizer, rows, make_edits, "label", scored, batch_size, before)
 
 
 @torch.no_grad()
-def resids_at(model, tokenizer, rows: pd.DataFrame, layers, places=(0,), column: str = "answer",
+def resids_at(model, tokenizer, rows: pd.DataFrame, layers, places=(0,), column: str = "label",
               batch_size: int = 512) -> dict:
     """The block outputs of `layers` at the readout pos of answer `places`, teacher-forced on
     `column`, one run per batch: {(layer, place): [N, d]} (the data LEACE is fitted on)."""

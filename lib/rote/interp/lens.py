@@ -6,7 +6,7 @@ the answer's places (`rote.interp.sites`). The readout of the last block is the 
 
 Teacher forcing: the answer's tokens are fed after the prompt, so the readout of place k (at the
 pos just before answer token k) predicts answer token k from the prompt plus tokens 0..k-1 of
-the teacher-forced label (`teacher_forcing="answer"`: the label in the data, noisy or
+the teacher-forced label (`teacher_forcing="label"`: the label in the data, noisy or
 not; `"true"`: the correct answer). For THR the answer is one token and the choice does not matter.
 
 The states are read with `rote.interp.edits.read` (nnsight; plain torch hooks inside
@@ -32,13 +32,13 @@ def readout_batch(tokenizer, rows: pd.DataFrame, teacher_forcing: str):
     each answer token), each readout's answer place, and the target tokens there: true answer,
     label in data, bridge entity (-1 where there is none), and the `control` column's tokens where
     the rows have one."""
-    if teacher_forcing not in ("answer", "true"):
-        raise ValueError(f"teacher_forcing must be 'answer' or 'true', got {teacher_forcing!r}")
+    if teacher_forcing not in ("label", "true"):
+        raise ValueError(f"teacher_forcing must be 'label' or 'true', got {teacher_forcing!r}")
     ids, mask = encode(tokenizer, rows["prompt"], rows[teacher_forcing])
     where = mask.roll(-1, dims=1)  # pos t predicts token t + 1: the readout pos
     place = (mask.cumsum(1) - 1)[mask]
     targets = {}
-    for name, column in (("true", "true"), ("label", "answer"), ("control", "control")):
+    for name, column in (("true", "true"), ("label", "label"), ("control", "control")):
         if column not in rows:
             continue
         other, other_mask = encode(tokenizer, rows["prompt"], rows[column])
@@ -94,13 +94,13 @@ def lens_table(tokenizer, ids_of_rows, logits, place, row, targets) -> pd.DataFr
     return pd.DataFrame(table)
 
 
-def logit_lens(model, tokenizer, instances: pd.DataFrame, teacher_forcing: str = "answer",
+def logit_lens(model, tokenizer, instances: pd.DataFrame, teacher_forcing: str = "label",
                batch_size: int = 512) -> pd.DataFrame:
     """Logit lens over `instances` (one run per batch).
 
     One row per (id, layer, place): layer -1 is the embedding output, 0..n_layer-1 the block
     outputs; place k is the answer place read at its readout pos under teacher forcing on
-    the `teacher_forcing` column ("answer": the label in data; "true": the correct answer).
+    the `teacher_forcing` column ("label": the label in data; "true": the correct answer).
     Columns: top1 (token) and top1_prob; true_rank/true_prob (the correct answer's token k),
     label_rank/label_prob (the data label's token k; equal to true on clean instances),
     bridge_rank/bridge_prob (THR bridge entity; NaN without one). Rank 0 is the top token.

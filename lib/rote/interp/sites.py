@@ -48,7 +48,7 @@ def place_name(task: str, place) -> str:
     return PLACES[int(place)] if task == "fda" else "answer"
 
 
-def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "answer"):
+def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "label"):
     """Token ids of prompt + `column` (teacher forcing), the answer mask and the prompt lengths."""
     ids, mask = encode(tokenizer, rows["prompt"], rows[column])
     lengths = [len(x) for x in tokenizer(list(rows["prompt"]), add_special_tokens=False)["input_ids"]]

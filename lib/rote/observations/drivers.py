@@ -145,7 +145,7 @@ def patch_drivers(model, tokenizer, inst, pos, picks, values, greedy: bool = Tru
     """D at the analysis pos `pos` (teacher-forced on the label), whether the true digit is written
     there, the greedy answer (empty without `greedy`) and whether the digit written there changed,
     with the picked neurons set to `values` [I, n_layer, M]."""
-    ids, _, plen = prompt_batch(tokenizer, inst, "answer")
+    ids, _, plen = prompt_batch(tokenizer, inst, "label")
     mask = torch.zeros(values.shape, dtype=torch.bool)
     rows = np.repeat(np.arange(len(inst)), picks.shape[1])
     mask[rows, picks[..., 0].reshape(-1), picks[..., 1].reshape(-1)] = True
@@ -207,7 +207,7 @@ def clean_drivers(model, tokenizer, frame: pd.DataFrame, places: np.ndarray, heu
         return pd.DataFrame(columns=NEURON_COLUMNS), pd.DataFrame(columns=["id", "place", "D_before"])
     clean = clean.assign(a=clean["a"].astype(int), b=clean["b"].astype(int)).reset_index(drop=True)
     place = np.random.default_rng(seed).choice(np.asarray(places), len(clean))
-    ids, _, plen = prompt_batch(tokenizer, clean, "answer")
+    ids, _, plen = prompt_batch(tokenizer, clean, "label")
     pos = readout_pos(plen[0], torch.as_tensor(place))
     r = torch.arange(len(clean))
     with torch.no_grad():

@@ -365,7 +365,7 @@ def neuron_heatmap(h: Heuristics, row: pd.Series, inst: pd.Series):
     cells = cells.groupby(["a digit", "b digit"]).agg(activation=("activation", "mean"), n=("activation", "size")).reset_index()
     marks = pd.DataFrame({"a digit": [int(digits(inst["a"], d))], "b digit": [int(digits(inst["b"], d))],
                           "activation": [float(row["act"])], "neighbour mean": [float(row["nbr_mean"])],
-                          "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['answer']} (true {inst['true']})"]})
+                          "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['label']} (true {inst['true']})"]})
     desc = (f"layer {layer}, neuron {j}, at the readout pos of the {PLACES[k]} place: {row['family']} "
             f"(eta² = {row['eta2']:.2f}); digits at the {PLACES[d]} place")
     return cells, marks, desc

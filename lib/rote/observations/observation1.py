@@ -105,7 +105,7 @@ def layer_readout_of(model, tokenizer, frame: pd.DataFrame, task: str, n_clean: 
     for group, rows in (("memorized noisy", mem), ("clean", clean)):
         if rows.empty:
             continue
-        lens = logit_lens(model, tokenizer, rows, teacher_forcing="answer")
+        lens = logit_lens(model, tokenizer, rows, teacher_forcing="label")
         parts.append(readout_entries(lens, differing_places(rows, task), group))
     entries = (pd.concat(parts, ignore_index=True) if parts
                else readout_entries(pd.DataFrame(columns=["id", "layer", "place", "true_rank",
@@ -144,7 +144,7 @@ def readout_over_training(config: Config, instances: pd.DataFrame, device: str |
     rows = []
     for step, path in checkpoints(config):
         model, tok = load(path, device=device or default_device())
-        lens = logit_lens(model, tok, instances, teacher_forcing="answer")
+        lens = logit_lens(model, tok, instances, teacher_forcing="label")
         e = readout_entries(lens, entries, "memorized noisy")
         for layer, g in e.groupby("layer"):
             rows.append({"step": step, "layer": int(layer), "n": len(g),

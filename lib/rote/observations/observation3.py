@@ -94,7 +94,7 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
         return Outliers(noisy, inst.assign(place=pd.Series(dtype=int)), empty, empty.copy(), heur,
                         k=k, dedicated=dedicated, config=config)
     place = first_differing_place(inst)
-    ids, _, plen = prompt_batch(tokenizer, inst, "answer")
+    ids, _, plen = prompt_batch(tokenizer, inst, "label")
     pos = readout_pos(plen[0], torch.as_tensor(place))
     plus = ids[torch.arange(len(inst)), pos + 1]
     minus = token_ids(tokenizer, [t[j] for t, j in zip(inst["true"], place)])
@@ -109,7 +109,7 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
     ctrl = control_picks(picks[:, :k], m, seed)
     neurons = neuron_table(inst, place, picks[:, :k], acts, grad, mean, std, heur.acts, heur, dedicated)
     control = neuron_table(inst, place, ctrl, acts, grad, mean, std, heur.acts, heur, dedicated)
-    table = inst[["id", "prompt", "answer", "true", "a", "b"]].copy()
+    table = inst[["id", "prompt", "label", "true", "a", "b"]].copy()
     table["place"], table["n_neighbours"], table["D_before"] = place, count, diff.numpy()
     curve = []
     for kk in ks:
@@ -122,7 +122,7 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
                 table[f"answer_{name}"], table[f"answer_rescued_{name}"] = answers, whole
             curve.append(pd.DataFrame({"id": table["id"], "k": kk, "patched": name, "D": d, "rescued": digit,
                                        "answer_rescued": whole,
-                                       "still_noisy": np.array(answers) == table["answer"].to_numpy()}))
+                                       "still_noisy": np.array(answers) == table["label"].to_numpy()}))
     clean_neurons, clean_patch = clean_drivers(model, tokenizer, frame, place, heur, k, ks, n_clean, seed, dedicated)
     grids = {seed: (neurons["category"].to_numpy(), clean_neurons["category"].to_numpy())}
     for j in range(1, n_grids + 1):
@@ -199,7 +199,7 @@ def summary(result: Outliers, n_resamples: int = 1000, seed: int = 0) -> dict:
         r = float(inst[f"rescued_{name}"].mean())
         s[f"rescue_{name}"], (s[f"rescue_{name}_lo"], s[f"rescue_{name}_hi"]) = r, wilson_interval(r, n)
         s[f"answer_rescue_{name}"] = float(inst[f"answer_rescued_{name}"].mean())
-        s[f"still_noisy_{name}"] = float((inst[f"answer_{name}"] == inst["answer"]).mean())
+        s[f"still_noisy_{name}"] = float((inst[f"answer_{name}"] == inst["label"]).mean())
         s[f"D_{name}"] = float(inst[f"D_{name}"].mean())
     s["D_before"] = float(inst["D_before"].mean())
     s["rescue_diff"], s["rescue_diff_lo"], s["rescue_diff_hi"] = paired_diff_ci(

@@ -262,7 +262,7 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     frame = load_dataset(config)
     tokenizer = build_tokenizer(config)
     train_rows = training_rows(frame, config)
-    ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["answer"])
+    ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["label"])
     ids, pos = ids.to(device), readout_pos_of(mask).to(device)
     sets = evaluation_sets(frame, config.n_eval, config.seed)
 
