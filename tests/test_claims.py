@@ -136,7 +136,7 @@ def test_chance_hits_do_not_count_as_memorization():
     on = observation0.stable_onsets(pred, inst, min_streak=2).set_index("id")
     assert on.loc[0, "order"] == "correct first" and on.loc[0, "stable_noisy"] == 5 and on.loc[0, "chance_hits"] == 1
     assert on.loc[1, "order"] == "memorized first" and on.loc[2, "order"] == "never memorized"
-    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
+    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the chance hit counts there
     assert observation0.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
     assert observation0.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
 

@@ -207,7 +207,7 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     assert target["delta_logp_hi"] < control["delta_logp_lo"]
     claims = observation2.reliance_claims(result)
     # a random model does not use the bridge for its clean answers: the clean reference shows no removal
-    # doing anything, so the claims cannot separate reliance from damage (the prose verdict used to say "holds")
+    # doing anything, so the claims cannot separate reliance from damage
     assert {c.verdict for c in claims} == {"cannot be tested"} and all("uninformative" in c.note for c in claims)
     # the explorer's data and charts build on it
     readout, effects = explorer.explorer_data({"thr": (model, tok, result)}, n=6)

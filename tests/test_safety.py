@@ -391,7 +391,7 @@ def test_a_broken_cache_entry_is_run_again_with_a_line_saying_so(tmp_path, monke
     _stub_build(monkeypatch)
     build.build("tiny", only=["data"], root=tmp_path)
     [cached] = (tmp_path / "_build" / "cache").glob("data-*.ipynb")
-    cached.write_text("")  # what a kill mid-copy used to leave
+    cached.write_text("")  # a broken copy, as a kill mid-copy leaves it
     build.build("tiny", only=["data"], root=tmp_path)
     said = capsys.readouterr().out
     assert f"data: the cached copy {cached} is broken (NotJSONError" in said and "data: running" in said
