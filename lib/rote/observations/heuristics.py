@@ -366,6 +366,6 @@ def neuron_heatmap(h: Heuristics, row: pd.Series, inst: pd.Series):
     marks = pd.DataFrame({"a digit": [int(digits(inst["a"], d))], "b digit": [int(digits(inst["b"], d))],
                           "activation": [float(row["act"])], "neighbour mean": [float(row["nbr_mean"])],
                           "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['label']} (true {inst['true']})"]})
-    desc = (f"layer {layer}, neuron {j}, at the readout pos of the {PLACES[k]} place: {row['family']} "
+    desc = (f"layer {layer}, neuron {j}, at the {PLACES[k]} readout pos: {row['family']} "
             f"(eta² = {row['eta2']:.2f}); digits at the {PLACES[d]} place")
     return cells, marks, desc
