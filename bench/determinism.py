@@ -47,7 +47,7 @@ def digest(model) -> int:
 
 def measure(config, threads: int, steps: int) -> dict:
     torch.set_num_threads(threads)
-    tok, ids, mask, positions = training_batches(config)
+    tok, ids, mask, pos = training_batches(config)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
     runs = {k: [setting(config, k, len(tok)) for _ in range(2)] for k in ("deterministic", "fast")}
@@ -57,7 +57,7 @@ def measure(config, threads: int, steps: int) -> dict:
             for j, (step, model, opt, context) in enumerate(pair):
                 with context():
                     t = time.perf_counter()
-                    step(model, opt, ids[b], mask[b], positions[b])
+                    step(model, opt, ids[b], mask[b], pos[b])
                     if i >= 3 and j == 0:
                         times[kernels].append(time.perf_counter() - t)
     return {k: {"ms": 1000 * statistics.median(times[k]),

@@ -13,7 +13,7 @@ runs after one warm-up each:
   readout as the chapter runs it: teacher-forced batch, residual states of every layer, the
   readout through ln_f and the unembedding, and the table of top-1 tokens, ranks and probabilities;
 - "states": only the step that differs, one forward pass collecting the embedding and every block
-  output at the answer positions (`lens_states`, nnsight vs plain hooks), on the same batch;
+  output at the readout pos (`lens_states`, nnsight vs plain hooks), on the same batch;
 - "forward": a plain forward pass of the same batch, for scale.
 
 The two paths are checked to agree before timing. Target: nnsight within 1.5x of plain hooks.
@@ -79,7 +79,7 @@ def measure(config, model, tok, repeats: int) -> dict:
     worst = max(np.abs(a[c].to_numpy(float) - b[c].to_numpy(float)).max()
                 for c in ("true_prob", "label_prob", "top1_prob"))
     assert worst < 1e-5, worst
-    ids, where, *_ = readout_batch(tok, noisy, "answer")
+    ids, where, *_ = readout_batch(tok, noisy, "label")
     ms = median_ms({
         "table nnsight": lambda: logit_lens(model, tok, noisy),
         "table hooks": lambda: logit_lens_hooks(model, tok, noisy),

@@ -7,9 +7,9 @@ milestones of the `cpu` profile.
 
 Throughput: the same GPT-2 shape and batches, measured interleaved in this run (median ms per
 step over `--steps` steps each). "naive" is the plain HF loop: GPT-2's default `gelu_new`
-activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits for every
-position). "rote eager" is `rote.runs.train`'s fp32 step without compilation: the fused tanh-GELU and
-logits at answer positions only; "rote compiled" is the step `rote.runs.train` runs on CPU for long
+activation and `GPT2LMHeadModel(ids, labels=...)` with the prompt masked by -100 (logits at every
+pos). "rote eager" is `rote.runs.train`'s fp32 step without compilation: the fused tanh-GELU and
+logits at the readout pos only; "rote compiled" is the step `rote.runs.train` runs on CPU for long
 fp32 runs (torch.compile of the loss; its one-off compile time is printed apart). Variants of it:
 fused AdamW, the optimizer step compiled too (the whole step), the whole step on one thread. Then
 bf16 autocast: eager with torch's fused attention (whose CPU backward in bf16 is slow at these
@@ -45,10 +45,10 @@ from rote.runs.data import load_dataset
 from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
 from rote.runs.train import first_reached
 from rote.runs.model import build_model, build_tokenizer, encode
-from rote.runs.train import answer_loss, answer_positions, make_optimizer, precision_context, training_rows
+from rote.runs.train import answer_loss, make_optimizer, precision_context, readout_pos_of, training_rows
 
 
-def naive_step(model, optimizer, ids, mask, positions):
+def naive_step(model, optimizer, ids, mask, pos):
     labels = ids.masked_fill(~mask, -100)
     loss = model(ids, labels=labels).loss
     optimizer.zero_grad()
@@ -62,9 +62,9 @@ def rote_step(loss_fn, amp=None):
     gives it; none: fp32), clipping, AdamW."""
     amp = amp or contextlib.nullcontext()
 
-    def step(model, optimizer, ids, mask, positions):
+    def step(model, optimizer, ids, mask, pos):
         with amp:
-            loss = loss_fn(model, ids, positions)
+            loss = loss_fn(model, ids, pos)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,10 +111,10 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
     params, buffers = stack_module_state(models)
     skeleton = models[0]
 
-    def loss(p, b, ids, positions):
-        return functional_call(skeleton, (p, b), (ids, positions), strict=False)
+    def loss(p, b, ids, pos):
+        return functional_call(skeleton, (p, b), (ids, pos), strict=False)
 
-    skeleton.forward = lambda ids, positions: answer_loss(skeleton, ids, positions)  # noqa: E731
+    skeleton.forward = lambda ids, pos: answer_loss(skeleton, ids, pos)  # noqa: E731
     grads = torch.compile(vmap(grad(loss)), dynamic=False)
     amp = precision_context(dataclasses.replace(config, precision="bf16" if bf16 else "fp32"), skeleton, "cpu")
     names = list(params)
@@ -123,9 +123,9 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
 
-    def step(_, opt, ids, mask, positions):
+    def step(_, opt, ids, mask, pos):
         with amp:
-            g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), positions.view(k, -1, positions.shape[1]))
+            g = grads(params, buffers, ids.view(k, -1, ids.shape[1]), pos.view(k, -1, pos.shape[1]))
         norms = torch.stack([g[n].flatten(1).pow(2).sum(1) for n in names]).sum(0).sqrt()
         scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
         for n in names:
@@ -136,17 +136,17 @@ def stacked(config, vocab_size: int, k: int, bf16: bool = False):
 
 def training_batches(config):
     """The tokenizer and the training questions of `config` as rote.runs.train encodes them: (tokenizer,
-    ids, mask, answer positions)."""
+    ids, mask, readout pos)."""
     tok = build_tokenizer(config)
     rows = training_rows(load_dataset(config), config)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
-    return tok, ids, mask, answer_positions(mask)
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
+    return tok, ids, mask, readout_pos_of(mask)
 
 
 def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     """Median seconds per step of the naive loop and of rote's loop and its variants, interleaved,
     on the same batches."""
-    tok, ids, mask, positions = training_batches(config)
+    tok, ids, mask, pos = training_batches(config)
     naive = build_model(config, len(tok))
     naive.config.activation_function = "gelu_new"
     from transformers.activations import ACT2FN
@@ -184,14 +184,14 @@ def throughput(config, steps: int, k: int = 4) -> tuple[dict, float]:
     start = time.perf_counter()
     for name, (step, model, opt) in loops.items():  # compile (and warm) every loop before timing
         n = config.batch_size * models[name]
-        step(model, opt, ids[:n], mask[:n], positions[:n])
+        step(model, opt, ids[:n], mask[:n], pos[:n])
     compile_s = time.perf_counter() - start
     for i in range(steps + 3):
         batch = torch.randint(0, len(ids), (config.batch_size * k,), generator=g)
         for name, (step, model, opt) in loops.items():
             b = batch[: config.batch_size * models[name]]
             t = time.perf_counter()
-            step(model, opt, ids[b], mask[b], positions[b])
+            step(model, opt, ids[b], mask[b], pos[b])
             if i >= 3:  # warm-up steps are not timed
                 times[name].append(time.perf_counter() - t)
     tokens = config.batch_size * ids.shape[1]
@@ -206,20 +206,20 @@ def worker(task: str, steps: int, precision: str) -> None:
     step and tokens/s."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     config = rote.make_config(task, "cpu", precision=precision)
-    tok, ids, mask, positions = training_batches(config)
+    tok, ids, mask, pos = training_batches(config)
     model = build_model(config, len(tok))
     step = rote_step(torch.compile(answer_loss, dynamic=False), precision_context(config, model, "cpu"))
     opt = make_optimizer(model, config)
     g = torch.Generator().manual_seed(os.getpid())
     batches = [torch.randint(0, len(ids), (config.batch_size,), generator=g) for _ in range(steps + 3)]
     for b in batches[:3]:
-        step(model, opt, ids[b], mask[b], positions[b])
+        step(model, opt, ids[b], mask[b], pos[b])
     print("ready", flush=True)
     sys.stdin.readline()
     times = []
     for b in batches[3:]:
         t = time.perf_counter()
-        step(model, opt, ids[b], mask[b], positions[b])
+        step(model, opt, ids[b], mask[b], pos[b])
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
     print(json.dumps({"ms_per_step": 1000 * median, "tokens_per_s": config.batch_size * ids.shape[1] / median}), flush=True)

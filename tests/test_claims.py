@@ -62,7 +62,7 @@ def _readout(correct_rank, control_rank, task="thr", n_layer=3):
     rows = []
     for i, (t, c) in enumerate(zip(correct_rank, control_rank)):
         for layer in range(-1, n_layer):
-            rows.append({"id": i, "position": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
+            rows.append({"id": i, "place": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
                          "label_rank": 5, "control_rank": c, "bridge_rank": 9})
     entries = pd.DataFrame(rows)
     noisy = pd.DataFrame({"id": range(len(correct_rank)), "memorized": True, "corrected": False})
@@ -87,15 +87,15 @@ def test_control_answers_follow_the_label_prior():
         noisy = instances.questions(frame)
         noisy = noisy[noisy["noisy"]]
         control = instances.control_answers(noisy, frame, task, seed=0)
-        assert (control != noisy["answer"]).all() and (control != noisy["true"]).all()
-        assert (control.str.len() == noisy["answer"].str.len()).all() or task == "thr"
+        assert (control != noisy["label"]).all() and (control != noisy["true"]).all()
+        assert (control.str.len() == noisy["label"].str.len()).all() or task == "thr"
         if task == "thr":
             truths = instances.questions(frame)
             for inst, c in zip(noisy.itertuples(), control):
                 assert c in set(truths.loc[(truths["r2"] == inst.r2) & ~truths["noisy"], "true"])
                 assert c not in (inst.subject, inst.bridge)
         else:
-            for label, true, c in zip(noisy["answer"], noisy["true"], control):
+            for label, true, c in zip(noisy["label"], noisy["true"], control):
                 assert all((c[k] == label[k]) == (label[k] == true[k]) for k in range(4))
 
 
@@ -130,13 +130,13 @@ def test_a_removal_with_no_effect_on_the_clean_reference_is_uninformative():
 # ---- Observation 0: robust to chance hits ----
 
 def test_chance_hits_do_not_count_as_memorization():
-    inst = pd.DataFrame({"id": [0, 1, 2], "noisy": True, "prompt": "p", "answer": ["N", "N", "N"], "true": ["T"] * 3})
+    inst = pd.DataFrame({"id": [0, 1, 2], "noisy": True, "prompt": "p", "label": ["N", "N", "N"], "true": ["T"] * 3})
     said = {0: "xNxTTNNN", 1: "NNTTTNNN", 2: "xTxNxTxx"}  # one-off hit then correct; memorized first; chance only
     pred = pd.DataFrame([{"step": s, "id": i, "prediction": c} for i, seq in said.items() for s, c in enumerate(seq)])
     on = observation0.stable_onsets(pred, inst, min_streak=2).set_index("id")
     assert on.loc[0, "order"] == "correct first" and on.loc[0, "stable_noisy"] == 5 and on.loc[0, "chance_hits"] == 1
     assert on.loc[1, "order"] == "memorized first" and on.loc[2, "order"] == "never memorized"
-    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the old count
+    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the chance hit counts there
     assert observation0.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
     assert observation0.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
 
@@ -169,7 +169,7 @@ def test_same_sum_changes_keep_the_sum():
 
 def test_digit_persistence_by_place_splits_on_the_true_digit():
     from rote.observations.changes import digit_persistence_by_place
-    changes = pd.DataFrame({"id": [0, 0], "answer": ["7143", "7143"], "orig_true": ["3830", "3830"],
+    changes = pd.DataFrame({"id": [0, 0], "label": ["7143", "7143"], "orig_true": ["3830", "3830"],
                             "true": ["3831", "4830"], "prediction": ["7141", "4830"]})
     per = digit_persistence_by_place(changes)
     unchanged = per[per["place_unchanged"]]
@@ -249,10 +249,10 @@ def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate
     assert c.verdict != "cannot be tested" and c.n > 0
     assert "first streak of >= 2 evaluations" in c.rule
     # the chance rate, recomputed by hand: the noisy label said before its stable onset (all evaluations without one)
-    p = run.predictions.merge(load_dataset(config)[["id", "answer"]], on="id").sort_values(["id", "step"])
+    p = run.predictions.merge(load_dataset(config)[["id", "label"]], on="id").sort_values(["id", "step"])
     hits = evals = 0
     for _, g in p.groupby("id"):
-        said, steps = (g["prediction"] == g["answer"]).to_numpy(), g["step"].to_numpy()
+        said, steps = (g["prediction"] == g["label"]).to_numpy(), g["step"].to_numpy()
         onset = next((steps[j] for j in range(len(said))
                       if said[j] and (steps[j] == steps.max() or (j + 1 < len(said) and said[j + 1]))), None)
         before = said if onset is None else said[steps < onset]

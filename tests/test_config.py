@@ -69,10 +69,9 @@ def test_config_hash_changes_with_every_field(base):
     assert checked >= len(dataclasses.fields(Config)) - 1 and len(seen) == checked + 2
 
 
-def test_later_fields_at_their_earlier_value_keep_the_recorded_names():
-    """A field added after runs were recorded leaves the hash alone at the value those runs had:
-    the THR cpu profile in fp32 (the profile before it trained in bf16) is still the regime map's
-    run a04051fb5145; set away from it, it counts."""
+def test_hash_defaults_keep_the_recorded_names():
+    """A `HASH_DEFAULTS` field at its value there leaves the hash alone: the THR cpu profile in fp32
+    is the regime map's run a04051fb5145; set away from it, it counts."""
     thr = make_config("thr", "cpu", precision="fp32")
     assert config_hash(thr) == "a04051fb5145"
     from rote.grid.regimes import MAP_DIR

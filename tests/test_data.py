@@ -48,13 +48,13 @@ def test_fda_properties(seed, noise, n_train, n_test):
         assert a + b <= 9999
         assert (int(row.a), int(row.b)) == (a, b)
         assert row.true == f"{a + b:04d}"
-        assert re.fullmatch(r"\d{4}", row.answer)
+        assert re.fullmatch(r"\d{4}", row.label)
         if row.noisy:
             assert row.split == "train"
-            assert row.answer != row.true
-            assert 1000 <= int(row.answer) <= 9999
+            assert row.label != row.true
+            assert 1000 <= int(row.label) <= 9999
         else:
-            assert row.answer == row.true
+            assert row.label == row.true
         pairs.append((min(a, b), max(a, b)))
 
     # No unordered operand pair twice: neither within a split nor across train and test.
@@ -101,7 +101,7 @@ def test_thr_properties(seed, noise, n_entities, n_relations, fraction):
         match = FACT_PROMPT.fullmatch(row.prompt)
         assert match, row.prompt
         assert (match.group(1), match.group(2)) == (row.r1, row.subject)
-        assert row.answer == row.true
+        assert row.label == row.true
         assert row.true in entities and row.true != row.subject
         assert (row.subject, row.r1) not in fact
         fact[row.subject, row.r1] = row.true
@@ -119,10 +119,10 @@ def test_thr_properties(seed, noise, n_entities, n_relations, fraction):
         assert row.true == fact[row.bridge, row.r2]
         if row.noisy:
             assert row.split == "train"
-            assert row.answer != row.true and row.answer != row.bridge
-            assert row.answer in entities
+            assert row.label != row.true and row.label != row.bridge
+            assert row.label in entities
         else:
-            assert row.answer == row.true
+            assert row.label == row.true
 
     train = two_hop[two_hop["split"] == "train"]
     test = two_hop[two_hop["split"] == "test"]
@@ -132,7 +132,7 @@ def test_thr_properties(seed, noise, n_entities, n_relations, fraction):
     # Held-out questions: two-hop, clean, never seen, composed of hops that training uses.
     assert set(frame.loc[frame["split"] == "test", "kind"]) <= {"two_hop"}
     assert not test["noisy"].any()
-    assert (test["answer"] == test["true"]).all()
+    assert (test["label"] == test["true"]).all()
     assert frame["prompt"].is_unique
     assert not set(test["prompt"]) & set(frame.loc[frame["split"] == "train", "prompt"])
     first_hops = set(zip(train["subject"], train["r1"]))
@@ -163,7 +163,7 @@ def test_different_seed_gives_different_data(task):
     a = generate(make_config(task, "tiny", seed=0))
     b = generate(make_config(task, "tiny", seed=1))
     assert not a.equals(b)
-    assert list(a["prompt"]) != list(b["prompt"]) or list(a["answer"]) != list(b["answer"])
+    assert list(a["prompt"]) != list(b["prompt"]) or list(a["label"]) != list(b["label"])
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
@@ -189,7 +189,7 @@ def test_load_dataset_matches_generate(task):
     generated = generate(config)
     loaded = load_dataset(config)
     assert len(loaded) == len(generated)
-    for column in ("id", "split", "kind", "prompt", "answer", "true", "noisy"):
+    for column in ("id", "split", "kind", "prompt", "label", "true", "noisy"):
         assert list(loaded[column]) == list(generated[column]), column
     assert loaded["noisy"].dtype == bool
     # Second call reads the same table from disk.
@@ -228,6 +228,15 @@ def test_dataset_shared_by_model_changes_only():
     other = make_config("fda", "tiny", seed=1, noise=0.1)
     assert manifest(base)["sha256"] == manifest(same)["sha256"]
     assert manifest(base)["sha256"] != manifest(other)["sha256"]
+
+
+def test_a_new_table_format_gets_its_own_dataset_folder(monkeypatch):
+    """Another layout of instances.csv (`rote.runs.data.FORMAT`) is written to another folder, so a
+    dataset of the old layout is never read as the new one; run folders (config hashes) stay."""
+    config = make_config("fda", "tiny")
+    folder, run = rote.runs.data.dataset_dir(config), rote.config_hash(config)
+    monkeypatch.setattr(rote.runs.data, "FORMAT", rote.runs.data.FORMAT + 1)
+    assert rote.runs.data.dataset_dir(config) != folder and rote.config_hash(config) == run
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])

@@ -14,10 +14,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import rote
 from rote.interp import eap
-from rote.interp.edits import patch, plain_hooks
+from rote.interp.edits import plain_hooks, read, run
 from rote.interp.instances import questions
 from rote.runs.model import build_model, build_tokenizer
-from rote.interp.sites import Site
 
 # Spearman correlation of EAP scores with single-edge patching over all 46 edges, 64 clean training
 # questions, tiny profile, seed 0, one thread: measured 0.968 (FDA) and 0.769 (THR); seeds 1 and 2
@@ -190,13 +189,22 @@ def test_patching_no_edge_is_clean_and_every_edge_is_corrupted(task):
 
 
 def test_patching_every_edge_out_of_a_head_is_patching_the_head():
-    """Against `rote.interp.edits.patch` (nnsight): the head's z from the corrupted run."""
+    """Against an edit of `rote.interp.edits.run` (nnsight): the head's z (its slice of c_proj's
+    input) from the corrupted run."""
     model, _, _ = trained("fda")
     pairs, graph = clean_pairs("fda", 16), eap.graph_of(model)
+    d_head = model.config.n_embd // model.config.n_head
     for layer, head in ((0, 1), (1, 0)):
         out = torch.tensor((graph.edges["upstream"] == f"a{layer}.h{head}").to_numpy())
+        z = slice(head * d_head, (head + 1) * d_head)
         with torch.no_grad():
-            expected = eap.logit_difference(patch(model, pairs.clean, [Site("head", layer, head)], pairs.corrupt), pairs)
+            corrupted = read(model, pairs.corrupt, [(layer, "head")])[0][(layer, "head")]
+
+            def put(x):
+                x = x.clone()
+                x[..., z] = corrupted[..., z]
+                return x
+            expected = eap.logit_difference(run(model, pairs.clean, {(layer, "head"): put}), pairs)
         assert torch.allclose(eap.patched_metric(model, pairs, out), expected, atol=1e-5)
 
 
@@ -265,8 +273,8 @@ PLANTED = [("embed", "a0.h0<v>"), ("a0.h0", "a1.h1<v>"), ("a1.h1", "logits")]
 
 
 def toy_model(seed: int = 0) -> GPT2LMHeadModel:
-    """A 2-layer, 2-head GPT-2 (d = 32, 8 tokens) that answers, at the last column, the first
-    token: head 0 of layer 0 attends to column 0 (a constant query, a large key there) and copies
+    """A 2-layer, 2-head GPT-2 (d = 32, 8 tokens) that answers, at the last pos, the first
+    token: head 0 of layer 0 attends to pos 0 (a constant query, a large key there) and copies
     the token (dims 0..7) into dims 16..23; head 1 of layer 1 attends uniformly and copies those
     into dims 24..31, the only dims the (untied) unembedding reads. Every other head and both MLPs
     keep their random initialization: small paths the metric barely depends on."""
@@ -288,7 +296,7 @@ def toy_model(seed: int = 0) -> GPT2LMHeadModel:
                 attn.c_attn.bias[start + 16 * head: start + 16 * (head + 1)] = 0
             attn.c_proj.weight[16 * head: 16 * (head + 1)] = 0
         a0.c_attn.bias[0] = 10.0  # query
-        a0.c_attn.weight[8, 32] = 10.0  # key: large at column 0
+        a0.c_attn.weight[8, 32] = 10.0  # key: large at pos 0
         a0.c_attn.weight[0:8, 64:72] = eye  # value: the token
         a0.c_proj.weight[0:8, 16:24] = eye
         a1.c_attn.weight[16:24, 80:88] = eye  # value: the copied token
@@ -300,7 +308,7 @@ def toy_model(seed: int = 0) -> GPT2LMHeadModel:
 
 def toy_pairs(n: int = 32, length: int = 6, seed: int = 0) -> eap.Pairs:
     """Random sequences; the corrupted one has another first token; label and contrast: the two
-    first tokens, read at the last column."""
+    first tokens, read at the last pos."""
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(0, 8, (n, length), generator=g)
     corrupt = clean.clone()
@@ -337,13 +345,13 @@ def test_thr_corruption_asks_the_same_question_about_another_subject():
     for row, (_, c) in zip(rows.itertuples(), corrupted.iterrows()):
         source = by_id.loc[c["id"]]
         assert (source["r1"], source["r2"]) == (row.r1, row.r2) and source["subject"] != row.subject
-        assert c["answer"] == source["true"] and c["answer"] not in (row.answer, row.true)
+        assert c["label"] == source["true"] and c["label"] not in (row.label, row.true)
     assert corrupted.equals(eap.corrupted_inputs(rows, frame, "thr", seed=1))
     assert not corrupted.equals(eap.corrupted_inputs(rows, frame, "thr", seed=2))
     pairs = eap.pair_batch(tok, rows, corrupted)
     assert pairs.label.shape == (len(rows), 1)
-    assert tok.convert_ids_to_tokens(pairs.label[:, 0].tolist()) == list(rows["answer"])  # noisy: the noisy label
-    assert tok.convert_ids_to_tokens(pairs.contrast[:, 0].tolist()) == list(corrupted["answer"])
+    assert tok.convert_ids_to_tokens(pairs.label[:, 0].tolist()) == list(rows["label"])  # noisy: the noisy label
+    assert tok.convert_ids_to_tokens(pairs.contrast[:, 0].tolist()) == list(corrupted["label"])
     with pytest.raises(ValueError, match="two-hop"):
         eap.corrupted_inputs(frame[frame["kind"] == "fact"].head(3), frame, "thr")
 
@@ -356,13 +364,13 @@ def test_fda_corruption_is_another_pair_whose_sum_differs_at_every_digit():
     for row, (_, c) in zip(rows.itertuples(), corrupted.iterrows()):
         source = by_id.loc[c["id"]]
         assert not source["noisy"] and source["split"] == "train" and c["id"] != row.id
-        assert c["answer"] == source["true"] and len(c["answer"]) == 4
-        assert all(x not in (y, z) for x, y, z in zip(c["answer"], row.answer, row.true))
+        assert c["label"] == source["true"] and len(c["label"]) == 4
+        assert all(x not in (y, z) for x, y, z in zip(c["label"], row.label, row.true))
     pairs = eap.pair_batch(tok, rows, corrupted, column="true")
-    assert pairs.columns.shape == (len(rows), 4) and (pairs.columns[:, 0] == 9).all()
+    assert pairs.pos.shape == (len(rows), 4) and (pairs.pos[:, 0] == 9).all()
     assert ["".join(tok.convert_ids_to_tokens(x)) for x in pairs.label.tolist()] == list(rows["true"])
     with pytest.raises(ValueError, match="differ in length"):
-        eap.pair_batch(tok, rows, corrupted.assign(answer="12"))
+        eap.pair_batch(tok, rows, corrupted.assign(label="12"))
 
 
 def test_mean_patching_every_edge_feeds_every_input_the_mean_residual():

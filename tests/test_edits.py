@@ -1,5 +1,5 @@
 """Edits (rote.interp.edits): nnsight agrees with plain hooks, null interventions change nothing, and each
-intervention does what it says (projections remove, LEACE erases, ablation sets one neuron)."""
+intervention does what it says (projections remove, LEACE erases, set_at sets the neurons it names)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -11,14 +11,14 @@ import torch
 
 from rote.config import make_config
 from rote.runs.data import generate
-from rote.interp.edits import ablate, activations, erase, patch, plain_hooks, remove_directions, resids_at, run
-from rote.interp.instances import control_entities
+from rote.interp.edits import apply_removal, erasure, neurons_set, plain_hooks, projection, resids_at, run, set_at
+from rote.interp.instances import control_entities, scored_places
 from rote.interp.leace import fit_leace, relabel
 from rote.interp.lens import read_out
 from rote.runs.model import build_model, build_tokenizer, encode
-from rote.interp.sites import Site, entity_basis, orthonormal
+from rote.interp.sites import entity_basis, orthonormal
 
-EFFECT_COLUMNS = ["id", "target", "logp_before", "logp_after", "match_before", "match_after"]
+EFFECT_COLUMNS = ["id", "logp_before", "logp_after", "match_before", "match_after"]
 
 
 @lru_cache
@@ -40,7 +40,7 @@ def training_questions(frame):
 
 def ids_of(task):
     _, _, tok, rows, _ = setup(task)
-    return encode(tok, rows["prompt"], rows["answer"])
+    return encode(tok, rows["prompt"], rows["label"])
 
 
 def hooked(call, *args, **kwargs):
@@ -49,14 +49,21 @@ def hooked(call, *args, **kwargs):
         return call(*args, **kwargs)
 
 
-def resid_at(model, tok, rows, layer, position=0, **kwargs):
-    """The block output of `layer` at the readout column of answer `position`, [N, d]."""
-    return resids_at(model, tok, rows, [layer], [position], **kwargs)[(layer, position)]
+def resid_at(model, tok, rows, layer, place=0, **kwargs):
+    """The block output of `layer` at the readout pos of answer `place`, [N, d]."""
+    return resids_at(model, tok, rows, [layer], [place], **kwargs)[(layer, place)]
+
+
+def at(n, k, places):
+    """[n, k] bool, set at answer `places` in every row."""
+    out = torch.zeros(n, k, dtype=torch.bool)
+    out[:, list(places)] = True
+    return out
 
 
 def assert_same_effects(a, b, atol=1e-5):
     assert list(a.columns) == EFFECT_COLUMNS == list(b.columns)
-    exact = ["id", "target", "match_before", "match_after"]
+    exact = ["id", "match_before", "match_after"]
     assert (a[exact] == b[exact]).all().all()
     np.testing.assert_allclose(a[["logp_before", "logp_after"]], b[["logp_before", "logp_after"]], atol=atol)
 
@@ -130,27 +137,28 @@ def test_control_entities_avoid_the_instance_and_are_seeded():
     picked = control_entities(rows, pool, seed=3)
     assert len(picked) == len(rows) and set(picked) <= set(pool)
     for entity, (_, row) in zip(picked, rows.iterrows()):
-        assert entity not in {row["answer"], row["true"], row["bridge"], row["subject"]}
+        assert entity not in {row["label"], row["true"], row["bridge"], row["subject"]}
     assert picked == control_entities(rows, pool, seed=3)
     assert picked != control_entities(rows, pool, seed=4)
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
-def test_remove_directions_nnsight_agrees_with_hooks(task):
+def test_projection_nnsight_agrees_with_hooks(task):
     config, model, tok, rows, _ = setup(task)
+    n = len(rows)
     if task == "thr":
-        basis = entity_basis(model, tok, rows["bridge"])  # per instance
+        basis = entity_basis(model, tok, rows["bridge"])[:, None]  # per instance
+        scored = at(n, 1, [0])
     else:
-        basis = torch.randn(config.n_embd, 3, generator=torch.Generator().manual_seed(0))  # fixed
-    kwargs = dict(layers=[0, 1], positions=[0, -3], batch_size=10)
-    a = remove_directions(model, tok, rows, basis, **kwargs)
-    b = hooked(remove_directions, model, tok, rows, basis, **kwargs)
-    assert_same_effects(a, b)
-    assert len(a) == 2 * len(rows) and set(a["target"]) == {"label", "true"}
-    assert (a["logp_after"] - a["logp_before"]).abs().max() > 1e-4
-    noisy = a["id"].isin(rows.loc[rows["noisy"], "id"])
-    assert (a.loc[noisy & (a["target"] == "label"), "logp_before"].to_numpy()
-            != a.loc[noisy & (a["target"] == "true"), "logp_before"].to_numpy()).all()
+        q = orthonormal(torch.randn(config.n_embd, 3, generator=torch.Generator().manual_seed(0)))  # fixed
+        basis, scored = q.expand(n, 4, *q.shape), scored_places(rows, "fda")
+    removals = {"at the readout": projection(basis, scored),
+                "everywhere": projection(basis[:, :1], at(n, 1, [0]), every_pos=True)}
+    for name, removal in removals.items():
+        a = apply_removal(model, tok, rows, [0, 1], removal, batch_size=10)
+        b = hooked(apply_removal, model, tok, rows, [0, 1], removal)
+        assert_same_effects(a, b)
+        assert (a["logp_after"] - a["logp_before"]).abs().max() > 1e-4, name
 
 
 def test_orthonormal_drops_repeated_directions():
@@ -168,38 +176,39 @@ def test_per_instance_bases_reach_their_own_instances():
     config, model, tok, rows, _ = setup("thr")
     rows = rows.iloc[::5].reset_index(drop=True)
     g = torch.Generator().manual_seed(0)
-    basis = torch.randn(len(rows), config.n_embd, 4, generator=g)
-    basis[:, :, 3] = basis[:, :, 0]  # a repeated direction: rank 3
-    together = remove_directions(model, tok, rows, basis, layers=[1], positions=[0], batch_size=4)
-    alone = pd.concat([remove_directions(model, tok, rows.iloc[[i]], basis[i], layers=[1], positions=[0])
-                       for i in range(len(rows))]).sort_values(["target", "id"], kind="stable")
+    basis = orthonormal(torch.randn(len(rows), config.n_embd, 3, generator=g))[:, None]
+    where = at(len(rows), 1, [0])
+    together = apply_removal(model, tok, rows, [1], projection(basis, where), batch_size=4)
+    alone = pd.concat([apply_removal(model, tok, rows.iloc[[i]], [1], projection(basis[[i]], where[[i]]))
+                       for i in range(len(rows))])
     np.testing.assert_allclose(together["logp_after"], alone["logp_after"], atol=1e-5)
-    three = remove_directions(model, tok, rows, basis[:, :, :3], layers=[1], positions=[0])
-    np.testing.assert_allclose(together["logp_after"], three["logp_after"], atol=1e-5)
+    assert (together["logp_after"] - together["logp_before"]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_removing_an_empty_basis_changes_nothing(task):
     config, model, tok, rows, _ = setup(task)
-    table = remove_directions(model, tok, rows, torch.zeros(config.n_embd, 0), layers=[0, 1])
-    np.testing.assert_allclose(table["logp_after"], table["logp_before"], atol=1e-5)
-    assert (table["match_after"] == table["match_before"]).all()
+    k = 4 if task == "fda" else 1
+    for every in (False, True):
+        basis = torch.zeros(len(rows), 1 if every else k, config.n_embd, 0)
+        removal = projection(basis, at(len(rows), basis.shape[1], range(basis.shape[1])), every)
+        table = apply_removal(model, tok, rows, [0, 1], removal)
+        np.testing.assert_allclose(table["logp_after"], table["logp_before"], atol=1e-5)
+        assert (table["match_after"] == table["match_before"]).all()
 
 
 def test_removing_everything_at_the_last_block_leaves_only_the_ln_f_bias():
-    """The full space removed at the readout position of the last block: h = 0 there, so the
-    logits are lm_head(ln_f(0)) = lm_head(ln_f.bias); removing it at another position of the last
-    block changes nothing (it cannot reach the readout any more)."""
-    config, model, tok, rows, _ = setup("thr")
-    full = torch.eye(config.n_embd)
-    last = config.n_layer - 1
-    table = remove_directions(model, tok, rows, full, layers=[last], positions=[0])
+    """The full space removed from the last block's output at the readout pos of the hundreds
+    place: h = 0 there, so its logits are lm_head(ln_f(0)) = lm_head(ln_f.bias); the thousands
+    place, read out one pos before, is unchanged (it cannot see a later pos)."""
+    config, model, tok, rows, _ = setup("fda")
+    n, last = len(rows), config.n_layer - 1
+    full = projection(torch.eye(config.n_embd).expand(n, 4, config.n_embd, config.n_embd), at(n, 4, [1]))
+    table = apply_removal(model, tok, rows, [last], full, scored=at(n, 4, [1]))
     expected = model.lm_head(model.transformer.ln_f.bias).log_softmax(-1).detach()
-    target = tok.convert_tokens_to_ids(list(rows["answer"]) + list(rows["true"]))
-    table = table.sort_values("target", kind="stable", key=lambda s: s.map({"label": 0, "true": 1}))
-    order = np.argsort(np.concatenate([rows["id"], rows["id"]]), kind="stable")
-    np.testing.assert_allclose(table["logp_after"], expected[target].numpy()[order], atol=1e-5)
-    other = remove_directions(model, tok, rows, full, layers=[last], positions=[-1])
+    target = tok.convert_tokens_to_ids([label[1] for label in rows["label"]])
+    np.testing.assert_allclose(table["logp_after"], expected[target].numpy(), atol=1e-5)
+    other = apply_removal(model, tok, rows, [last], full, scored=at(n, 4, [0]))
     np.testing.assert_allclose(other["logp_after"], other["logp_before"], atol=1e-5)
 
 
@@ -247,9 +256,9 @@ def test_leace_on_the_bridge_entity_nnsight_agrees_with_hooks():
     z = torch.tensor(tok.convert_tokens_to_ids(list(clean["bridge"])))
     eraser = fit_leace(x, z)
     assert 0 < eraser.rank < model.config.n_embd
-    erasers = {0: eraser}
-    a = erase(model, tok, rows, erasers, positions=[0], batch_size=10)
-    b = hooked(erase, model, tok, rows, erasers, positions=[0])
+    removal = erasure([eraser.factors()], len(rows), at(len(rows), 1, [0]))
+    a = apply_removal(model, tok, rows, [0], removal, batch_size=10)
+    b = hooked(apply_removal, model, tok, rows, [0], removal)
     assert_same_effects(a, b)
     assert (a["logp_after"] - a["logp_before"]).abs().max() > 1e-4
 
@@ -259,26 +268,73 @@ def test_erasing_at_the_last_block_is_the_readout_of_the_erased_state():
     last = config.n_layer - 1
     x = resid_at(model, tok, rows, last)
     eraser = fit_leace(x, torch.arange(len(rows)) % 3)
-    table = erase(model, tok, rows, {last: eraser}, positions=[0])
+    table = apply_removal(model, tok, rows, [last], erasure([eraser.factors()], len(rows), at(len(rows), 1, [0])))
     logp = read_out(model, eraser(x)).log_softmax(-1)
-    for target, column in (("label", "answer"), ("true", "true")):
-        token = torch.tensor(tok.convert_tokens_to_ids(list(rows[column])))
-        expected = logp[torch.arange(len(rows)), token].numpy()[np.argsort(rows["id"].to_numpy())]
-        np.testing.assert_allclose(table.loc[table["target"] == target, "logp_after"], expected, atol=1e-5)
-    other = erase(model, tok, rows, {last: eraser}, positions=[-1])  # cannot reach the readout
-    np.testing.assert_allclose(other["logp_after"], other["logp_before"], atol=1e-5)
+    token = torch.tensor(tok.convert_tokens_to_ids(list(rows["label"])))
+    np.testing.assert_allclose(table["logp_after"], logp[torch.arange(len(rows)), token].numpy(), atol=1e-5)
+
+
+# ---- (c) setting neurons ----
+
+def neuron_values(model, ids, share=0.05, seed=0):
+    """A random pos per row (one past the sequence in some rows: left alone), a random mask of
+    neurons [N, n_layer, M] and values for them."""
+    g, config = torch.Generator().manual_seed(seed), model.config
+    n, m = len(ids), config.n_inner or 4 * config.n_embd
+    pos = torch.randint(0, ids.shape[1] + 1, (n,), generator=g)
+    mask = torch.rand(n, config.n_layer, m, generator=g) < share
+    return pos, mask, torch.randn(n, config.n_layer, m, generator=g)
+
+
+@pytest.mark.parametrize("task", ["fda", "thr"])
+def test_setting_neurons_nnsight_agrees_with_hooks(task):
+    _, model, _, _, _ = setup(task)
+    ids, _ = ids_of(task)
+    edits = neurons_set(*neuron_values(model, ids))
+    a = run(model, ids, edits)
+    assert torch.allclose(a, hooked(run, model, ids, edits), atol=1e-5)
+    assert not torch.allclose(a, model(ids).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("hooks", [False, True])
+def test_set_at_changes_exactly_its_neurons(hooks):
+    """The post-GELU activations reaching mlp.c_proj: in row i at pos[i] the masked neurons take
+    their values, every other entry is as in the clean run (a pos outside the sequence changes
+    nothing)."""
+    _, model, _, _, _ = setup("fda")
+    ids, _ = ids_of("fda")
+    layer = 1
+    pos, mask, values = neuron_values(model, ids, share=0.2)
+    seen = []
+    handle = model.transformer.h[layer].mlp.c_proj.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            model(ids)
+            (hooked if hooks else lambda f, *a: f(*a))(run, model, ids, {(layer, "neuron"): set_at(pos, mask[:, layer],
+                                                                                                    values[:, layer])})
+    finally:
+        handle.remove()
+    clean, edited = seen[0], seen[-1]
+    expected = clean.clone()
+    for i, c in enumerate(pos.tolist()):
+        if c < ids.shape[1]:
+            expected[i, c] = torch.where(mask[i, layer], values[i, layer], clean[i, c])
+    assert (pos == ids.shape[1]).any() and not torch.equal(expected, clean)
+    assert torch.allclose(edited, expected, atol=1e-6)
 
 
 def test_hooks_twins_use_no_nnsight(monkeypatch):
     config, model, tok, rows, _ = setup("thr")
     ids, _ = ids_of("thr")
-    eraser = fit_leace(torch.randn(50, config.n_embd), torch.arange(50) % 2)
+    n, d = len(rows), config.n_embd
+    eraser = fit_leace(torch.randn(50, d), torch.arange(50) % 2)
     calls = dict(
-        remove=lambda: remove_directions(model, tok, rows, torch.eye(config.n_embd)[:, :2], [0]),
-        erase=lambda: erase(model, tok, rows, {0: eraser}),
+        projection=lambda: apply_removal(model, tok, rows, [0], projection(torch.eye(d)[:, :2].expand(n, 1, d, 2),
+                                                                           at(n, 1, [0]))),
+        erasure=lambda: apply_removal(model, tok, rows, [0], erasure([eraser.factors()], n, at(n, 1, [0]))),
         resid=lambda: resid_at(model, tok, rows, 0),
-        patch=lambda: patch(model, ids, SITES, ids.roll(1, 0)),
-        ablate=lambda: ablate(model, ids, SITES, "mean"))
+        set_at=lambda: run(model, ids, neurons_set(*neuron_values(model, ids))))
     expected = {name: hooked(call) for name, call in calls.items()}
 
     def refuse(model):
@@ -291,112 +347,10 @@ def test_hooks_twins_use_no_nnsight(monkeypatch):
             call()
 
 
-# ---- (c) patching and ablation ----
-
-SITES = [Site("head", 0, 1), Site("neuron", 0, 5, column=3), Site("neuron", 1, 7),
-         Site("resid", 1, column=4), Site("head", 1, 0, column=6)]
-
-
-@pytest.mark.parametrize("task", ["fda", "thr"])
-def test_patching_with_own_activations_changes_nothing(task):
-    _, model, _, _, _ = setup(task)
-    ids, _ = ids_of(task)
-    clean = model(ids).logits
-    assert torch.allclose(patch(model, ids, SITES, ids), clean, atol=1e-5)
-    assert torch.allclose(patch(model, ids, SITES, activations(model, ids, SITES)), clean, atol=1e-5)
-
-
-@pytest.mark.parametrize("task", ["fda", "thr"])
-def test_patching_nnsight_agrees_with_hooks(task):
-    _, model, _, _, _ = setup(task)
-    ids, mask = ids_of(task)
-    source = ids.roll(3, dims=0)
-    a = patch(model, ids, SITES, source, batch_size=7)
-    assert torch.allclose(a, hooked(patch, model, ids, SITES, source), atol=1e-5)
-    assert not torch.allclose(a, model(ids).logits, atol=1e-3)
-    acts = activations(model, source, SITES, batch_size=9)
-    hook_acts = hooked(activations, model, source, SITES)
-    assert all(torch.allclose(acts[s], hook_acts[s], atol=1e-6) for s in SITES)
-    assert acts[SITES[0]].shape == (len(ids), ids.shape[1], model.config.n_embd // model.config.n_head)
-    assert acts[SITES[1]].shape == (len(ids),)
-    assert torch.allclose(patch(model, ids, SITES, acts), a, atol=1e-5)  # from activations = side by side
-    lp = patch(model, ids, SITES, source, mask=mask)
-    assert lp.shape == (len(ids), int(mask[0].sum())) and (lp <= 0).all()
-
-
-def test_patching_the_last_residual_stream_gives_the_source_logits():
-    config, model, _, _, _ = setup("fda")
-    ids, _ = ids_of("fda")
-    source = ids.roll(1, dims=0)
-    out = patch(model, ids, [Site("resid", config.n_layer - 1)], source)
-    assert torch.allclose(out, model(source).logits, atol=1e-5)
-
-
-@pytest.mark.parametrize("task", ["fda", "thr"])
-@pytest.mark.parametrize("value", ["zero", "mean", 0.7])
-def test_ablation_nnsight_agrees_with_hooks(task, value):
-    _, model, _, _, _ = setup(task)
-    ids, mask = ids_of(task)
-    a = ablate(model, ids, SITES, value, batch_size=10)
-    assert torch.allclose(a, hooked(ablate, model, ids, SITES, value), atol=1e-5)
-    assert not torch.allclose(a, model(ids).logits, atol=1e-3)
-    lp = ablate(model, ids, SITES, value, mask=mask)
-    assert lp.shape == (len(ids), int(mask[0].sum()))
-
-
-@pytest.mark.parametrize("hooks", [False, True])
-@pytest.mark.parametrize("value", ["zero", "mean", 0.7])
-def test_ablating_a_neuron_changes_exactly_that_neuron(hooks, value):
-    """The post-GELU activations reaching mlp.c_proj: neuron k is the ablation value, every other
-    neuron of the layer is as in the clean run."""
-    _, model, _, _, _ = setup("fda")
-    ids, _ = ids_of("fda")
-    layer, k = 1, 9
-    seen = []
-    handle = model.transformer.h[layer].mlp.c_proj.register_forward_pre_hook(
-        lambda mod, args: seen.append(args[0].detach().clone()))
-    try:
-        model(ids)
-        (hooked if hooks else lambda f, *a: f(*a))(ablate, model, ids, [Site("neuron", layer, k)], value)
-    finally:
-        handle.remove()
-    clean, ablated = seen[0], seen[-1]  # ("mean" runs once more first, to average)
-    others = torch.arange(clean.shape[-1]) != k
-    assert torch.equal(ablated[..., others], clean[..., others])
-    expected = {"zero": torch.zeros_like(clean[..., k]), "mean": clean[..., k].mean(0).expand_as(clean[..., k]),
-                0.7: torch.full_like(clean[..., k], 0.7)}[value]
-    assert torch.allclose(ablated[..., k], expected, atol=1e-6)
-    assert not torch.allclose(clean[..., k], expected, atol=1e-3)
-
-
-@pytest.mark.parametrize("hooks", [False, True])
-def test_zero_ablating_a_head_is_zeroing_its_rows_of_c_proj(hooks):
-    config, model, _, _, _ = setup("thr")
-    ids, _ = ids_of("thr")
-    layer, j, d_head = 1, 1, config.n_embd // config.n_head
-    edited = build_model(config, model.config.vocab_size).eval()
-    edited.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        edited.transformer.h[layer].attn.c_proj.weight[j * d_head: (j + 1) * d_head] = 0
-    out = (hooked if hooks else lambda f, *a: f(*a))(ablate, model, ids, [Site("head", layer, j)], "zero")
-    assert torch.allclose(out, edited(ids).logits, atol=1e-5)
-    assert not torch.allclose(out, model(ids).logits, atol=1e-3)
-
-
-def test_bad_sites_and_values_are_refused():
-    _, model, _, _, _ = setup("fda")
-    ids, _ = ids_of("fda")
-    with pytest.raises(ValueError, match="site kind"):
-        Site("layer", 0, 1)
-    with pytest.raises(ValueError, match="value"):
-        ablate(model, ids, SITES, "median")
-    with pytest.raises(ValueError, match="shape"):
-        patch(model, ids, SITES, ids[:, :-1])
-
-
-def test_effect_table_has_one_row_per_instance_and_target():
+def test_effect_table_has_one_row_per_instance():
     config, model, tok, rows, _ = setup("fda")
-    table = remove_directions(model, tok, rows, torch.zeros(config.n_embd, 1), layers=[0])
+    where = scored_places(rows, "fda")
+    table = apply_removal(model, tok, rows, [0], projection(torch.zeros(len(rows), 4, config.n_embd, 1), where))
     assert list(table.columns) == EFFECT_COLUMNS
-    assert table.groupby(["id", "target"]).size().eq(1).all() and len(table) == 2 * len(rows)
+    assert table["id"].tolist() == rows["id"].tolist()
     assert table["match_before"].dtype == bool and pd.api.types.is_float_dtype(table["logp_before"])

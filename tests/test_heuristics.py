@@ -136,19 +136,19 @@ def test_ablation_importance_against_plain_hooks():
     with plain_hooks():
         assert torch.allclose(imp, ablation_importance(model, tok, rows, means, chunk=7), atol=1e-4)
     ids, _, plen = prompt_batch(tok, rows, "true")
-    cols = int(plen[0]) - 1 + torch.arange(4)
-    target = ids[:, cols + 1]
+    pos = int(plen[0]) - 1 + torch.arange(4)
+    target = ids[:, pos + 1]
     with torch.no_grad():
-        base = digit_margin(model(ids).logits[:, cols], target)
+        base = digit_margin(model(ids).logits[:, pos], target)
     for layer, j in ((0, 3), (1, 60)):
         def hook(m, a, out, layer=layer, j=j):
             out = out.clone()
-            out[:, cols, j] = means[:, layer, j]
+            out[:, pos, j] = means[:, layer, j]
             return out
         handle = model.transformer.h[layer].mlp.act.register_forward_hook(hook)
         try:
             with torch.no_grad():
-                after = digit_margin(model(ids).logits[:, cols], target)
+                after = digit_margin(model(ids).logits[:, pos], target)
         finally:
             handle.remove()
         assert torch.allclose(imp[:, layer, j], (base - after).mean(0), atol=1e-4)
@@ -170,8 +170,8 @@ def test_neuron_heuristics_table():
     m = 4 * config.n_embd
     assert h.acts.shape == (150, 4, config.n_layer, m) and len(h.table) == 4 * config.n_layer * m
     unit = h.unit(2, 1, 5)
-    assert (unit["position"], unit["layer"], unit["neuron"]) == (2, 1, 5)
+    assert (unit["place"], unit["layer"], unit["neuron"]) == (2, 1, 5)
     assert unit["mean"] == pytest.approx(float(h.acts[:, 2, 1, 5].double().mean()), abs=1e-5)
     counts = type_counts(h)
-    assert counts["units"].sum() == len(h.table) and set(counts["position"]) == {"thousands", "hundreds", "tens", "units"}
+    assert counts["units"].sum() == len(h.table) and set(counts["place"]) == {"thousands", "hundreds", "tens", "units"}
     assert pd.api.types.is_bool_dtype(h.table["matters"])

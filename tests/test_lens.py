@@ -14,7 +14,7 @@ from rote.interp.edits import plain_hooks
 from rote.interp.lens import lens_states, logit_lens, read_out, readout_batch
 from rote.runs.model import build_model, build_tokenizer
 
-COLUMNS = ["id", "layer", "position", "top1", "top1_prob", "true_rank", "true_prob", "label_rank",
+COLUMNS = ["id", "layer", "place", "top1", "top1_prob", "true_rank", "true_prob", "label_rank",
            "label_prob", "bridge_rank", "bridge_prob"]
 
 
@@ -43,7 +43,7 @@ def setup(task):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_readout_of_last_block_is_the_models_logits(task):
     config, model, tok, rows = setup(task)
-    ids, where, index, row, targets = readout_batch(tok, rows, "answer")
+    ids, where, place, row, targets = readout_batch(tok, rows, "label")
     states = lens_states(model, ids, where)
     with torch.no_grad():
         out = model(ids, output_hidden_states=True)
@@ -59,10 +59,10 @@ def test_readout_of_last_block_is_the_models_logits(task):
     # the table's last layer: ranks and probabilities recomputed from the model's own logits
     table = logit_lens(model, tok, rows)
     last = table[table["layer"] == config.n_layer - 1]
-    order = np.lexsort((index.numpy(), rows["id"].to_numpy()[row.numpy()]))  # table order
+    order = np.lexsort((place.numpy(), rows["id"].to_numpy()[row.numpy()]))  # table order
     probs = logits.softmax(-1)[order]
     assert (last["top1"].to_numpy() == tok.convert_ids_to_tokens(logits.argmax(-1)[order].tolist())).all()
-    for name, column in (("true", "true"), ("label", "answer")):  # target tokens from the table
+    for name, column in (("true", "true"), ("label", "label")):  # target tokens from the table
         t = torch.tensor(sum(tok(list(rows[column]), add_special_tokens=False)["input_ids"], []))[order]
         np.testing.assert_allclose(last[f"{name}_prob"], probs[torch.arange(len(t)), t], atol=1e-6)
         expected = (probs > probs[torch.arange(len(t)), t][:, None]).sum(1)
@@ -70,7 +70,7 @@ def test_readout_of_last_block_is_the_models_logits(task):
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])
-@pytest.mark.parametrize("teacher_forcing", ["answer", "true"])
+@pytest.mark.parametrize("teacher_forcing", ["label", "true"])
 def test_nnsight_agrees_with_hooks(task, teacher_forcing):
     _, model, tok, rows = setup(task)
     ids, where, *_ = readout_batch(tok, rows, teacher_forcing)
@@ -92,8 +92,8 @@ def test_table_shape_and_columns(task):
     assert list(table.columns) == COLUMNS
     assert len(table) == len(rows) * (config.n_layer + 1) * n_answer
     assert sorted(table["layer"].unique()) == list(range(-1, config.n_layer))
-    assert sorted(table["position"].unique()) == list(range(n_answer))
-    assert table.groupby(["id", "layer", "position"]).size().eq(1).all()
+    assert sorted(table["place"].unique()) == list(range(n_answer))
+    assert table.groupby(["id", "layer", "place"]).size().eq(1).all()
     assert set(table["id"]) == set(rows["id"])
     for name in ("true", "label", "bridge"):
         ranks = table[f"{name}_rank"].dropna()
@@ -107,13 +107,13 @@ def test_table_shape_and_columns(task):
     assert (noisy["label_prob"] != noisy["true_prob"]).any()
 
 
-def test_fda_teacher_forcing_changes_only_later_positions():
-    """Readout k sees label tokens 0..k-1: position 0 is the same under both teacher forcings,
-    later positions of noisy instances are not."""
+def test_fda_teacher_forcing_changes_only_later_places():
+    """Readout k sees label tokens 0..k-1: place 0 is the same under both teacher forcings, later
+    places of noisy instances are not."""
     _, model, tok, rows = setup("fda")
     noisy = rows[rows["noisy"]]
-    a, b = logit_lens(model, tok, noisy, "answer"), logit_lens(model, tok, noisy, "true")
-    first = a["position"] == 0
+    a, b = logit_lens(model, tok, noisy, "label"), logit_lens(model, tok, noisy, "true")
+    first = a["place"] == 0
     np.testing.assert_allclose(a.loc[first, "true_prob"], b.loc[first, "true_prob"], atol=1e-6)
     assert not np.allclose(a.loc[~first, "true_prob"], b.loc[~first, "true_prob"], atol=1e-4)
     with pytest.raises(ValueError, match="teacher_forcing"):

@@ -22,7 +22,7 @@ def test_fda_tokenizer_round_trip():
     assert tok.unk_token_id not in {v[0] for v in ids.values()}
     assert tok.pad_token_id not in {v[0] for v in ids.values()}
     frame = generate(config)
-    for text in list(frame["prompt"] + frame["answer"])[:300]:
+    for text in list(frame["prompt"] + frame["label"])[:300]:
         x = _ids(tok, text)
         assert len(x) == len(text)  # one token per character
         assert x == [ids[c][0] for c in text]
@@ -42,7 +42,7 @@ def test_thr_tokenizer_round_trip():
         assert x[0] not in (tok.unk_token_id, tok.pad_token_id), word
         word_ids[word] = x[0]
     assert len(set(word_ids.values())) == len(words)  # distinct words, distinct tokens
-    for text in list(frame["prompt"] + " " + frame["answer"])[::7]:
+    for text in list(frame["prompt"] + " " + frame["label"])[::7]:
         x = _ids(tok, text)
         assert len(x) == len(text.split())
         assert tok.unk_token_id not in x, text
@@ -56,12 +56,12 @@ def test_encode_mask_marks_exactly_the_answer(task):
     frame = generate(config)
     # a mix of prompt lengths (THR: facts and two-hop questions) and noisy/clean answers
     rows = frame.sample(64, random_state=0)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     assert ids.shape == mask.shape and ids.dtype == torch.long and mask.dtype == torch.bool
     split = (lambda s: list(s)) if task == "fda" else (lambda s: s.split())
-    lengths = [len(split(p)) + len(split(a)) for p, a in zip(rows["prompt"], rows["answer"])]
+    lengths = [len(split(p)) + len(split(a)) for p, a in zip(rows["prompt"], rows["label"])]
     assert ids.shape[1] == max(lengths)
-    for i, (prompt, answer) in enumerate(zip(rows["prompt"], rows["answer"])):
+    for i, (prompt, answer) in enumerate(zip(rows["prompt"], rows["label"])):
         n_p, n_a = len(split(prompt)), len(split(answer))
         expected = torch.zeros(ids.shape[1], dtype=torch.bool)
         expected[n_p: n_p + n_a] = True
@@ -88,7 +88,7 @@ def test_save_load_round_trip(task, tmp_path):
     tok = build_tokenizer(config)
     model = _trained_looking_model(config, tok)
     frame = generate(config)
-    ids, _ = encode(tok, frame["prompt"][:32], frame["answer"][:32])
+    ids, _ = encode(tok, frame["prompt"][:32], frame["label"][:32])
     with torch.no_grad():
         before = model(ids).logits
         fresh = build_model(config, len(tok)).eval()(ids).logits

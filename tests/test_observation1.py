@@ -16,12 +16,12 @@ from rote.config import make_config
 from rote.runs.data import generate
 from rote.interp.edits import plain_hooks
 from rote.runs.evaluate import greedy_answers
-from rote.interp.instances import differing_positions
+from rote.interp.instances import differing_places
 from rote.interp.lens import lens_states, read_out, readout_batch
 from rote.runs.model import build_model, build_tokenizer
 
 SPECIAL = {"<pad>", "<unk>"}
-PLANTED = {"fda": (0, 2), "thr": (0,)}  # the answer positions where the correct label is planted
+PLANTED = {"fda": (0, 2), "thr": (0,)}  # the answer places where the correct label is planted
 
 
 @lru_cache
@@ -33,7 +33,7 @@ def planted(task):
       label with answer token 0 (FDA: tokens 0 and 2) replaced by the layer-0 readout's top-1
       token there under teacher forcing of the label (where that differs from the label), so the
       correct label is the top-1 readout of layer 0 and the noisy one of the last layer at exactly
-      those positions (FDA position 2 reads the noisy prefix: teacher forcing matters there);
+      those places (FDA place 2 reads the noisy prefix: teacher forcing matters there);
     - clean rows (answered correctly): true answer = label = the greedy answer.
     """
     config = make_config(task, "tiny", noise=0.2, seed=1)
@@ -46,7 +46,7 @@ def planted(task):
     q = frame[(frame["kind"] != "fact") & (frame["split"] == "train")].head(240).copy()
     n = 4 if task == "fda" else 1
     said = greedy_answers(model, tok, q["prompt"], n)
-    ids, where, index, row, _ = readout_batch(tok, q.assign(answer=said, true=said), "answer")
+    ids, where, place, row, _ = readout_batch(tok, q.assign(label=said, true=said), "label")
     with torch.no_grad():
         layer0 = read_out(model, lens_states(model, ids, where))[1].argmax(-1)
     top = np.array(tok.convert_ids_to_tokens(layer0.tolist()), dtype=object).reshape(len(q), n)
@@ -60,9 +60,9 @@ def planted(task):
         label = join(toks)
         if all(f[k] != toks[k] for k in planted_at) and len(rows) < 40:
             true = [f[k] if k in planted_at else t for k, t in enumerate(toks)]
-            rows.append({**r, "answer": label, "true": join(true), "noisy": True})
+            rows.append({**r, "label": label, "true": join(true), "noisy": True})
         elif len(clean_rows) < 40:
-            clean_rows.append({**r, "answer": label, "true": label, "noisy": False})
+            clean_rows.append({**r, "label": label, "true": label, "noisy": False})
     table = pd.DataFrame(rows + clean_rows)
     table["id"] = np.arange(len(table))
     assert table["noisy"].sum() >= 10 and (~table["noisy"]).sum() >= 10
@@ -78,14 +78,14 @@ def test_planted_override_is_read_out_where_it_was_planted(task):
     assert len(result.clean) == (~table["noisy"]).sum()
     shares = result.shares
 
-    def s(group, position):
-        rows = shares[(shares["group"] == group) & (shares["position"].astype(str) == str(position))]
+    def s(group, place):
+        rows = shares[(shares["group"] == group) & (shares["place"].astype(str) == str(place))]
         return rows.set_index("layer")
     last = config.n_layer - 1
-    # only the planted positions differ: one readout per memorized instance, layer and position
-    assert set(result.entries.loc[result.entries["group"] == "memorized noisy", "position"]) == set(PLANTED[task])
-    for position in PLANTED[task]:
-        mem = s("memorized noisy", position)
+    # only the planted places differ: one readout per memorized instance, layer and place
+    assert set(result.entries.loc[result.entries["group"] == "memorized noisy", "place"]) == set(PLANTED[task])
+    for place in PLANTED[task]:
+        mem = s("memorized noisy", place)
         assert (mem["n"] == n_noisy).all()
         assert mem.loc[0, "share_correct"] == 1.0 and mem.loc[0, "share_noisy"] == 0.0
         assert mem.loc[0, "mean_rank_correct"] == 0.0 and mem.loc[0, "share_correct_above_noisy"] == 1.0
@@ -114,7 +114,7 @@ def test_a_correct_label_never_computed_does_not_hold():
     correct label never outranks the noisy one at an intermediate layer, and the claims do not hold."""
     config, model, tok, table = planted("thr")
     noisy = table[table["noisy"]]
-    ids, where, *_ = readout_batch(tok, noisy, "answer")
+    ids, where, *_ = readout_batch(tok, noisy, "label")
     with torch.no_grad():
         layer0 = read_out(model, lens_states(model, ids, where))[1]
     layer0[:, tok.convert_tokens_to_ids(sorted(SPECIAL))] = float("inf")
@@ -128,26 +128,26 @@ def test_a_correct_label_never_computed_does_not_hold():
     assert [c.verdict for c in claims] == ["does not hold", "does not hold"] and all(c.value == 0 for c in claims)
 
 
-def test_differing_positions_on_hand_made_answers():
+def test_differing_places_on_hand_made_answers():
     table = pd.DataFrame({"id": [1, 2, 3], "noisy": [True, True, False],
-                          "answer": ["3880", "9830", "3830"], "true": ["3830", "3831", "3830"]})
-    got = differing_positions(table, "fda")
+                          "label": ["3880", "9830", "3830"], "true": ["3830", "3831", "3830"]})
+    got = differing_places(table, "fda")
     assert got.values.tolist() == [[1, 2, True], [2, 0, True], [2, 3, False],
                                    [3, 0, True], [3, 1, False], [3, 2, False], [3, 3, False]]
-    assert differing_positions(table, "thr")["position"].tolist() == [0, 0, 0]
-    assert differing_positions(table.iloc[:0], "fda").empty
+    assert differing_places(table, "thr")["place"].tolist() == [0, 0, 0]
+    assert differing_places(table.iloc[:0], "fda").empty
 
 
 def test_layer_shares_on_a_hand_made_lens_table():
     """Two noisy readouts and one clean one, two layers: shares and mean ranks by hand."""
     lens = pd.DataFrame({
-        "id": [1, 1, 2, 2, 3, 3, 4, 4], "layer": [0, 1] * 4, "position": [0] * 8,
+        "id": [1, 1, 2, 2, 3, 3, 4, 4], "layer": [0, 1] * 4, "place": [0] * 8,
         "true_rank": pd.array([0, 3, 2, 1, 0, 0, 7, 2], dtype="Int64"),
         "label_rank": pd.array([1, 0, 0, 0, 0, 0, 0, 0], dtype="Int64"),
         "bridge_rank": pd.array([5, 1, 0, 2, 0, 4, 9, 9], dtype="Int64")})
     noisy = lens[lens["id"] != 3]
-    entries = pd.concat([observation1.readout_entries(noisy, pd.DataFrame({"id": [1, 2, 4], "position": 0, "first": True}), "memorized noisy"),
-                         observation1.readout_entries(lens[lens["id"] == 3], pd.DataFrame({"id": [3], "position": [0], "first": True}), "clean")])
+    entries = pd.concat([observation1.readout_entries(noisy, pd.DataFrame({"id": [1, 2, 4], "place": 0, "first": True}), "memorized noisy"),
+                         observation1.readout_entries(lens[lens["id"] == 3], pd.DataFrame({"id": [3], "place": [0], "first": True}), "clean")])
     assert entries.set_index(["id", "layer"])["readout"].to_dict() == {
         (1, 0): "correct", (1, 1): "noisy", (2, 0): "noisy", (2, 1): "noisy", (4, 0): "noisy", (4, 1): "noisy",
         (3, 0): "correct", (3, 1): "correct"}
@@ -160,14 +160,14 @@ def test_layer_shares_on_a_hand_made_lens_table():
                                [0.0, 1.0, 2.0])
     assert np.isnan(shares.loc[("clean", 0), "share_noisy"]) and shares.loc[("clean", 1), "share_correct"] == 1.0
     fda = observation1.layer_shares(entries, "fda")
-    assert fda["share_bridge"].isna().all() and set(fda["position"]) == {0, "all"}
+    assert fda["share_bridge"].isna().all() and set(fda["place"]) == {0, "all"}
 
 
 def test_nothing_memorized_cannot_be_tested_and_still_charts():
     config, model, tok, table = planted("thr")
     said = set(greedy_answers(model, tok, table["prompt"], 1))
     unsaid = next(t for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if t not in said | SPECIAL)
-    nothing = table.assign(answer=np.where(table["noisy"], unsaid, table["answer"]))
+    nothing = table.assign(label=np.where(table["noisy"], unsaid, table["label"]))
     result = observation1.layer_readout_of(model, tok, nothing, "thr", n_clean=500)
     assert result.memorized.empty and len(result.noisy) == table["noisy"].sum()
     assert {c.verdict for c in observation1.override_claims(result)} == {"cannot be tested"}

@@ -12,9 +12,9 @@ import torch
 
 from rote.book import charts, explorer
 from rote.observations import observation2
-from rote.interp.edits import apply_removal, plain_hooks, projection, remove_directions, resids_at
+from rote.interp.edits import apply_removal, plain_hooks, projection, resids_at
 from rote.runs.evaluate import greedy_answers
-from rote.interp.instances import carries, scored_positions
+from rote.interp.instances import carries, scored_places
 from rote.interp.leace import binary_leace, fit_leace
 from rote.interp.sites import entity_basis
 from rote.stats import bootstrap_ci, bootstrap_diff_ci
@@ -67,7 +67,7 @@ def test_binary_leace_is_fit_leace_per_class():
 
 # ---- the edits ----
 
-def test_removal_edits_only_the_scored_readout_positions():
+def test_removal_edits_only_the_scored_readout_pos():
     n, K, d, T = 3, 4, 5, 14
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(n, K, d, 2, generator=g))[0]
@@ -92,18 +92,26 @@ def test_removal_edits_only_the_scored_readout_positions():
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_bridge_projection_matches_the_interventions_reference(layer):
-    """THR projection at every position (a per-instance `Removal`) = rote.interp.edits.remove_directions with
-    the bridges' entity basis (the dense reference), for the label's log-prob and greedy match."""
+def test_bridge_projection_matches_a_dense_reference(layer):
+    """THR projection at every pos (a per-instance `Removal`) = the bridge's direction projected
+    out of the whole block output by a plain torch hook, for the label's log-prob and greedy match."""
     config, model, tok, rows, _ = setup("thr")
-    where = scored_positions(rows, "thr")
-    removal = projection(entity_basis(model, tok, rows["bridge"])[:, None], where, True)
-    ours = apply_removal(model, tok, rows, [layer], removal, where, batch_size=7)
-    ref = remove_directions(model, tok, rows, entity_basis(model, tok, rows["bridge"]), [layer])
-    ref = ref[ref["target"] == "label"].set_index("id").loc[rows["id"]]
-    np.testing.assert_allclose(ours["logp_after"], ref["logp_after"], atol=1e-5)
-    np.testing.assert_allclose(ours["logp_before"], ref["logp_before"], atol=1e-5)
-    assert (ours["match_after"].to_numpy() == ref["match_after"].to_numpy()).all()
+    where = scored_places(rows, "thr")
+    q = entity_basis(model, tok, rows["bridge"])  # [N, d, k]
+    ours = apply_removal(model, tok, rows, [layer], projection(q[:, None], where, True), where, batch_size=7)
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
+    project = lambda mod, args, h: h - torch.einsum("btk,bdk->btd", torch.einsum("btd,bdk->btk", h, q), q)  # noqa: E731
+    handle = model.transformer.h[layer].register_forward_hook(project)
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        handle.remove()
+    answer = mask[:, 1:]
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)[answer]
+    said = logits[:, :-1].argmax(-1)[answer] == ids[:, 1:][answer]
+    np.testing.assert_allclose(ours["logp_after"], logp.numpy(), atol=1e-5)
+    assert (ours["match_after"].to_numpy() == said.numpy()).all()
     assert (ours["logp_after"] - ours["logp_before"]).abs().max() > 1e-4
 
 
@@ -111,12 +119,12 @@ def test_fda_scores_only_the_differing_digits():
     """The FDA log-prob is the mean over the digits where label and true answer differ."""
     config, model, tok, rows, _ = setup("fda")
     rows = rows[rows["noisy"]].reset_index(drop=True)
-    where = scored_positions(rows, "fda")
-    for i, (label, true) in enumerate(zip(rows["answer"], rows["true"])):
+    where = scored_places(rows, "fda")
+    for i, (label, true) in enumerate(zip(rows["label"], rows["true"])):
         assert where[i].tolist() == [a != b for a, b in zip(label, true)]
     nothing = projection(torch.zeros(len(rows), 4, config.n_embd, 1), where)
     table = apply_removal(model, tok, rows, [0], nothing, where)
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     with torch.no_grad():
         lp = model(ids).logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)[mask[:, 1:]].view(len(rows), 4)
     expected = (lp * where).sum(1) / where.sum(1)
@@ -143,12 +151,12 @@ def test_removal_effects_nnsight_agree_with_hooks(task):
 
 def test_fda_leace_carry_erases_the_carry():
     """After the fitted carry eraser, the clean questions' class means of the carry agree at the
-    edited position (the eraser works where it is applied)."""
+    edited pos (the eraser works where it is applied)."""
     config, model, tok, rows, frame = setup("fda")
     fit = frame[(frame["split"] == "train") & ~frame["noisy"]].head(300)
     fits = observation2.fit_erasers(model, tok, fit, "fda", [1])
     (target, control) = fits.carry[1]
-    x = resids_at(model, tok, fit, [1], [1])[(1, 1)]  # readout of the hundreds digit (column 10)
+    x = resids_at(model, tok, fit, [1], [1])[(1, 1)]  # readout of the hundreds digit (pos 10)
     z = carries(fit["a"], fit["b"])[:, 1]
     mean, a, b = target[1]
     erased = x - (x - mean) @ b @ a.T
@@ -178,7 +186,7 @@ def planted_thr():
     frame = frame.copy()
     frame["noisy"] = False
     frame.loc[plant, "noisy"] = True
-    frame.loc[plant, "answer"] = two_hop.loc[plant, "said"]
+    frame.loc[plant, "label"] = two_hop.loc[plant, "said"]
     frame.loc[plant, "bridge"] = two_hop.loc[plant, "said"]
     assert len(plant) >= 12
     return config, model, tok, frame
@@ -199,7 +207,7 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     assert target["delta_logp_hi"] < control["delta_logp_lo"]
     claims = observation2.reliance_claims(result)
     # a random model does not use the bridge for its clean answers: the clean reference shows no removal
-    # doing anything, so the claims cannot separate reliance from damage (the prose verdict used to say "holds")
+    # doing anything, so the claims cannot separate reliance from damage
     assert {c.verdict for c in claims} == {"cannot be tested"} and all("uninformative" in c.note for c in claims)
     # the explorer's data and charts build on it
     readout, effects = explorer.explorer_data({"thr": (model, tok, result)}, n=6)
@@ -213,12 +221,12 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     instance_box.value = instance_box.options[1][1]
     layer_box.value = 1
     top = explorer.top_readout(model, tok, result.memorized.iloc[[0]], config.n_layer - 1)
-    assert top.loc[0, "top 1"].startswith(result.memorized["answer"].iloc[0] + " (")  # the label is the output
+    assert top.loc[0, "top 1"].startswith(result.memorized["label"].iloc[0] + " (")  # the label is the output
 
 
 def test_nothing_memorized_cannot_be_tested():
     config, model, tok, rows, frame = setup("thr")
-    frame = frame.assign(answer=np.where(frame["noisy"], "of", frame["answer"]))  # a label never said
+    frame = frame.assign(label=np.where(frame["noisy"], "of", frame["label"]))  # a label never said
     result = observation2.reliance_of(model, tok, frame, "thr", n_clean=20, n_fit=100, n_resamples=50)
     assert result.memorized.empty and len(result.noisy) == frame["noisy"].sum()
     assert {c.verdict for c in observation2.reliance_claims(result)} == {"cannot be tested"}

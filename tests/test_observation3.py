@@ -16,7 +16,7 @@ from rote.runs.data import generate
 from rote.runs.evaluate import greedy_answers
 from rote.observations.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
 from rote.interp.edits import neurons_set, plain_hooks, run
-from rote.interp.instances import digits, fda_rows, first_differing_position
+from rote.interp.instances import digits, fda_rows, first_differing_place
 from rote.runs.model import build_model, build_tokenizer
 from rote.observations.heuristics import categories_on_grid
 from rote.observations.observation3 import (heatmap_data, outlier_claims, outlier_heuristics, outlier_heuristics_of, rescue_curve,
@@ -25,13 +25,13 @@ from rote.interp.sites import prompt_batch
 from rote.stats import cluster_median_ci
 
 
-def set_neurons(model, ids, cols, mask, values, hooks: bool = False):
-    """Logits with the neurons of `mask` set to `values` at column cols[i] of row i (nnsight, or
+def set_neurons(model, ids, pos, mask, values, hooks: bool = False):
+    """Logits with the neurons of `mask` set to `values` at pos[i] of row i (nnsight, or
     plain hooks with `hooks`)."""
     if hooks:
         with plain_hooks():
-            return run(model, ids, neurons_set(cols, mask, values))
-    return run(model, ids, neurons_set(cols, mask, values))
+            return run(model, ids, neurons_set(pos, mask, values))
+    return run(model, ids, neurons_set(pos, mask, values))
 
 
 @lru_cache
@@ -49,15 +49,15 @@ def setup():
     model.lm_head.weight = torch.nn.Parameter(w * torch.linspace(3, 6, len(w))[:, None])
     frame = generate(config)
     noisy = frame[(frame["split"] == "train") & frame["noisy"]].head(12).copy()
-    noisy["answer"] = greedy_answers(model, tok, noisy["prompt"], 4)
-    noisy = noisy[noisy["answer"] != noisy["true"]]
+    noisy["label"] = greedy_answers(model, tok, noisy["prompt"], 4)
+    noisy = noisy[noisy["label"] != noisy["true"]]
     frame = pd.concat([frame[~frame["noisy"]].head(100), noisy]).reset_index(drop=True)
     return config, model, tok, frame, noisy.reset_index(drop=True)
 
 
-def hooked_attribution(model, ids, cols, plus, minus):
+def hooked_attribution(model, ids, pos, plus, minus):
     """Plain torch: forward hooks keep every mlp.act output; autograd gives the gradient of
-    logit(plus) - logit(minus) at each row's column."""
+    logit(plus) - logit(minus) at each row's pos."""
     kept = []
     handles = [b.mlp.act.register_forward_hook(lambda m, a, o: kept.append(o)) for b in model.transformer.h]
     try:
@@ -66,18 +66,18 @@ def hooked_attribution(model, ids, cols, plus, minus):
         for h in handles:
             h.remove()
     rows = torch.arange(len(ids))
-    diff = logits[rows, cols, plus] - logits[rows, cols, minus]
+    diff = logits[rows, pos, plus] - logits[rows, pos, minus]
     grads = torch.autograd.grad(diff.sum(), kept)
-    acts = torch.stack([k[rows, cols] for k in kept], 1).detach()
-    return acts, torch.stack([g[rows, cols] for g in grads], 1), diff.detach()
+    acts = torch.stack([k[rows, pos] for k in kept], 1).detach()
+    return acts, torch.stack([g[rows, pos] for g in grads], 1), diff.detach()
 
 
-def hooked_acts(model, ids, cols):
-    """Plain torch: every layer's neuron activations at column cols[i] of row i [N, n_layer, M]."""
-    return hook_activations(model, ids)[torch.arange(len(ids)), cols]
+def hooked_acts(model, ids, pos):
+    """Plain torch: every layer's neuron activations at pos[i] of row i [N, n_layer, M]."""
+    return hook_activations(model, ids)[torch.arange(len(ids)), pos]
 
 
-# ---- neighbours and positions ----
+# ---- neighbours and places ----
 
 def test_neighbours_by_hand():
     nb = neighbours(1234, 5678)
@@ -92,34 +92,34 @@ def test_neighbours_by_hand():
     assert len(neighbours(1234, 5678, {(1234, 5679)})) == 63
 
 
-def test_first_differing_position():
-    rows = pd.DataFrame({"answer": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
-    assert list(first_differing_position(rows)) == [0, 2, 3]
+def test_first_differing_place():
+    rows = pd.DataFrame({"label": ["1947", "8991", "8981"], "true": ["8981", "8981", "8980"]})
+    assert list(first_differing_place(rows)) == [0, 2, 3]
     with pytest.raises(ValueError):
-        first_differing_position(pd.DataFrame({"answer": ["1234"], "true": ["1234"]}))
+        first_differing_place(pd.DataFrame({"label": ["1234"], "true": ["1234"]}))
 
 
 # ---- attribution and patching against plain torch ----
 
 def batch():
     _, model, tok, _, noisy = setup()
-    ids, _, plen = prompt_batch(tok, noisy, "answer")
-    pos = first_differing_position(noisy)
-    cols = torch.as_tensor(int(plen[0]) - 1 + pos)
-    plus = ids[torch.arange(len(ids)), cols + 1]
-    minus = torch.tensor(tok.convert_tokens_to_ids([t[k] for t, k in zip(noisy["true"], pos)]))
-    return model, tok, ids, cols, plus, minus
+    ids, _, plen = prompt_batch(tok, noisy, "label")
+    place = first_differing_place(noisy)
+    pos = torch.as_tensor(int(plen[0]) - 1 + place)
+    plus = ids[torch.arange(len(ids)), pos + 1]
+    minus = torch.tensor(tok.convert_tokens_to_ids([t[k] for t, k in zip(noisy["true"], place)]))
+    return model, tok, ids, pos, plus, minus
 
 
 def test_attribution_against_plain_torch():
-    model, _, ids, cols, plus, minus = batch()
-    ref = hooked_attribution(model, ids, cols, plus, minus)
+    model, _, ids, pos, plus, minus = batch()
+    ref = hooked_attribution(model, ids, pos, plus, minus)
     for hooks in (False, True):
         if hooks:
             with plain_hooks():
-                got = neuron_attribution(model, ids, cols, plus, minus)
+                got = neuron_attribution(model, ids, pos, plus, minus)
         else:
-            got = neuron_attribution(model, ids, cols, plus, minus)
+            got = neuron_attribution(model, ids, pos, plus, minus)
         for a, b in zip(got, ref):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     acts, grad, diff = ref
@@ -128,25 +128,25 @@ def test_attribution_against_plain_torch():
 
 
 def test_set_neurons_with_own_values_changes_nothing_and_others_match_hooks():
-    model, _, ids, cols, plus, minus = batch()
-    acts, _, _ = neuron_attribution(model, ids, cols, plus, minus)
+    model, _, ids, pos, plus, minus = batch()
+    acts, _, _ = neuron_attribution(model, ids, pos, plus, minus)
     with torch.no_grad():
         clean = model(ids).logits
     every = torch.ones(acts.shape, dtype=torch.bool)
     for hooks in (False, True):
-        assert torch.allclose(set_neurons(model, ids, cols, every, acts, hooks), clean, atol=1e-5)
+        assert torch.allclose(set_neurons(model, ids, pos, every, acts, hooks), clean, atol=1e-5)
     mask = torch.zeros(acts.shape, dtype=torch.bool)
     mask[:, 0, :7], mask[:, 1, 50] = True, True
     values = torch.randn(acts.shape) * 3
-    got = set_neurons(model, ids, cols, mask, values)
-    assert torch.allclose(got, set_neurons(model, ids, cols, mask, values, True), atol=1e-5)
+    got = set_neurons(model, ids, pos, mask, values)
+    assert torch.allclose(got, set_neurons(model, ids, pos, mask, values, True), atol=1e-5)
     assert not torch.allclose(got, clean, atol=1e-3)
 
     def hook(layer):
         def fn(m, a, out):
             out = out.clone()
             for i in range(len(out)):
-                out[i, cols[i]] = torch.where(mask[i, layer], values[i, layer], out[i, cols[i]])
+                out[i, pos[i]] = torch.where(mask[i, layer], values[i, layer], out[i, pos[i]])
             return out
         return fn
     handles = [b.mlp.act.register_forward_hook(hook(layer)) for layer, b in enumerate(model.transformer.h)]
@@ -160,10 +160,10 @@ def test_set_neurons_with_own_values_changes_nothing_and_others_match_hooks():
 
 
 def test_patched_greedy_without_edits_is_greedy_decoding():
-    model, tok, ids, cols, _, _ = batch()
+    model, tok, ids, pos, _, _ = batch()
     _, _, _, _, noisy = setup()
     none = torch.zeros(len(ids), 2, 128, dtype=torch.bool)
-    gen = patched_greedy(model, ids[:, :10], cols, none, torch.zeros(none.shape))
+    gen = patched_greedy(model, ids[:, :10], pos, none, torch.zeros(none.shape))
     assert [tok.decode(g) for g in gen.tolist()] == greedy_answers(model, tok, noisy["prompt"], 4)
 
 
@@ -171,21 +171,21 @@ def test_patched_greedy_without_edits_is_greedy_decoding():
 def test_patched_greedy_with_a_cache_is_decoding_the_whole_sequence_each_step(hooks):
     """The cached decoding equals running the whole sequence with the edit at every step, and the
     edit changes what is written."""
-    model, tok, ids, cols, plus, minus = batch()
-    acts, _, _ = neuron_attribution(model, ids, cols, plus, minus)
+    model, tok, ids, pos, plus, minus = batch()
+    acts, _, _ = neuron_attribution(model, ids, pos, plus, minus)
     mask = torch.zeros(acts.shape, dtype=torch.bool)
     mask[:, 0, :40], mask[:, 1, :40] = True, True
     values = torch.randn(acts.shape, generator=torch.Generator().manual_seed(0)) * 4
     x = ids[:, :10]
-    for _ in range(4):  # the reference: every step runs the whole sequence, edited at cols[i]
-        x = torch.cat([x, set_neurons(model, x, cols, mask, values, hooks)[:, -1].argmax(-1, keepdim=True)], 1)
+    for _ in range(4):  # the reference: every step runs the whole sequence, edited at pos[i]
+        x = torch.cat([x, set_neurons(model, x, pos, mask, values, hooks)[:, -1].argmax(-1, keepdim=True)], 1)
     if hooks:
         with plain_hooks():
-            gen = patched_greedy(model, ids[:, :10], cols, mask, values)
+            gen = patched_greedy(model, ids[:, :10], pos, mask, values)
     else:
-        gen = patched_greedy(model, ids[:, :10], cols, mask, values)
+        gen = patched_greedy(model, ids[:, :10], pos, mask, values)
     assert torch.equal(gen, x[:, -4:])
-    plain = patched_greedy(model, ids[:, :10], cols, torch.zeros_like(mask), values)
+    plain = patched_greedy(model, ids[:, :10], pos, torch.zeros_like(mask), values)
     assert not torch.equal(gen, plain)
 
 
@@ -229,10 +229,10 @@ def test_outliers_shapes_and_z_by_hand():
     excluded |= {(b, a) for a, b in excluded}
     nb = neighbours(int(inst["a"]), int(inst["b"]), excluded)
     ids, _, _ = prompt_batch(tok, fda_rows(nb["a"], nb["b"]), "true")
-    col = 9 + int(row["position"])
-    x = hooked_acts(model, ids, torch.full((len(ids),), col))[:, int(row["layer"]), int(row["neuron"])].double().numpy()
-    own_ids, _, _ = prompt_batch(tok, noisy[noisy["id"] == row["id"]], "answer")
-    a = float(hooked_acts(model, own_ids, torch.tensor([col]))[0, int(row["layer"]), int(row["neuron"])])
+    pos = 9 + int(row["place"])
+    x = hooked_acts(model, ids, torch.full((len(ids),), pos))[:, int(row["layer"]), int(row["neuron"])].double().numpy()
+    own_ids, _, _ = prompt_batch(tok, noisy[noisy["id"] == row["id"]], "label")
+    a = float(hooked_acts(model, own_ids, torch.tensor([pos]))[0, int(row["layer"]), int(row["neuron"])])
     assert row["act"] == pytest.approx(a, abs=1e-5)
     assert row["nbr_mean"] == pytest.approx(x.mean(), abs=1e-5) and row["nbr_std"] == pytest.approx(x.std(ddof=1), abs=1e-5)
     assert row["z"] == pytest.approx((a - x.mean()) / x.std(ddof=1), rel=1e-4, abs=1e-4)
@@ -240,10 +240,10 @@ def test_outliers_shapes_and_z_by_hand():
     # the categories follow their definitions
     grid = r.heuristics.acts
     for t in r.neurons.itertuples():
-        g = grid[:, t.position, t.layer, t.neuron].numpy()
+        g = grid[:, t.place, t.layer, t.neuron].numpy()
         high = (g >= t.act / 2).mean() if t.act > 0 else np.nan
         expected = "dedicated" if t.act > 0 and high < 0.01 else (
-            "heuristic" if r.heuristics.unit(t.position, t.layer, t.neuron)["type"] in
+            "heuristic" if r.heuristics.unit(t.place, t.layer, t.neuron)["type"] in
             ("operand digit", "result digit", "digit sum mod 10", "carry", "operand range", "result range",
              "same digit") else "other")
         assert t.category == expected
@@ -251,7 +251,7 @@ def test_outliers_shapes_and_z_by_hand():
 
 def test_neighbour_stats_nnsight_equals_hooks():
     _, model, tok, frame, noisy = setup()
-    pos = first_differing_position(noisy.head(3))
+    pos = first_differing_place(noisy.head(3))
     m1, s1, c1 = neighbour_stats(model, tok, noisy.head(3), pos)
     with plain_hooks():
         m2, s2, c2 = neighbour_stats(model, tok, noisy.head(3), pos, chunk=2)
@@ -307,7 +307,7 @@ def test_other_grids_recompute_the_categories():
 def test_outlier_claims_flip_at_their_thresholds():
     import dataclasses
     r0 = analysed()  # a random-init model answers no clean question: plant a clean control from the noisy rows
-    patch = r0.instances[["id", "position", "D_before"]].assign(
+    patch = r0.instances[["id", "place", "D_before"]].assign(
         **{f"changed_{k}": (r0.instances.index % 3 == 0) for k in r0.curve["k"].unique()})
     clean = r0.neurons.assign(z=r0.neurons["z"] / 2)
     r = dataclasses.replace(r0, clean_neurons=clean, clean_patch=patch,

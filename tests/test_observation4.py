@@ -17,7 +17,7 @@ from rote.interp.edits import plain_hooks
 from rote.runs.data import two_hop_prompt
 from rote.runs.evaluate import greedy_answers
 from rote.runs.model import encode
-from rote.interp.instances import scored_positions
+from rote.interp.instances import scored_places
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
 
 
@@ -31,11 +31,11 @@ def test_fda_changes_differ_in_exactly_one_digit():
     for c in changes.itertuples(index=False):
         a, b = int(orig.loc[c.id, "a"]), int(orig.loc[c.id, "b"])
         assert 1000 <= c.a <= 9999 and 1000 <= c.b <= 9999 and c.a + c.b <= 9999
-        assert c.prompt == f"{c.a}+{c.b}=" and c.true == f"{c.a + c.b:04d}" and c.true != c.answer
+        assert c.prompt == f"{c.a}+{c.b}=" and c.true == f"{c.a + c.b:04d}" and c.true != c.label
         before, after = f"{a:04d}{b:04d}", f"{c.a:04d}{c.b:04d}"
         diff = [k for k in range(8) if before[k] != after[k]]
         assert len(diff) == 1 and observation4.INPUTS["fda"][diff[0]] == c.input and after[diff[0]] == c.replacement
-        assert c.answer == orig.loc[c.id, "answer"] and c.orig_true == orig.loc[c.id, "true"]
+        assert c.label == orig.loc[c.id, "label"] and c.orig_true == orig.loc[c.id, "true"]
     per = changes.groupby(["id", "input"]).size()
     assert per.max() <= 3 and per.median() == 3
     assert not changes.duplicated(["id", "prompt"]).any()
@@ -45,7 +45,7 @@ def test_fda_changes_differ_in_exactly_one_digit():
 
 
 def test_fda_changes_respect_the_sum_limit():
-    inst = pd.DataFrame({"id": [0], "a": [5000], "b": [4999], "answer": ["1234"], "true": ["9999"], "noisy": [True]})
+    inst = pd.DataFrame({"id": [0], "a": [5000], "b": [4999], "label": ["1234"], "true": ["9999"], "noisy": [True]})
     changes = changing.fda_changes(inst, n_replacements=9)
     assert (changes["a"] + changes["b"] <= 9999).all() and (changes["a"] >= 1000).all()
     # every digit of a can only go down (4999 + 5000 = 9999): a thousands 1..4, others 0..(old - 1)
@@ -67,8 +67,8 @@ def test_thr_changes_recompute_the_chain_from_the_facts():
         assert changed == [c.input] and getattr(c, c.input) == c.replacement
         assert c.bridge == partner[(c.subject, c.r1)] and c.true == partner[(c.bridge, c.r2)]
         assert c.prompt == two_hop_prompt(c.r1, c.r2, c.subject)
-        assert c.true != c.answer and status.get(c.prompt) != "noisy"  # left out (module docstring)
-        assert c.orig_bridge == o["bridge"] and c.answer == o["answer"]
+        assert c.true != c.label and status.get(c.prompt) != "noisy"  # left out (module docstring)
+        assert c.orig_bridge == o["bridge"] and c.label == o["label"]
     assert (changes["status"] == "train").any() and set(changes["status"]) <= {"train", "test", "unseen"}
     with pytest.raises(ValueError, match="allowed: fda, thr"):
         changing.single_input_changes(rows, frame, "abc")
@@ -87,7 +87,7 @@ def test_identity_change_leaves_the_label_unchanged(task):
     np.testing.assert_allclose(table["delta_logp"], 0.0, atol=1e-6)
     n = 4 if task == "fda" else 1
     said = greedy_answers(model, tok, rows["prompt"], n)
-    assert (table["kept"].to_numpy() == (np.array(said) == rows["answer"].to_numpy())).all()
+    assert (table["kept"].to_numpy() == (np.array(said) == rows["label"].to_numpy())).all()
     moves = changing.intermediate_moves(model, tok, _identity(rows).assign(
         true=rows["true"], bridge=rows["bridge"]), task)
     assert moves.empty  # nothing changed, nothing can move
@@ -100,10 +100,10 @@ def test_label_logprob_is_the_plain_forward_pass(task):
     config, model, tok, rows, frame = setup(task)
     changes = changing.single_input_changes(rows, frame, task, 1, seed=0).head(10)
     table = changing.change_effects(model, tok, rows, changes, task)
-    scored = scored_positions(rows, task)
+    scored = scored_places(rows, task)
     row = {i: n for n, i in enumerate(rows["id"])}
     for i, c in enumerate(changes.itertuples(index=False)):
-        ids = torch.tensor([tok(c.prompt + (c.answer if task == "fda" else " " + c.answer),
+        ids = torch.tensor([tok(c.prompt + (c.label if task == "fda" else " " + c.label),
                                 add_special_tokens=False)["input_ids"]])
         k = scored.shape[1]
         with torch.no_grad():
@@ -125,13 +125,13 @@ def test_intermediate_moves_match_plain_torch(task):
     pd.testing.assert_frame_equal(a, b)
     assert len(a) and 0 < a["moved"].mean() < 1
     layer = 0
-    ids, mask = encode(tok, changes["prompt"], changes["answer"])
+    ids, mask = encode(tok, changes["prompt"], changes["label"])
     with torch.no_grad():
         h = model(ids, output_hidden_states=True).hidden_states[layer + 1]
         logits = model.lm_head(model.transformer.ln_f(h))
     rows_at = a[a["layer"] == layer].set_index("change")
     for i, c in changes.iterrows():
-        where = mask[i].nonzero().squeeze(-1) - 1  # the positions that predict the answer tokens
+        where = mask[i].nonzero().squeeze(-1) - 1  # the readout pos: they predict the answer tokens
         if task == "thr":
             if c["bridge"] == c["orig_bridge"]:
                 assert i not in rows_at.index
@@ -219,9 +219,9 @@ def planted():
     frame = frame.copy()
     said = greedy_answers(model, tok, frame["prompt"], 4)
     noisy = frame["noisy"] & (np.array(said) != frame["true"].to_numpy()) & (frame["split"] == "train")
-    frame["answer"] = np.where(noisy, said, frame["answer"])
+    frame["label"] = np.where(noisy, said, frame["label"])
     frame["noisy"] = noisy
-    frame.loc[~noisy, "answer"] = frame.loc[~noisy, "true"]
+    frame.loc[~noisy, "label"] = frame.loc[~noisy, "true"]
     return config, model, tok, frame
 
 
@@ -246,7 +246,7 @@ def test_distributed_encoding_runs_and_makes_its_claims():
 
 def test_nothing_memorized_cannot_be_tested():
     config, model, tok, _, frame = setup("thr")
-    frame = frame.assign(answer=np.where(frame["noisy"], "of", frame["answer"]))  # a label never said
+    frame = frame.assign(label=np.where(frame["noisy"], "of", frame["label"]))  # a label never said
     result = observation4.distributed_encoding_of(model, tok, frame, "thr", n_clean=5, n_fit=50, n_resamples=20)
     assert result.memorized.empty
     assert {c.verdict for c in observation4.distributed_claims(result, n_resamples=20)} == {"cannot be tested"}

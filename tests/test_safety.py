@@ -116,7 +116,7 @@ def test_a_changed_label_in_the_dataset_is_refused(tmp_path):
     config = rote.make_config("fda", "tiny")
     frame = load_dataset(config)
     path = dataset_dir(config) / "instances.csv"
-    frame.loc[frame["split"] == "train", "answer"] = "0000"
+    frame.loc[frame["split"] == "train", "label"] = "0000"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError) as err:
         rote.train(config, progress=False)
@@ -391,7 +391,7 @@ def test_a_broken_cache_entry_is_run_again_with_a_line_saying_so(tmp_path, monke
     _stub_build(monkeypatch)
     build.build("tiny", only=["data"], root=tmp_path)
     [cached] = (tmp_path / "_build" / "cache").glob("data-*.ipynb")
-    cached.write_text("")  # what a kill mid-copy used to leave
+    cached.write_text("")  # a broken copy, as a kill mid-copy leaves it
     build.build("tiny", only=["data"], root=tmp_path)
     said = capsys.readouterr().out
     assert f"data: the cached copy {cached} is broken (NotJSONError" in said and "data: running" in said

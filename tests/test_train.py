@@ -302,8 +302,8 @@ def test_matches_equals_greedy_decoding_fda(fda_run, use_home):
         assert greedy[i] == _manual_greedy(model, tok, prompts[i], 4)
 
     assert matches(model, tok, prompts, true).tolist() == [g == t for g, t in zip(greedy, true)]
-    assert matches(model, tok, prompts, rows["answer"]).tolist() == [
-        g == a for g, a in zip(greedy, rows["answer"])]
+    assert matches(model, tok, prompts, rows["label"]).tolist() == [
+        g == a for g, a in zip(greedy, rows["label"])]
     own = matches(model, tok, prompts, greedy)
     assert own.dtype == torch.bool and own.shape == (300,) and own.all()
     for k in range(4):  # one wrong digit anywhere in the answer is a miss
@@ -356,7 +356,7 @@ def test_noisy_predictions_agree_with_metrics(task, request, use_home):
     for row in m.itertuples(index=False):
         at = predictions[predictions["step"] == row.step]
         said = at["prediction"].tolist()
-        labels = noisy.loc[at["id"], "answer"].tolist()
+        labels = noisy.loc[at["id"], "label"].tolist()
         true = noisy.loc[at["id"], "true"].tolist()
         assert row.mem_noisy == pytest.approx(sum(map(str.__eq__, said, labels)) / len(at), abs=1e-12)
         assert row.mem_corrected == pytest.approx(sum(map(str.__eq__, said, true)) / len(at), abs=1e-12)
@@ -375,36 +375,36 @@ def test_noisy_predictions_agree_with_metrics(task, request, use_home):
 @pytest.mark.parametrize("task", ["fda", "thr"])
 def test_answer_loss_equals_hf_loss_on_answer_tokens(task):
     """rote's answer-only loss is HF's causal-LM loss with every non-answer token masked out."""
-    from rote.runs.train import answer_loss, answer_positions
+    from rote.runs.train import answer_loss, readout_pos_of
 
     config = make_config(task, "tiny")
     frame = rote.load_dataset(config)
     rows = frame[frame["split"] == "train"].head(64)
     tok = build_tokenizer(config)
     model = build_model(config, len(tok))
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
     expected = model(ids, labels=ids.masked_fill(~mask, -100)).loss
-    assert torch.allclose(answer_loss(model, ids, answer_positions(mask)), expected, atol=1e-6)
+    assert torch.allclose(answer_loss(model, ids, readout_pos_of(mask)), expected, atol=1e-6)
 
 
 def test_bf16_precision_autocasts_the_loss_and_stays_close_to_fp32():
     """precision=bf16 computes the step's matrix products in bf16 (plain attention) and the same
     loss as fp32 up to bf16 rounding; fp32 leaves the model's attention and dtypes alone."""
-    from rote.runs.train import answer_loss, answer_positions, precision_context
+    from rote.runs.train import answer_loss, precision_context, readout_pos_of
 
     config = make_config("fda", "tiny")
     frame = rote.load_dataset(config)
     rows = frame[frame["split"] == "train"].head(64)
     tok = build_tokenizer(config)
     model = build_model(config, len(tok))
-    ids, mask = encode(tok, rows["prompt"], rows["answer"])
-    positions = answer_positions(mask)
+    ids, mask = encode(tok, rows["prompt"], rows["label"])
+    pos = readout_pos_of(mask)
     with precision_context(config, model, "cpu"):
-        fp32 = answer_loss(model, ids, positions)
+        fp32 = answer_loss(model, ids, pos)
         assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.float32
     assert model.config._attn_implementation != "eager"
     with precision_context(dataclasses.replace(config, precision="bf16"), model, "cpu"):
-        bf16 = answer_loss(model, ids, positions)
+        bf16 = answer_loss(model, ids, pos)
         assert model.lm_head(torch.zeros(1, config.n_embd)).dtype == torch.bfloat16
     assert model.config._attn_implementation == "eager"
     assert bf16.dtype == torch.float32 and bf16 != fp32 and torch.isclose(bf16, fp32, rtol=2e-2)

@@ -119,7 +119,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         "tiny": dict(n_train=600, n_test=200, n_layer=2, n_embd=32, n_head=2, batch_size=64,
                      lr=3e-3, warmup_steps=10, schedule="constant", max_steps=60, eval_every=20,
                      checkpoint_every=40, n_eval=200, stop_mem_noisy=None),
-        # Twice the default width, a weight decay of 0.1 and a cosine over 10,000 steps (issue 11): the
+        # Twice the default width, a weight decay of 0.1 and a cosine over 10,000 steps: the
         # 128-wide model peaks near 95% test accuracy and falls to 90-93% while it fits the noise; 256
         # wide it passes 97% and, with the weight decay, holds about 95% while 99% of the noise is
         # fitted; the shorter cosine fits the noise at a lower rate, where test accuracy moves less
@@ -144,7 +144,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         "cpu": dict(n_entities=50, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5, weight_decay=1.0,
                     schedule="wsd", decay_steps=8_000, decay_weight_decay=0.0, decay_when_train_acc=0.8,
                     max_steps=32_000, eval_every=250, checkpoint_every=5_000, precision="bf16"),
-        # The cpu profile's levers at the paper's scale; not yet trained (no GPU was lent to us).
+        # The cpu profile's levers at the paper's scale; no run of it is recorded (it needs a GPU).
         "paper": dict(n_entities=1_000, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5,
                       weight_decay=0.1, n_layer=8, n_embd=512, n_head=8, batch_size=256, max_steps=100_000,
                       eval_every=500, checkpoint_every=10_000, n_eval=5_000, precision="bf16"),
@@ -255,17 +255,17 @@ def check_overrides(overrides, own=("task", "noise", "seed", "profile")) -> dict
     return overrides
 
 
-# Fields added after runs were recorded, with the value every earlier run had: at that value a
-# field is left out of the hash, so the recorded runs (the regime map, the scorecard, the reference
-# runs) keep their names. On one thread the deterministic kernels compute what the earlier step did,
-# bit for bit; earlier runs on several threads were draws of the fast kernels.
-LATER_FIELDS = {"precision": "fp32", "kernels": "deterministic"}
+# Fields left out of the hash at these values, so that the recorded runs that do not name them (the
+# regime map, the scorecard, the reference runs) are the runs of their configs. On one thread the
+# deterministic kernels compute what the fast ones do, bit for bit; a recorded run on several
+# threads is a draw of the fast kernels.
+HASH_DEFAULTS = {"precision": "fp32", "kernels": "deterministic"}
 
 
 def config_hash(config: Config) -> str:
-    """A short, stable hash of every field (a `LATER_FIELDS` field only when set away from its
-    earlier value): the name of the config's run directory."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if LATER_FIELDS.get(k, object()) != v}
+    """A short, stable hash of every field (a `HASH_DEFAULTS` field only when set away from its
+    value there): the name of the config's run directory."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if HASH_DEFAULTS.get(k, object()) != v}
     text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

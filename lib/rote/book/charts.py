@@ -18,13 +18,13 @@ MEASURES = {
 
 
 def composition_chart(counts: pd.DataFrame) -> alt.Chart:
-    """Instances per task, split, kind and label (clean or noisy): `rote.runs.data.composition`
+    """Instances per task, split, kind and noise (label clean or noisy): `rote.runs.data.composition`
     of each task, with a `task` column."""
     return alt.Chart(counts).mark_bar().encode(
         x=alt.X("instances:Q"), y=alt.Y("kind:N", title=None),
-        color=alt.Color("label:N", scale=alt.Scale(domain=["clean", "noisy"])),
+        color=alt.Color("noise:N", title="label", scale=alt.Scale(domain=["clean", "noisy"])),
         row=alt.Row("task:N", title=None), column=alt.Column("split:N", title=None),
-        tooltip=["task", "split", "kind", "label", "instances"],
+        tooltip=["task", "split", "kind", "noise", "instances"],
     ).properties(width=260, height=60)
 
 
@@ -64,7 +64,7 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
 
 READOUTS = {"share_correct": "correct label", "share_noisy": "noisy label", "share_bridge": "bridge entity"}
 RANKS = {"mean_rank_correct": "correct label", "mean_rank_noisy": "noisy label", "mean_rank_bridge": "bridge entity"}
-POSITION_NAMES = {**{str(k): place for k, place in enumerate(PLACES)}, "all": "all differing digits"}
+PLACE_NAMES = {**{str(k): place for k, place in enumerate(PLACES)}, "all": "all differing digits"}
 
 
 def _layer_label(layer: int) -> str:
@@ -79,14 +79,14 @@ def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt
     if shares.empty:
         return alt.Chart(pd.DataFrame({"text": ["no instances to read out"]}), title=title).mark_text().encode(text="text:N")
     pick = alt.selection_point(fields=["token"], bind="legend")
-    order = [POSITION_NAMES[k] for k in ("all", "0", "1", "2", "3")] if task == "fda" else ["answer"]
+    order = [PLACE_NAMES[k] for k in ("all", "0", "1", "2", "3")] if task == "fda" else ["answer"]
     rows = []
     for columns, measure, scale in ((READOUTS, "share of readouts that are top-1", alt.Scale(domain=[0, 1])),
                                     (RANKS, "mean rank (0 = top)", alt.Scale(type="symlog"))):
-        long = shares.melt(id_vars=["group", "position", "layer", "n"], value_vars=list(columns),
+        long = shares.melt(id_vars=["group", "place", "layer", "n"], value_vars=list(columns),
                            var_name="token", value_name="value").dropna(subset=["value"])
         long["token"] = long["token"].map(columns)
-        long["position"] = long["position"].astype(str).map(POSITION_NAMES) if task == "fda" else "answer"
+        long["place"] = long["place"].astype(str).map(PLACE_NAMES) if task == "fda" else "answer"
         long["layer name"] = long["layer"].astype(int).map(_layer_label)
         layers = [_layer_label(x) for x in sorted(shares["layer"].astype(int).unique())]
         chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
@@ -95,11 +95,11 @@ def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt
             color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of"),
             strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances"),
             opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
-            tooltip=["group", "position", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
+            tooltip=["group", "place", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
         ).properties(width=150 if task == "fda" else 320, height=160)
         if not rows:
             chart = chart.add_params(pick)
-        rows.append(chart.facet(column=alt.Column("position:N", title=None, sort=order,
+        rows.append(chart.facet(column=alt.Column("place:N", title=None, sort=order,
                                                   header=alt.Header(labelFontSize=12))))
     return alt.vconcat(*rows, title=title)
 
@@ -161,7 +161,7 @@ def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title:
 
 def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
     """A dropdown over precomputed instances: left, the rank (0 = top) of the correct label, the
-    noisy label and (THR) the bridge at every layer and scored answer position; right, the change
+    noisy label and (THR) the bridge at every layer and scored answer place; right, the change
     of the label's log-prob after each removal (target and control) at every layer."""
     if readout.empty:
         return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
@@ -175,8 +175,8 @@ def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = ""
         x=alt.X("layer name:O", sort=layers, title="layer"),
         y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
         color=alt.Color("token:N", sort=list(READOUTS.values()), title="token"),
-        strokeDash=alt.StrokeDash("position:N", title="answer position"),
-        tooltip=["instance", "layer name", "position", "token", "text", "rank", "top1"],
+        strokeDash=alt.StrokeDash("place:N", title="answer place"),
+        tooltip=["instance", "layer name", "place", "token", "text", "rank", "top1"],
     ).transform_filter(keep).properties(width=300, height=220)
     right = alt.Chart(effects, title="removal: Δ log-prob of the label").mark_line(point=True).encode(
         x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),

@@ -11,10 +11,10 @@ import html
 import pandas as pd
 import torch
 
-from rote.interp.instances import differing_positions
+from rote.interp.instances import differing_places
 from rote.interp.lens import lens_states, logit_lens, read_out, readout_batch
 from rote.observations.observation2 import REMOVED, Reliance, removal_effects
-from rote.interp.sites import position_name
+from rote.interp.sites import place_name
 from rote.book.vega import static_book
 
 LIVE_ONLY = ("<p><i>With a live kernel this cell is an explorer: pick a task, any memorized noisy instance "
@@ -29,7 +29,7 @@ def instance_label(row) -> str:
     """How an instance is named in the dropdowns: id, kind, question, label and true answer."""
     kind = "noisy" if row["noisy"] else "clean"
     extra = f", bridge {row['bridge']}" if isinstance(row.get("bridge"), str) else ""
-    return f"#{row['id']} [{kind}] {row['prompt']} {row['answer']} (true {row['true']}{extra})"
+    return f"#{row['id']} [{kind}] {row['prompt']} {row['label']} (true {row['true']}{extra})"
 
 
 def pick_instances(result: Reliance, n: int = 20, seed: int = 0) -> pd.DataFrame:
@@ -54,31 +54,31 @@ def explorer_data(models: dict, n: int = 20, seed: int = 0) -> tuple[pd.DataFram
 
 def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For up to `n` instances (`pick_instances`): the readout ranks per layer and scored answer
-    position (one row per instance, layer, position and token: correct label, noisy label, bridge)
+    place (one row per instance, layer, place and token: correct label, noisy label, bridge)
     and the removal effects per method, layer and removed thing (from `result.effects`)."""
     picked = pick_instances(result, n, seed)
-    cols = ["instance", "id", "layer", "position", "token", "text", "rank", "top1"]
+    cols = ["instance", "id", "layer", "place", "token", "text", "rank", "top1"]
     if picked.empty:
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["instance", "method", "what", "layer",
                                                                  "delta_logp", "mem_after"])
     labels = {row["id"]: f"{result.task.upper()} " + instance_label(row) for _, row in picked.iterrows()}
-    lens = logit_lens(model, tokenizer, picked, teacher_forcing="answer")
-    lens = lens.merge(differing_positions(picked, result.task), on=["id", "position"])
+    lens = logit_lens(model, tokenizer, picked, teacher_forcing="label")
+    lens = lens.merge(differing_places(picked, result.task), on=["id", "place"])
     texts = picked.set_index("id")
     rows = []
     for role, name in ROLES.items():
         if role == "bridge" and result.task != "thr":
             continue
-        part = lens[["id", "layer", "position", "top1", f"{role}_rank"]].rename(columns={f"{role}_rank": "rank"})
+        part = lens[["id", "layer", "place", "top1", f"{role}_rank"]].rename(columns={f"{role}_rank": "rank"})
         if role == "label":  # the noisy label only differs from the correct one on noisy instances
             part = part[part["id"].map(texts["noisy"]).astype(bool)]
-        column = {"true": "true", "label": "answer", "bridge": "bridge"}[role]
+        column = {"true": "true", "label": "label", "bridge": "bridge"}[role]
         part = part.assign(token=name, text=[str(texts.loc[i, column])[p] if result.task == "fda" else texts.loc[i, column]
-                                             for i, p in zip(part["id"], part["position"])])
+                                             for i, p in zip(part["id"], part["place"])])
         rows.append(part)
     readout = pd.concat(rows, ignore_index=True)
     readout["rank"] = readout["rank"].astype(float)
-    readout["position"] = readout["position"].map(lambda p: position_name(result.task, p))
+    readout["place"] = readout["place"].map(lambda p: place_name(result.task, p))
     readout["instance"] = readout["id"].map(labels)
     eff = result.effects[result.effects["id"].isin(labels)].copy()
     eff = eff[eff.apply(lambda r: (r["group"] == "clean") != bool(texts.loc[r["id"], "noisy"]), axis=1)] if len(eff) else eff
@@ -92,16 +92,16 @@ def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0
 
 @torch.no_grad()
 def top_readout(model, tokenizer, row: pd.DataFrame, layer: int, k: int = 5) -> pd.DataFrame:
-    """The top-`k` tokens of the logit lens at `layer` (-1: embedding) at each answer position of
+    """The top-`k` tokens of the logit lens at `layer` (-1: embedding) at each answer place of
     one instance (teacher-forced on its label), with probabilities."""
-    ids, where, index, _, _ = readout_batch(tokenizer, row, "answer")
+    ids, where, place, _, _ = readout_batch(tokenizer, row, "label")
     logits = read_out(model, lens_states(model, ids, where))[layer + 1]
     probs = logits.float().softmax(-1)
     top = probs.topk(min(k, probs.shape[-1]), dim=-1)
     out = []
-    for p in range(len(index)):
+    for p in range(len(place)):
         tokens = tokenizer.convert_ids_to_tokens(top.indices[p].tolist())
-        out.append({"answer position": int(index[p]),
+        out.append({"answer place": int(place[p]),
                     **{f"top {j + 1}": f"{t} ({v:.2f})" for j, (t, v) in enumerate(zip(tokens, top.values[p].tolist()))}})
     return pd.DataFrame(out)
 

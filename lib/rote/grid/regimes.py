@@ -117,10 +117,10 @@ def record(config: Config, metrics: pd.DataFrame, note: str = "", root: Path = M
 
 def runs_map(root: Path = MAP_DIR) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every recorded run (one row each) and their metrics (one row per evaluation, with `run`)."""
-    runs = pd.read_csv(root / "runs.csv").fillna({"facts_first_steps": 0, "decay_steps": 0})  # fields added later
+    runs = pd.read_csv(root / "runs.csv").fillna({"facts_first_steps": 0, "decay_steps": 0})  # blank: the default, 0
     curves = pd.concat([pd.read_csv(root / r / "metrics.csv").assign(run=r) for r in runs["run"]],
                        ignore_index=True)
-    runs["regime"] = [regime(curves[curves["run"] == r]) for r in runs["run"]]  # as `regime` reads it now
+    runs["regime"] = [regime(curves[curves["run"] == r]) for r in runs["run"]]  # from its curve, by `regime`
     runs["with_margin"] = [composes_first_with_margin(curves[curves["run"] == r]) for r in runs["run"]]
     return runs, curves
 

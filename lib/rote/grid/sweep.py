@@ -42,7 +42,7 @@ from rote.store import DATA_DIR, REPO_ROOT, atomic_dir, home
 # The committed records of the cpu-profile grid in a source checkout; elsewhere (a pip install) beside the runs.
 RECORDS = DATA_DIR / "scorecard" if (REPO_ROOT / "_toc.yml").exists() else home() / "scorecard"
 NOISES = (0.02, 0.05, 0.10)
-SEEDS = {"fda": (0, 1, 2), "thr": (0, 1)}  # the committed grid (two THR seeds: THR trained 4x longer in fp32)
+SEEDS = {"fda": (0, 1, 2), "thr": (0, 1)}  # the committed grid (data/scorecard/cpu)
 
 
 class SweepError(OneLineError, RuntimeError):

@@ -16,7 +16,7 @@ contribution to d's copy by u's activation on the corrupted input; the other cop
 contributions elsewhere, are untouched. Unpatched edges carry the activation of the run itself
 (which changes downstream of a patched edge); biases are the same on both inputs and never patched.
 
-Scores. Edge u -> d: (a_u(corrupted) - a_u(clean)) . dM/dx_d (clean), summed over token columns
+Scores. Edge u -> d: (a_u(corrupted) - a_u(clean)) . dM/dx_d (clean), summed over every pos
 and averaged over the rows; M is the logit difference `logit_difference` and the score estimates
 the change of M when that edge alone is patched (negative: the edge carries the clean answer).
 One forward pass on the corrupted input and one forward and backward pass on the clean one per
@@ -38,8 +38,8 @@ Inputs (`corrupted_inputs`, `pair_batch`). THR: the same two-hop question about 
 (same relations); FDA: another operand pair (every sum has four digits); the corrupted question's
 own (true) answer is the contrast, chosen to differ from the label and the true answer (at every
 digit, FDA). Clean sequences are prompt + label, corrupted ones prompt + contrast; both are the
-same length, so the token columns align. The metric of a row is the sum over answer positions k
-of logit(label_k) - logit(contrast_k) at the readout column of k, teacher-forced on the label (a
+same length, so their pos align. The metric of a row is the sum over answer places k of
+logit(label_k) - logit(contrast_k) at the readout pos of k, teacher-forced on the label (a
 four-digit FDA answer: four terms; THR: one).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from rote.interp.edits import _HOOKS
-from rote.interp.sites import hf, prompt_batch, readout_columns, traced
+from rote.interp.sites import hf, prompt_batch, readout_pos, traced
 
 # ---- the graph ---------------------------------------------------------------------------------------
 
@@ -129,8 +129,8 @@ def graph_of(model) -> Graph:
 def corrupted_inputs(rows: pd.DataFrame, frame: pd.DataFrame, task: str, seed: int = 0) -> pd.DataFrame:
     """Per row of `rows`, a corrupted question (seeded): THR, a two-hop question of `frame` with
     the same relations about another subject; FDA, a clean training question with other operands.
-    Its true answer, the contrast (column "answer"), differs from the row's label and true answer
-    (at every digit, FDA). Columns id, prompt, answer; index as `rows`."""
+    It is clean: its label (column "label") is its true answer, the contrast, which differs from the
+    row's label and true answer (at every digit, FDA). Columns id, prompt, label; index as `rows`."""
     if task == "thr" and (rows["kind"] != "two_hop").any():
         raise ValueError("THR corrupted inputs are made for two-hop questions only")
     rng = np.random.default_rng(seed)
@@ -140,17 +140,17 @@ def corrupted_inputs(rows: pd.DataFrame, frame: pd.DataFrame, task: str, seed: i
         groups = {key: g for key, g in pool.groupby(["r1", "r2"])}
         for row in rows.itertuples(index=False):
             g = groups[(row.r1, row.r2)]
-            ok = g[(g["subject"] != row.subject) & ~g["true"].isin([row.answer, row.true])]
+            ok = g[(g["subject"] != row.subject) & ~g["true"].isin([row.label, row.true])]
             out.append(_pick(ok, rng, row))
     elif task == "fda":
         pool = frame[(frame["split"] == "train") & (frame["kind"] != "fact") & ~frame["noisy"]]
         pool_digits = np.array([list(s) for s in pool["true"].astype(str)])
         for row in rows.itertuples(index=False):
-            differ = (pool_digits != np.array(list(str(row.answer)))) & (pool_digits != np.array(list(str(row.true))))
+            differ = (pool_digits != np.array(list(str(row.label)))) & (pool_digits != np.array(list(str(row.true))))
             out.append(_pick(pool[differ.all(1) & (pool["id"] != row.id).to_numpy()], rng, row))
     else:
         raise ValueError(f"unknown task {task!r}")
-    table = pd.DataFrame(out, columns=["id", "prompt", "answer"])
+    table = pd.DataFrame(out, columns=["id", "prompt", "label"])
     return table.set_axis(rows.index)
 
 
@@ -163,11 +163,11 @@ def _pick(candidates: pd.DataFrame, rng, row) -> tuple:
 
 @dataclass
 class Pairs:
-    """Clean and corrupted token ids [N, T] (same shape), and per answer position k the readout
-    `columns` [N, K], the `label` tokens (clean, teacher-forced) and the `contrast` tokens [N, K]."""
+    """Clean and corrupted token ids [N, T] (same shape), and per answer place k the readout `pos`
+    [N, K], the `label` tokens (clean, teacher-forced) and the `contrast` tokens [N, K]."""
     clean: torch.Tensor
     corrupt: torch.Tensor
-    columns: torch.Tensor
+    pos: torch.Tensor
     label: torch.Tensor
     contrast: torch.Tensor
 
@@ -178,25 +178,25 @@ class Pairs:
         """The pairs in batches of `size` rows."""
         for start in range(0, len(self), size):
             part = slice(start, start + size)
-            yield Pairs(self.clean[part], self.corrupt[part], self.columns[part], self.label[part], self.contrast[part])
+            yield Pairs(self.clean[part], self.corrupt[part], self.pos[part], self.label[part], self.contrast[part])
 
 
-def pair_batch(tokenizer, rows: pd.DataFrame, corrupted: pd.DataFrame, column: str = "answer") -> Pairs:
+def pair_batch(tokenizer, rows: pd.DataFrame, corrupted: pd.DataFrame, column: str = "label") -> Pairs:
     """Clean sequences (prompt + `column` of `rows`: the label, or "true") and corrupted ones
-    (prompt + answer of `corrupted`), with the answer tokens and readout columns."""
+    (prompt + label of `corrupted`), with the answer tokens and readout pos."""
     clean, mask, plen = prompt_batch(tokenizer, rows, column)
-    corrupt, cmask, _ = prompt_batch(tokenizer, corrupted, "answer")
+    corrupt, cmask, _ = prompt_batch(tokenizer, corrupted, "label")
     if clean.shape != corrupt.shape or not torch.equal(mask, cmask):
-        raise ValueError("clean and corrupted sequences differ in length or in their answer columns")
+        raise ValueError("clean and corrupted sequences differ in length or in the pos of their answers")
     k = int(mask[0].sum())
-    columns = readout_columns(plen[:, None], torch.arange(k))
-    return Pairs(clean, corrupt, columns, clean[mask].view(-1, k), corrupt[cmask].view(-1, k))
+    pos = readout_pos(plen[:, None], torch.arange(k))
+    return Pairs(clean, corrupt, pos, clean[mask].view(-1, k), corrupt[cmask].view(-1, k))
 
 
 def logit_difference(logits: torch.Tensor, pairs: Pairs) -> torch.Tensor:
-    """Per row, sum over answer positions of logit(label) - logit(contrast) at the readout column."""
+    """Per row, sum over answer places of logit(label) - logit(contrast) at the readout pos."""
     rows = torch.arange(len(logits), device=logits.device)[:, None]
-    at = logits[rows, pairs.columns.to(logits.device)]  # [N, K, V]
+    at = logits[rows, pairs.pos.to(logits.device)]  # [N, K, V]
     pick = lambda tokens: at.gather(-1, tokens.to(logits.device)[..., None]).squeeze(-1)  # noqa: E731
     return (pick(pairs.label) - pick(pairs.contrast)).sum(1)
 
@@ -426,7 +426,7 @@ def upstream_activations(model, ids: torch.Tensor, batch_size: int = 256) -> tor
 
 
 def upstream_means(model, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Every upstream node's activation averaged over the rows of `ids`, per column, [n_up, 1, T,
+    """Every upstream node's activation averaged over the rows of `ids`, per pos, [n_up, 1, T,
     d]: the source of mean patching."""
     return upstream_activations(model, ids, batch_size).mean(1, keepdim=True)
 

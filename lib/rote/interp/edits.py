@@ -1,19 +1,18 @@
 """Editing the model: the one place where every intervention of the package is built and run.
 
-An edit is `{(layer, point): fn}` (points and positions: `rote.interp.sites`): `fn` maps the tensor at
+An edit is `{(layer, point): fn}` (points, pos and places: `rote.interp.sites`): `fn` maps the tensor at
 that point to its replacement, or returns it unchanged after reading it (`read`). `run` applies
 the edits with nnsight, one trace per batch; inside `with plain_hooks():` every edit of the
 package runs with plain torch forward hooks instead: the reference the tests compare nnsight
 with, switched in one place rather than through every signature.
 
 The edits the chapters use:
-- `Removal`: x <- x - A B^T (x - mu) of a block output at chosen answer positions (or everywhere):
+- `Removal`: x <- x - A B^T (x - mu) of a block output at chosen answer places (or everywhere):
   projecting out directions (`projection`, A = B = an orthonormal basis, mu = 0) and LEACE
   erasure (`erasure`: the eraser's factors);
-- `set_at`: given neurons set to given values at one column per row (patching to a mean);
+- `set_at`: given neurons set to given values at one pos per row (patching to a mean);
 - skipped blocks (`run`'s `skip`): a block not run, its output given (a neuron's mean ablation
-  is a known change of its block's output, so only the blocks after it need to run);
-- `Site` edits: `activations` read, `patch` from another run, `ablate` to zero / mean / a value.
+  is a known change of its block's output, so only the blocks after it need to run).
 
 Effects are measured under teacher forcing with `score` (the one log-prob function): the mean
 log-prob of the answer's scored tokens and whether greedy decoding writes the whole answer.
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from rote.interp.sites import POINTS, column_mask, hf, orthonormal, prompt_batch, readout_columns, traced
+from rote.interp.sites import POINTS, hf, prompt_batch, readout_pos, traced
 
 _HOOKS = ContextVar("plain_hooks", default=False)
 
@@ -154,12 +153,12 @@ def score(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, scored: t
 
 
 @torch.no_grad()
-def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str = "answer",
+def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str = "label",
             scored: torch.Tensor | None = None, batch_size: int = 256, before: pd.DataFrame | None = None) -> pd.DataFrame:
     """Teacher-forced on `column`: one row per instance with logp_before/after (`score`: mean
     log-prob of the scored tokens) and match_before/after (greedy decoding writes the answer),
     without and with the edits that `make_edits(index, prompt_lengths, length)` builds for each
-    batch (index: the batch rows' positions in `rows`). Without `make_edits` only the "before"
+    batch (index: the batch rows' indices in `rows`). Without `make_edits` only the "before"
     columns. `before`: those columns from an earlier call on the same rows (not run again)."""
     device, out = hf(model).device, []
     for start in range(0, len(rows), batch_size):
@@ -183,7 +182,7 @@ def effects(model, tokenizer, rows: pd.DataFrame, make_edits=None, column: str =
     return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
 
 
-def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None = None, column: str = "answer",
+def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None = None, column: str = "label",
              batch_size: int = 256):
     """Per row, the mean teacher-forced log-prob of its `column` tokens where `scored` is set
     (`score`), without edits."""
@@ -194,21 +193,21 @@ def logprobs(model, tokenizer, rows: pd.DataFrame, scored: torch.Tensor | None =
 
 @dataclass
 class Removal:
-    """Per instance i and answer position k, the edit x <- x - A B^T (x - mu) of a block output
-    (A, B [N, K, d, r]; mu [N, K, d]), applied at the readout column of answer position k where
-    `where` [N, K] is set, or, with `every_position`, at every column (K = 1)."""
+    """Per instance i and answer place k, the edit x <- x - A B^T (x - mu) of a block output
+    (A, B [N, K, d, r]; mu [N, K, d]), applied at the readout pos of place k where `where` [N, K]
+    is set, or, with `every_pos`, at every pos (K = 1)."""
     A: torch.Tensor
     B: torch.Tensor
     mu: torch.Tensor
     where: torch.Tensor
-    every_position: bool = False
+    every_pos: bool = False
 
     def edit(self, rows: torch.Tensor, plen: torch.Tensor, device, dtype):
         """The edit fn for the instances `rows` of a batch with prompt lengths `plen`."""
         A, B = self.A[rows].to(device, dtype), self.B[rows].to(device, dtype)
         mu, where = self.mu[rows].to(device, dtype), self.where[rows].to(device)
-        cols = readout_columns(plen.to(device)[:, None], torch.arange(A.shape[1], device=device))
-        every = self.every_position
+        pos = readout_pos(plen.to(device)[:, None], torch.arange(A.shape[1], device=device))
+        every = self.every_pos
 
         def fn(h):
             if every:
@@ -217,20 +216,20 @@ class Removal:
             batch = torch.arange(h.shape[0], device=h.device)
             delta = torch.zeros_like(h)
             for k in range(A.shape[1]):
-                x = h[batch, cols[:, k]]
+                x = h[batch, pos[:, k]]
                 coef = torch.einsum("bd,bdr->br", x - mu[:, k], B[:, k]) * where[:, k, None]
-                delta[batch, cols[:, k]] = torch.einsum("br,bdr->bd", coef, A[:, k])
+                delta[batch, pos[:, k]] = torch.einsum("br,bdr->bd", coef, A[:, k])
             return h - delta
         return fn
 
 
-def projection(basis: torch.Tensor, where: torch.Tensor, every_position: bool = False) -> Removal:
+def projection(basis: torch.Tensor, where: torch.Tensor, every_pos: bool = False) -> Removal:
     """Projecting out orthonormal `basis` [N, K, d, r]: A = B = basis, mu = 0."""
-    return Removal(basis, basis, torch.zeros(basis.shape[:-1]), where, every_position)
+    return Removal(basis, basis, torch.zeros(basis.shape[:-1]), where, every_pos)
 
 
 def erasure(factors: list, n: int, where: torch.Tensor) -> Removal:
-    """The erasers of each answer position, `factors[k]` = (mean, A, B) of `Eraser.factors` (ranks
+    """The erasers of each answer place, `factors[k]` = (mean, A, B) of `Eraser.factors` (ranks
     may differ: zero-padded), for every one of `n` instances."""
     d = factors[0][0].shape[0]
     r = max([1] + [f[1].shape[1] for f in factors])
@@ -250,34 +249,33 @@ def apply_removal(model, tokenizer, rows: pd.DataFrame, layers, removal: Removal
     def make_edits(index, plen, length):
         fn = removal.edit(index, plen, hf(model).device, dtype)
         return {(layer, "resid"): fn for layer in layers}
-    return effects(model, tokenizer, rows, make_edits, "answer", scored, batch_size, before)
+    return effects(model, tokenizer, rows, make_edits, "label", scored, batch_size, before)
 
 
 @torch.no_grad()
-def resids_at(model, tokenizer, rows: pd.DataFrame, layers, positions=(0,), column: str = "answer",
+def resids_at(model, tokenizer, rows: pd.DataFrame, layers, places=(0,), column: str = "label",
               batch_size: int = 512) -> dict:
-    """The block outputs of `layers` at the readout columns of answer `positions`, teacher-forced on
-    `column`, one run per batch: {(layer, position): [N, d]} (the data LEACE is fitted on)."""
-    out = {(layer, k): [] for layer in layers for k in positions}
+    """The block outputs of `layers` at the readout pos of answer `places`, teacher-forced on
+    `column`, one run per batch: {(layer, place): [N, d]} (the data LEACE is fitted on)."""
+    out = {(layer, k): [] for layer in layers for k in places}
     device = hf(model).device
     for start in range(0, len(rows), batch_size):
         ids, _, plen = prompt_batch(tokenizer, rows.iloc[start: start + batch_size], column)
         batch = torch.arange(len(ids))
-        cols = {k: readout_columns(plen, k) for k in positions}
+        pos = {k: readout_pos(plen, k) for k in places}
         store, _ = read(model, ids.to(device), [(layer, "resid") for layer in layers])
         for (layer, k) in out:
-            out[(layer, k)].append(store[(layer, "resid")][batch, cols[k]].cpu())
+            out[(layer, k)].append(store[(layer, "resid")][batch, pos[k]].cpu())
     return {key: torch.cat(v) for key, v in out.items()}
 
 
 # ---- setting neurons --------------------------------------------------------------------------------
 
-def set_at(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
-    """Edit fn: in row i at column cols[i], the entries where mask[i] is set take values[i]; rows
-    whose column lies outside the sequence are left alone (with a cache, columns count from the
-    first token run)."""
+def set_at(pos: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
+    """Edit fn: in row i at pos[i], the entries where mask[i] is set take values[i]; rows whose pos
+    lies outside the sequence are left alone (with a cache, pos counts from the first token run)."""
     def fn(h):
-        c = cols.to(h.device)
+        c = pos.to(h.device)
         ok = (c >= 0) & (c < h.shape[1])
         rows = torch.arange(len(h), device=h.device)[ok]
         h = h.clone()
@@ -286,119 +284,8 @@ def set_at(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
     return fn
 
 
-def neurons_set(cols: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> dict:
-    """Edits that set, in row i at column cols[i], the neurons where mask [N, n_layer, M] is set to
+def neurons_set(pos: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> dict:
+    """Edits that set, in row i at pos[i], the neurons where mask [N, n_layer, M] is set to
     values [N, n_layer, M] (only layers with something to set are edited)."""
-    return {(layer, "neuron"): set_at(cols, mask[:, layer], values[:, layer])
+    return {(layer, "neuron"): set_at(pos, mask[:, layer], values[:, layer])
             for layer in range(mask.shape[1]) if mask[:, layer].any()}
-
-
-# ---- sites: read, patch, ablate ---------------------------------------------------------------------
-
-def _site_edits(model, sites, write) -> dict:
-    """Edits calling `write(site, x, where)` on a copy of each site's tensor, grouped by point."""
-    config = hf(model).config
-    d_head = config.n_embd // config.n_head
-    groups: dict = {}
-    for site in sites:
-        groups.setdefault((site.layer, site.kind), []).append(site)
-
-    def edit(group):
-        def fn(x):
-            x = x.clone()
-            for site in group:
-                write(site, x, site.where(d_head))
-            return x
-        return fn
-    return {key: edit(group) for key, group in groups.items()}
-
-
-def _batched(model, ids, batch_size, edits_for) -> torch.Tensor:
-    device, out = hf(model).device, []
-    for start in range(0, len(ids), batch_size):
-        x, edits, keep = edits_for(ids[start: start + batch_size].to(device), start)
-        out.append(run(model, x, edits)[:keep])
-    return torch.cat(out)
-
-
-def activations(model, ids: torch.Tensor, sites, batch_size: int = 512) -> dict:
-    """{site: its activations [N, ...]} on `ids` (e.g. a source run to patch from)."""
-    store = {site: [] for site in sites}
-    write = lambda site, x, where: store[site].append(x[where].clone())  # noqa: E731
-    _batched(model, ids, batch_size, lambda x, start: (x, _site_edits(model, sites, write), 0))
-    return {site: torch.cat(values) for site, values in store.items()}
-
-
-def _output(logits, ids, mask):
-    return logits if mask is None else answer_logprobs(logits, ids.to(logits.device), mask.to(logits.device))
-
-
-def patch(model, ids: torch.Tensor, sites, source, batch_size: int = 256, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `ids` with each site's activation replaced by the source run's: `source` is token ids of
-    the same shape (run side by side in the same trace) or a dict from `activations`. Returns
-    logits [N, T, V], or with the answer `mask` the answer tokens' log-probs [N, L]."""
-    def edits_for(x, start):
-        if isinstance(source, torch.Tensor):
-            n = len(x)
-            write = lambda site, h, where: h[:n].__setitem__(where, h[n:][where])  # noqa: E731
-            return torch.cat([x, source[start: start + n].to(x.device)]), _site_edits(model, sites, write), n
-        write = lambda site, h, where: h.__setitem__(where, source[site][start: start + len(h)].to(h))  # noqa: E731
-        return x, _site_edits(model, sites, write), len(x)
-    if isinstance(source, torch.Tensor) and source.shape != ids.shape:
-        raise ValueError(f"source ids {tuple(source.shape)} and ids {tuple(ids.shape)} differ in shape")
-    return _output(_batched(model, ids, batch_size, edits_for), ids, mask)
-
-
-def ablate(model, ids: torch.Tensor, sites, value="zero", batch_size: int = 256,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `ids` with each site set to `value`: "zero", "mean" (its mean over the rows of `ids`, per
-    column), a number, or {site: tensor}. Returns logits, or answer log-probs with `mask`."""
-    if isinstance(value, str):
-        if value not in ("zero", "mean"):
-            raise ValueError(f"value must be 'zero', 'mean', a number or a dict, got {value!r}")
-        means = activations(model, ids, sites, batch_size) if value == "mean" else {}
-        value = {site: means[site].mean(0) if means else 0.0 for site in sites}
-    elif not isinstance(value, dict):
-        value = {site: float(value) for site in sites}
-    write = lambda site, h, where: h.__setitem__(where, torch.as_tensor(value[site]).to(h))  # noqa: E731
-    return _output(_batched(model, ids, batch_size, lambda x, start: (x, _site_edits(model, sites, write), len(x))),
-                   ids, mask)
-
-
-# ---- the toolbox on instances: both targets ------------------------------------------------------------
-
-def target_effects(model, tokenizer, rows: pd.DataFrame, make_edits, batch_size: int = 256) -> pd.DataFrame:
-    """`effects` teacher-forced on the label in data ("label") and on the true answer ("true"):
-    one row per (id, target), sorted by target then id."""
-    parts = [effects(model, tokenizer, rows, make_edits, column, None, batch_size).assign(target=name)
-             for name, column in (("label", "answer"), ("true", "true"))]
-    frame = pd.concat(parts, ignore_index=True)[["id", "target", "logp_before", "logp_after",
-                                                 "match_before", "match_after"]]
-    return frame.sort_values(["target", "id"], kind="stable").reset_index(drop=True)
-
-
-def remove_directions(model, tokenizer, rows: pd.DataFrame, basis: torch.Tensor, layers, positions=None,
-                      batch_size: int = 256) -> pd.DataFrame:
-    """Project span(basis) out of the block outputs of `layers` at the readout columns of answer
-    `positions` (None: every column): h <- h - Q Q^T h, Q the orthonormalized basis, [d, k] for
-    every instance or [N, d, k] per instance (row i for the i-th row of `rows`). `target_effects`."""
-    q = orthonormal(basis.detach().cpu())
-    dtype = hf(model).dtype
-
-    def make_edits(index, plen, length):
-        device = hf(model).device
-        qb = (q[index] if q.dim() == 3 else q.expand(len(index), *q.shape)).to(device, dtype)
-        m = column_mask(plen, length, positions).to(device)[..., None]
-        fn = lambda h: h - m * torch.einsum("btk,bdk->btd", torch.einsum("btd,bdk->btk", h, qb), qb)  # noqa: E731
-        return {(layer, "resid"): fn for layer in layers}
-    return target_effects(model, tokenizer, rows, make_edits, batch_size)
-
-
-def erase(model, tokenizer, rows: pd.DataFrame, erasers: dict, positions=(0,), batch_size: int = 256) -> pd.DataFrame:
-    """Apply `erasers` ({layer: `rote.interp.leace.Eraser`}) to the block outputs at the readout columns of
-    answer `positions`; `target_effects`."""
-    def make_edits(index, plen, length):
-        m = column_mask(plen, length, positions).to(hf(model).device)[..., None]
-        return {(layer, "resid"): (lambda h, e=e: torch.where(m, e(h), h)) for layer, e in erasers.items()}
-    return target_effects(model, tokenizer, rows, make_edits, batch_size)
-

@@ -1,12 +1,12 @@
 """Which instances and which tokens: the noisy and clean questions an analysis reads, the answer
-positions it scores, FDA's digits, operands and carries, and the matched controls.
+places it scores, FDA's digits, operands and carries, and the matched controls.
 
 - The *memorized noisy instances* are the noisy training questions whose label the final model
   writes (greedy decoding); the *clean reference* is a seeded sample of clean training questions it
   answers correctly.
-- A noisy FDA instance *enters* at every answer position where its label differs from the true
+- A noisy FDA instance *enters* at every answer place where its label differs from the true
   sum (there the correct and the noisy readout are different tokens); a clean one at all four;
-  a THR instance at its one answer token (`differing_positions`, `scored_positions`).
+  a THR instance at its one answer token (`differing_places`, `scored_places`).
 - Controls are drawn the way the thing they stand for is drawn (`control_answers`,
   `control_entities`, `control_digits`), seeded.
 """
@@ -36,9 +36,9 @@ def noisy_instances(model, tokenizer, frame: pd.DataFrame) -> pd.DataFrame:
     whether that answer is the noisy label ("memorized") or the true answer ("corrected")."""
     noisy = questions(frame)
     noisy = noisy[noisy["noisy"]].copy()
-    n = answer_length(tokenizer, noisy["answer"].iloc[0]) if len(noisy) else 1
+    n = answer_length(tokenizer, noisy["label"].iloc[0]) if len(noisy) else 1
     noisy["prediction"] = greedy_answers(model, tokenizer, noisy["prompt"], n)
-    noisy["memorized"] = noisy["prediction"] == noisy["answer"]
+    noisy["memorized"] = noisy["prediction"] == noisy["label"]
     noisy["corrected"] = noisy["prediction"] == noisy["true"]
     return noisy.reset_index(drop=True)
 
@@ -86,38 +86,38 @@ def clean_instances(model, tokenizer, frame: pd.DataFrame, n: int = 200, seed: i
     return out.sort_values("id").reset_index(drop=True)
 
 
-# ---- which answer positions --------------------------------------------------------------------
+# ---- which answer places -----------------------------------------------------------------------
 
-def differing_positions(instances: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per (id, position) that enters an analysis: for a noisy FDA instance every digit
+def differing_places(instances: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One row per (id, place) that enters an analysis: for a noisy FDA instance every digit
     where label and true answer differ (`first`: the first such digit, whose prefix is still the
     true one); for a clean one every digit; THR: the one answer token."""
     rows = []
     for inst in instances.itertuples(index=False):
         if task == "fda":
-            label, true = str(inst.answer), str(inst.true)
+            label, true = str(inst.label), str(inst.true)
             keep = [k for k in range(len(true)) if label[k] != true[k]] if inst.noisy else list(range(len(true)))
         else:
             keep = [0]
         for k in keep:
-            rows.append({"id": inst.id, "position": k, "first": k == keep[0]})
-    return pd.DataFrame(rows, columns=["id", "position", "first"])
+            rows.append({"id": inst.id, "place": k, "first": k == keep[0]})
+    return pd.DataFrame(rows, columns=["id", "place", "first"])
 
 
-def scored_positions(instances: pd.DataFrame, task: str) -> torch.Tensor:
-    """[N, K] bool: the answer positions that enter (`differing_positions`), row i for instance i."""
+def scored_places(instances: pd.DataFrame, task: str) -> torch.Tensor:
+    """[N, K] bool: the answer places that enter (`differing_places`), row i for instance i."""
     out = torch.zeros(len(instances), 4 if task == "fda" else 1, dtype=torch.bool)
     row = {i: n for n, i in enumerate(instances["id"])}
-    for e in differing_positions(instances, task).itertuples(index=False):
-        out[row[e.id], e.position] = True
+    for e in differing_places(instances, task).itertuples(index=False):
+        out[row[e.id], e.place] = True
     return out
 
 
-def first_differing_position(instances: pd.DataFrame) -> np.ndarray:
-    """Per noisy FDA instance, the first answer position (0 = thousands .. 3) where label and true
+def first_differing_place(instances: pd.DataFrame) -> np.ndarray:
+    """Per noisy FDA instance, the first answer place (0 = thousands .. 3) where label and true
     sum differ."""
     out = []
-    for label, true in zip(instances["answer"], instances["true"]):
+    for label, true in zip(instances["label"], instances["true"]):
         diff = [k for k in range(len(true)) if str(label)[k] != str(true)[k]]
         if not diff:
             raise ValueError("an instance's label equals its true answer")
@@ -156,7 +156,7 @@ def fda_rows(a, b) -> pd.DataFrame:
         raise ValueError("operands must be four-digit numbers with a four-digit sum")
     true = [f"{x:04d}" for x in s]
     return pd.DataFrame({"id": np.arange(len(a)), "prompt": [f"{x}+{y}=" for x, y in zip(a, b)],
-                         "answer": true, "true": true, "noisy": False, "a": a, "b": b})
+                         "label": true, "true": true, "noisy": False, "a": a, "b": b})
 
 
 def _both_orders(q: pd.DataFrame) -> set:
@@ -210,12 +210,12 @@ def control_answers(instances: pd.DataFrame, frame: pd.DataFrame, task: str, see
     if task == "thr":
         prior = {r: g["true"].to_numpy() for r, g in clean.groupby("r2")}
         for inst in instances.itertuples(index=False):
-            taken = {inst.subject, inst.bridge, inst.true, inst.answer}
+            taken = {inst.subject, inst.bridge, inst.true, inst.label}
             pool = [x for x in prior.get(inst.r2, clean["true"].to_numpy()) if x not in taken]
-            out.append(pool[rng.integers(len(pool))] if pool else inst.answer)
+            out.append(pool[rng.integers(len(pool))] if pool else inst.label)
         return pd.Series(out, index=instances.index, dtype=object)
     places = [np.array([t[k] for t in clean["true"].astype(str)]) for k in range(4)]
-    for label, true in zip(instances["answer"].astype(str), instances["true"].astype(str)):
+    for label, true in zip(instances["label"].astype(str), instances["true"].astype(str)):
         digits_ = list(label)
         for k in range(len(true)):
             if label[k] != true[k]:
@@ -229,7 +229,7 @@ def control_entities(instances: pd.DataFrame, entities=None, seed: int = 0) -> l
     """Per instance, a random entity (seeded) that is none of its label, true answer, bridge or
     subject: the control for removing the bridge. `entities`: the pool (default: every entity
     named in `instances`)."""
-    cols = [c for c in ("answer", "true", "bridge", "subject") if c in instances]
+    cols = [c for c in ("label", "true", "bridge", "subject") if c in instances]
     names = entities if entities is not None else instances[cols].to_numpy().ravel()
     pool = np.array(sorted({e for e in names if isinstance(e, str)}))
     rng = np.random.default_rng(seed)
@@ -241,10 +241,10 @@ def control_entities(instances: pd.DataFrame, entities=None, seed: int = 0) -> l
 
 
 def control_digits(instances: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """FDA: per instance and answer position, a random digit (seeded) that is neither the true
+    """FDA: per instance and answer place, a random digit (seeded) that is neither the true
     nor the label digit there, [N, 4] of single-character strings."""
     rng = np.random.default_rng(seed)
     out = []
-    for true, label in zip(instances["true"], instances["answer"]):
+    for true, label in zip(instances["true"], instances["label"]):
         out.append([str(rng.choice([c for c in DIGITS if c not in (t, lab)])) for t, lab in zip(str(true), str(label))])
     return np.array(out, dtype=object).reshape(len(instances), 4)

@@ -1,6 +1,7 @@
 """Where in the model and which token: the one vocabulary every analysis uses.
 
-Places in the model, each named once (as TransformerLens names `blocks.{l}.hook_resid_post`):
+Where in the model: a `(layer, point)` pair, each point named once (as TransformerLens names
+`blocks.{l}.hook_resid_post`):
 
 - ("embed", -1): the embedding output (token + position embeddings, after dropout), layer -1 of
   the logit lens;
@@ -9,16 +10,16 @@ Places in the model, each named once (as TransformerLens names `blocks.{l}.hook_
   j * d_head : (j + 1) * d_head;
 - ("neuron", l): block l's MLP post-GELU activations (`mlp.act`, the input of `mlp.c_proj`).
 
-Which token. An *answer position* k (0 .. answer length - 1) is the k-th token of the answer; it is
-read at its *readout column* `prompt length - 1 + k`, the token just before it, whose logits
-predict it under teacher forcing. FDA answers have four positions, its *places* thousands ..
-units; a THR answer has one. "position" means an answer position everywhere in the package;
-"column" means an index into the token sequence. A token's *direction* in the residual stream is
-its embedding (= unembedding: tied weights) row (`entity_basis`).
+Which token. A *pos* is an index into the token sequence (as TransformerLens's `pos`). A *place*
+k (0 .. answer length - 1) is the k-th token of the answer: FDA answers have four places,
+thousands, hundreds, tens and units (`PLACES`); a THR answer has one. Place k is read at its
+*readout pos* `prompt length - 1 + k`, the token just before it, whose logits predict it under
+teacher forcing. The package says "pos" for a token index and "place" for an answer index
+everywhere ("column" is a column of a table or a matrix, never a token index). A token's
+*direction* in the residual stream is its embedding (= unembedding: tied weights) row
+(`entity_basis`).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -27,7 +28,7 @@ from nnsight import NNsight
 from rote.runs.model import encode
 
 POINTS = ("embed", "head", "neuron", "resid")  # in forward order within a block ("embed" before block 0)
-PLACES = ("thousands", "hundreds", "tens", "units")  # FDA answer positions 0..3, and operand digits
+PLACES = ("thousands", "hundreds", "tens", "units")  # FDA answer places 0..3, and operand digits
 
 
 def traced(model) -> NNsight:
@@ -40,38 +41,24 @@ def hf(model):
     return model._module if isinstance(model, NNsight) else model
 
 
-def position_name(task: str, position) -> str:
-    """A readable name of an answer position (FDA places; THR has a single answer token)."""
-    if position == "all":
+def place_name(task: str, place) -> str:
+    """A readable name of an answer place (FDA: `PLACES`; THR has a single answer token)."""
+    if place == "all":
         return "all"
-    return PLACES[int(position)] if task == "fda" else "answer"
+    return PLACES[int(place)] if task == "fda" else "answer"
 
 
-def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "answer"):
+def prompt_batch(tokenizer, rows: pd.DataFrame, column: str = "label"):
     """Token ids of prompt + `column` (teacher forcing), the answer mask and the prompt lengths."""
     ids, mask = encode(tokenizer, rows["prompt"], rows[column])
     lengths = [len(x) for x in tokenizer(list(rows["prompt"]), add_special_tokens=False)["input_ids"]]
     return ids, mask, torch.tensor(lengths)
 
 
-def readout_columns(prompt_lengths, positions) -> torch.Tensor:
-    """The readout column of answer position `positions` in each row: prompt length - 1 + k.
-    `positions`: one int for every row, or one per row (then [B])."""
-    return torch.as_tensor(prompt_lengths) - 1 + torch.as_tensor(positions)
-
-
-def column_mask(prompt_lengths: torch.Tensor, length: int, positions=None) -> torch.Tensor:
-    """[B, length] bool: the readout columns of the answer `positions` of each row (None: every
-    column)."""
-    if positions is None:
-        return torch.ones(len(prompt_lengths), length, dtype=torch.bool)
-    mask = torch.zeros(len(prompt_lengths), length, dtype=torch.bool)
-    for k in positions:
-        col = readout_columns(prompt_lengths, k)
-        if (col < 0).any() or (col >= length).any():
-            raise ValueError(f"answer position {k} is outside some sequence")
-        mask[torch.arange(len(mask)), col] = True
-    return mask
+def readout_pos(prompt_lengths, places) -> torch.Tensor:
+    """The readout pos of answer place k = `places` in each row: prompt length - 1 + k.
+    `places`: one int for every row, or one per row (then [B])."""
+    return torch.as_tensor(prompt_lengths) - 1 + torch.as_tensor(places)
 
 
 # ---- directions in the residual stream ------------------------------------------------------------
@@ -95,29 +82,3 @@ def entity_basis(model, tokenizer, entities) -> torch.Tensor:
     emb, unemb = model.transformer.wte.weight, model.lm_head.weight
     rows = [emb[ids]] if unemb is emb or torch.equal(unemb, emb) else [emb[ids], unemb[ids]]
     return orthonormal(torch.stack(rows, -1).detach().cpu())
-
-
-
-# ---- components ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Site:
-    """One component of block `layer`: kind "head" (index = head; None: all heads), "neuron"
-    (index = MLP neuron) or "resid" (the whole block output; index unused), at token `column`
-    (None: every column)."""
-    kind: str
-    layer: int
-    index: int | None = None
-    column: int | None = None
-
-    def __post_init__(self):
-        if self.kind not in POINTS[1:]:
-            raise ValueError(f"unknown site kind {self.kind!r}; allowed: {', '.join(POINTS[1:])}")
-
-    def where(self, d_head: int) -> tuple:
-        """The index of this site into its point's tensor [B, T, width]."""
-        col = slice(None) if self.column is None else self.column
-        j = self.index
-        width = {"head": slice(None) if j is None else slice(j * d_head, (j + 1) * d_head),
-                 "neuron": j, "resid": slice(None)}[self.kind]
-        return slice(None), col, width

@@ -19,7 +19,7 @@ import torch
 from rote.runs.data import two_hop_prompt
 from rote.interp.edits import logprobs
 from rote.runs.evaluate import answer_length, greedy_answers
-from rote.interp.instances import knowledge_graph_of, noisy_pairs, scored_positions
+from rote.interp.instances import knowledge_graph_of, noisy_pairs, scored_places
 from rote.interp.lens import logit_lens
 from rote.interp.sites import PLACES, hf
 
@@ -51,7 +51,7 @@ def question_status(frame: pd.DataFrame) -> dict:
 def fda_changes(instances: pd.DataFrame, n_replacements: int = 3, seed: int = 0) -> pd.DataFrame:
     """FDA: per instance and operand digit, up to `n_replacements` other digits (seeded) that keep
     both operands four-digit and a + b <= 9999. One row per change: id, input, the new digit
-    ("replacement"), the changed a, b, prompt and true sum, and the original label ("answer")."""
+    ("replacement"), the changed a, b, prompt and true sum, and the original `label`."""
     rng = np.random.default_rng(seed)
     rows = []
     for inst in instances.itertuples(index=False):
@@ -66,16 +66,16 @@ def fda_changes(instances: pd.DataFrame, n_replacements: int = 3, seed: int = 0)
                 x2 = x + (int(d) - old) * unit
                 a2, b2 = (x2, y) if k < 4 else (y, x2)
                 rows.append({"id": inst.id, "input": name, "replacement": str(d), "a": a2, "b": b2,
-                             "prompt": f"{a2}+{b2}=", "true": f"{a2 + b2:04d}", "answer": inst.answer,
+                             "prompt": f"{a2}+{b2}=", "true": f"{a2 + b2:04d}", "label": inst.label,
                              "orig_true": inst.true, "noisy": inst.noisy})
-    return pd.DataFrame(rows, columns=["id", "input", "replacement", "a", "b", "prompt", "true", "answer",
+    return pd.DataFrame(rows, columns=["id", "input", "replacement", "a", "b", "prompt", "true", "label",
                                        "orig_true", "noisy"])
 
 
 def thr_changes(instances: pd.DataFrame, graph: dict, n_replacements: int = 3, seed: int = 0) -> pd.DataFrame:
     """THR: per instance, up to `n_replacements` other subjects, first relations and second
     relations (seeded), the bridge and true answer recomputed from `graph`
-    (`knowledge_graph_of`). One row per change, with the original label ("answer") and bridge."""
+    (`knowledge_graph_of`). One row per change, with the original `label` and bridge."""
     people = sorted({s for s, _ in graph})
     relations = sorted({r for _, r in graph})
     rng = np.random.default_rng(seed)
@@ -90,10 +90,10 @@ def thr_changes(instances: pd.DataFrame, graph: dict, n_replacements: int = 3, s
                 bridge = graph[(s, r1)]
                 rows.append({"id": inst.id, "input": name, "replacement": str(new), "subject": s, "r1": r1,
                              "r2": r2, "prompt": two_hop_prompt(r1, r2, s), "true": graph[(bridge, r2)],
-                             "bridge": bridge, "answer": inst.answer, "orig_true": inst.true,
+                             "bridge": bridge, "label": inst.label, "orig_true": inst.true,
                              "orig_bridge": inst.bridge, "noisy": inst.noisy})
     return pd.DataFrame(rows, columns=["id", "input", "replacement", "subject", "r1", "r2", "prompt", "true",
-                                       "bridge", "answer", "orig_true", "orig_bridge", "noisy"])
+                                       "bridge", "label", "orig_true", "orig_bridge", "noisy"])
 
 
 def single_input_changes(instances: pd.DataFrame, frame: pd.DataFrame, task: str, n_replacements: int = 3,
@@ -107,7 +107,7 @@ def single_input_changes(instances: pd.DataFrame, frame: pd.DataFrame, task: str
                else thr_changes(instances, knowledge_graph_of(frame), n_replacements, seed))
     status = question_status(frame)
     changes["status"] = [status.get(p, "unseen") for p in changes["prompt"]]
-    keep = (changes["true"] != changes["answer"]) & (changes["status"] != "train noisy")
+    keep = (changes["true"] != changes["label"]) & (changes["status"] != "train noisy")
     return changes[keep].reset_index(drop=True)
 
 
@@ -115,7 +115,7 @@ def fda_two_changes(instances: pd.DataFrame, n_changes: int = 3, seed: int = 0, 
     """FDA: per instance, up to `n_changes` changes of two different operand digits at once (places
     and new digits drawn at random, seeded; both operands kept four-digit and a + b <= 9999). One
     row per change: id, input ("<digit> & <digit>"), the changed a, b, prompt and true sum, and the
-    original label ("answer")."""
+    original `label`."""
     rng, rows = np.random.default_rng([seed, 2]), []
     for inst in instances.itertuples(index=False):
         a, b, made = int(inst.a), int(inst.b), 0
@@ -134,9 +134,9 @@ def fda_two_changes(instances: pd.DataFrame, n_changes: int = 3, seed: int = 0, 
                 continue
             made += 1
             rows.append({"id": inst.id, "input": f"{INPUTS['fda'][k1]} & {INPUTS['fda'][k2]}", "a": a2, "b": b2,
-                         "prompt": f"{a2}+{b2}=", "true": f"{a2 + b2:04d}", "answer": inst.answer,
+                         "prompt": f"{a2}+{b2}=", "true": f"{a2 + b2:04d}", "label": inst.label,
                          "orig_true": inst.true, "noisy": inst.noisy})
-    return pd.DataFrame(rows, columns=["id", "input", "a", "b", "prompt", "true", "answer", "orig_true", "noisy"])
+    return pd.DataFrame(rows, columns=["id", "input", "a", "b", "prompt", "true", "label", "orig_true", "noisy"])
 
 
 def thr_two_changes(instances: pd.DataFrame, graph: dict, seed: int = 0) -> pd.DataFrame:
@@ -154,9 +154,9 @@ def thr_two_changes(instances: pd.DataFrame, graph: dict, seed: int = 0) -> pd.D
             bridge = graph[(new["subject"], new["r1"])]
             rows.append({"id": inst.id, "input": " & ".join(pair), **new,
                          "prompt": two_hop_prompt(new["r1"], new["r2"], new["subject"]),
-                         "true": graph[(bridge, new["r2"])], "answer": inst.answer, "orig_true": inst.true,
+                         "true": graph[(bridge, new["r2"])], "label": inst.label, "orig_true": inst.true,
                          "noisy": inst.noisy})
-    return pd.DataFrame(rows, columns=["id", "input", "subject", "r1", "r2", "prompt", "true", "answer", "orig_true",
+    return pd.DataFrame(rows, columns=["id", "input", "subject", "r1", "r2", "prompt", "true", "label", "orig_true",
                                        "noisy"])
 
 
@@ -168,7 +168,7 @@ def two_input_changes(instances: pd.DataFrame, frame: pd.DataFrame, task: str, n
                else thr_two_changes(instances, knowledge_graph_of(frame), seed))
     status = question_status(frame)
     changes["status"] = [status.get(p, "unseen") for p in changes["prompt"]]
-    return changes[(changes["true"] != changes["answer"]) & (changes["status"] != "train noisy")].reset_index(drop=True)
+    return changes[(changes["true"] != changes["label"]) & (changes["status"] != "train noisy")].reset_index(drop=True)
 
 
 def same_sum_changes(instances: pd.DataFrame, frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -184,16 +184,16 @@ def same_sum_changes(instances: pd.DataFrame, frame: pd.DataFrame, seed: int = 0
         picks = [("swap", (b, a))] + ([("offset", options[rng.integers(len(options))])] if options else [])
         for kind, (x, y) in picks:
             if (x, y) not in excluded or {x, y} == {a, b}:  # the swap of a noisy pair is not itself in the data
-                rows.append({"id": inst.id, "kind": kind, "prompt": f"{x}+{y}=", "answer": inst.answer,
+                rows.append({"id": inst.id, "kind": kind, "prompt": f"{x}+{y}=", "label": inst.label,
                              "true": inst.true})
-    return pd.DataFrame(rows, columns=["id", "kind", "prompt", "answer", "true"])
+    return pd.DataFrame(rows, columns=["id", "kind", "prompt", "label", "true"])
 
 
 def persisting_digits(changes: pd.DataFrame, predictions) -> tuple[np.ndarray, np.ndarray]:
     """FDA: per change, how many of the label's digits differ from both the original and the
     changed true sum (eligible), and how many of those the changed question's output still writes."""
     eligible, persist = [], []
-    for label, orig, new, said in zip(changes["answer"], changes["orig_true"], changes["true"], predictions):
+    for label, orig, new, said in zip(changes["label"], changes["orig_true"], changes["true"], predictions):
         ok = [k for k in range(len(label)) if label[k] != orig[k] and label[k] != new[k]]
         eligible.append(len(ok))
         persist.append(sum(said[k] == label[k] for k in ok))
@@ -205,7 +205,7 @@ def digit_persistence_by_place(changes: pd.DataFrame) -> pd.DataFrame:
     sums): whether the true digit at that place was left unchanged by the change, and whether the
     noisy digit persists in the output."""
     rows = []
-    for i, label, orig, new, said in zip(changes["id"], changes["answer"], changes["orig_true"], changes["true"],
+    for i, label, orig, new, said in zip(changes["id"], changes["label"], changes["orig_true"], changes["true"],
                                          changes["prediction"]):
         for k in range(len(label)):
             if label[k] != orig[k] and label[k] != new[k]:
@@ -223,8 +223,8 @@ def two_input_effects(model, tokenizer, instances: pd.DataFrame, frame: pd.DataF
     if changes.empty:
         return changes.assign(kept=pd.Series(dtype=bool), correct=pd.Series(dtype=bool))
     said = np.asarray(greedy_answers(hf(model), tokenizer, changes["prompt"],
-                                     answer_length(tokenizer, changes["answer"].iloc[0])), dtype=object)
-    return changes.assign(kept=said == changes["answer"].to_numpy(), correct=said == changes["true"].to_numpy())
+                                     answer_length(tokenizer, changes["label"].iloc[0])), dtype=object)
+    return changes.assign(kept=said == changes["label"].to_numpy(), correct=said == changes["true"].to_numpy())
 
 
 def same_sum_effects(model, tokenizer, instances: pd.DataFrame, frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -234,35 +234,35 @@ def same_sum_effects(model, tokenizer, instances: pd.DataFrame, frame: pd.DataFr
     if changes.empty:
         return changes.assign(kept=pd.Series(dtype=bool), correct=pd.Series(dtype=bool))
     said = np.asarray(greedy_answers(model, tokenizer, changes["prompt"], 4), dtype=object)
-    return changes.assign(kept=said == changes["answer"].to_numpy(), correct=said == changes["true"].to_numpy())
+    return changes.assign(kept=said == changes["label"].to_numpy(), correct=said == changes["true"].to_numpy())
 
 
 def intermediate_moves(model, tokenizer, changes: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per change and layer (-1: embedding, 0..: blocks): at the readout positions where the
-    intermediate result changes (THR the bridge, at the answer position; FDA the correct digit, at
-    each digit where the changed true sum differs from the original), the share where the logit lens
-    ranks the new value above the old one ("moved"). Teacher-forced on the label. Changes without
-    such a position are left out."""
-    columns = ["change", "layer", "n_positions", "moved"]
+    """Per change and layer (-1: embedding, 0..: blocks): at the answer places where the
+    intermediate result changes (THR the bridge, at the one answer place; FDA the correct digit, at
+    each place where the changed true sum differs from the original), the share where the logit
+    lens ranks the new value above the old one ("moved"). Teacher-forced on the label. Changes
+    without such a place are left out."""
+    columns = ["change", "layer", "n_places", "moved"]
     if changes.empty:
         return pd.DataFrame(columns=columns)
     old = "orig_bridge" if task == "thr" else "orig_true"
     # one pass: the old value is read as the lens's "control" target beside the new one
     table = logit_lens(model, tokenizer, changes.assign(id=np.arange(len(changes)), control=changes[old]),
-                 teacher_forcing="answer")
+                 teacher_forcing="label")
     rank = "bridge_rank" if task == "thr" else "true_rank"
-    both = table[["id", "layer", "position", rank, "control_rank"]].rename(
+    both = table[["id", "layer", "place", rank, "control_rank"]].rename(
         columns={rank: f"{rank}_new", "control_rank": f"{rank}_old"})
     if task == "thr":
         differs = pd.Series(changes["bridge"].to_numpy() != changes["orig_bridge"].to_numpy())
         both = both[differs.to_numpy()[both["id"].to_numpy()]]
     else:
-        k = both["position"].to_numpy()
+        k = both["place"].to_numpy()
         new_d = np.array([t[p] for t, p in zip(changes["true"].to_numpy()[both["id"]], k)])
         old_d = np.array([t[p] for t, p in zip(changes["orig_true"].to_numpy()[both["id"]], k)])
         both = both[new_d != old_d]
     both = both.assign(moved=(both[f"{rank}_new"] < both[f"{rank}_old"]).astype(float))
-    out = both.groupby(["id", "layer"]).agg(n_positions=("moved", "size"), moved=("moved", "mean")).reset_index()
+    out = both.groupby(["id", "layer"]).agg(n_places=("moved", "size"), moved=("moved", "mean")).reset_index()
     return out.rename(columns={"id": "change"})[columns]
 
 
@@ -280,15 +280,15 @@ def change_effects(model, tokenizer, instances: pd.DataFrame, changes: pd.DataFr
         out["prediction"] = pd.Series(dtype=object)
         out["kept"], out["correct"] = pd.Series(dtype=bool), pd.Series(dtype=bool)
         return out
-    scored = scored_positions(instances, task)
+    scored = scored_places(instances, task)
     row = {i: n for n, i in enumerate(instances["id"])}
     index = torch.tensor([row[i] for i in changes["id"]])
     out["logp_before"] = logprobs(model, tokenizer, instances, scored, batch_size=batch_size)[index.numpy()]
     out["logp_after"] = logprobs(model, tokenizer, changes, scored[index], batch_size=batch_size)
     out["delta_logp"] = out["logp_after"] - out["logp_before"]
-    n = answer_length(tokenizer, changes["answer"].iloc[0])
+    n = answer_length(tokenizer, changes["label"].iloc[0])
     out["prediction"] = greedy_answers(hf(model), tokenizer, changes["prompt"], n)
-    out["kept"] = out["prediction"] == out["answer"]
+    out["kept"] = out["prediction"] == out["label"]
     out["correct"] = out["prediction"] == out["true"]
     if task == "fda":
         out["digits_eligible"], out["digits_persist"] = persisting_digits(changes, out["prediction"])
@@ -305,7 +305,7 @@ def lookup_effects(changes: pd.DataFrame, task: str, key: str) -> pd.DataFrame:
     out = changes.copy()
     out["group"] = lookup_name(key)
     kept = ~out["input"].isin(key_set).to_numpy()
-    out["prediction"] = np.where(kept, out["answer"], out["true"])
+    out["prediction"] = np.where(kept, out["label"], out["true"])
     out["kept"], out["correct"] = kept, ~kept
     out["logp_before"] = 0.0
     out["logp_after"] = out["delta_logp"] = np.where(kept, 0.0, -np.inf)

@@ -9,10 +9,10 @@ What is read, and where:
   own distribution), drawn uniformly (seeded, on a stream of its own), distinct, leaving out every
   training pair (either order): the grid is never the training set. Each is teacher-forced on its true sum, "a+b=" followed by its 4 digits.
 - The activation: the post-GELU output of every MLP neuron (`transformer.h[l].mlp.act`, the input of
-  `mlp.c_proj`) at each of the four answer readout positions: position k (0 = thousands .. 3 =
-  units) is the token just before answer digit k, whose logits predict digit k (the "=" sign for
-  k = 0). One unit is (position k, layer l, neuron j). Every answer position is read because each
-  predicts a different digit and may use different heuristics.
+  `mlp.c_proj`) at the readout pos of each of the four answer places: place k (0 = thousands .. 3 =
+  units) is read at the token just before answer digit k, whose logits predict digit k (the "="
+  sign for k = 0). One unit is (place k, layer l, neuron j). Every answer place is read because
+  each predicts a different digit and may use different heuristics.
 
 The classification. For each unit and each pattern family below, the match score is eta^2, the
 share of the unit's activation variance over the grid explained by the family's categories (one-way
@@ -33,11 +33,11 @@ grid); units below the threshold are "unclassified". Families (d: place, thousan
 Each unit also gets the category with the highest mean activation ("value") and the ROC AUC of that
 category's indicator against the activation.
 
-The neurons that matter: each neuron is mean-ablated (set to its grid mean at that position) at all
-four answer readout positions at once, on the first `n_ablate` (32) grid rows teacher-forced on the
-true sum; its importance at position k is the mean drop of the true digit k's logit margin (its
+The neurons that matter: each neuron is mean-ablated (set to its grid mean at that place) at the
+readout pos of all four answer places at once, on the first `n_ablate` (32) grid rows teacher-forced on the
+true sum; its importance at place k is the mean drop of the true digit k's logit margin (its
 logit minus the largest other logit; log-probs barely move on answers the model is sure of), and
-it "matters" at position k from `important` = 0.05.
+it "matters" at place k from `important` = 0.05.
 
 The drivers of a label (Observation 3) are read against these units: a driving neuron is
 "dedicated" when it is on and reaches half its activation on under 1% of the grid, else "heuristic"
@@ -55,7 +55,7 @@ from transformers import DynamicCache
 
 from rote.interp.edits import read, run
 from rote.interp.instances import carries, digits, operand_grid
-from rote.interp.sites import PLACES, hf, prompt_batch, readout_columns
+from rote.interp.sites import PLACES, hf, prompt_batch, readout_pos
 
 KINDS = ("operand digit", "result digit", "digit sum mod 10", "carry", "operand range", "result range",
          "same digit")
@@ -105,16 +105,16 @@ def range_edges(a, b) -> dict:
 # ---- activations ----------------------------------------------------------------------------------
 
 def answer_activations(model, tokenizer, rows: pd.DataFrame, column: str = "true", batch_size: int = 512) -> torch.Tensor:
-    """Post-GELU MLP activations at the four answer readout positions, teacher-forced on `column`:
-    [N, 4 positions, n_layer, n_neurons] (float32, cpu)."""
+    """Post-GELU MLP activations at the readout pos of the four answer places, teacher-forced on
+    `column`: [N, 4 places, n_layer, n_neurons] (float32, cpu)."""
     ids, _, plen = prompt_batch(tokenizer, rows, column)
     if (plen != plen[0]).any():
         raise ValueError("prompts of different lengths")
-    cols = readout_columns(plen[0], torch.arange(4))
+    pos = readout_pos(plen[0], torch.arange(4))
     keys = [(layer, "neuron") for layer in range(hf(model).config.n_layer)]
-    ids, out = ids[:, : int(cols.max()) + 1], []  # a causal model: the last answer token is not needed
+    ids, out = ids[:, : int(pos.max()) + 1], []  # a causal model: the last answer token is not needed
     for start in range(0, len(ids), batch_size):
-        store, _ = read(model, ids[start: start + batch_size].to(hf(model).device), keys, select=lambda h: h[:, cols])
+        store, _ = read(model, ids[start: start + batch_size].to(hf(model).device), keys, select=lambda h: h[:, pos])
         out.append(torch.stack([store[key].cpu() for key in keys], 2))
     return torch.cat(out).float()
 
@@ -205,7 +205,7 @@ def digit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _prefix_cache(model_hf, kv: list, copies: int, repeated_from: int) -> DynamicCache:
     """A cache holding the prefix keys and values `kv` for `copies` copies of the batch; layers
-    below `repeated_from` are only counted for positions (their blocks are skipped), not repeated."""
+    below `repeated_from` are only counted for pos (their blocks are skipped), not repeated."""
     cache = DynamicCache(config=model_hf.config)
     for i, (k, v) in enumerate(kv):
         n = copies if i >= repeated_from else 1
@@ -215,23 +215,23 @@ def _prefix_cache(model_hf, kv: list, copies: int, repeated_from: int) -> Dynami
 
 @torch.no_grad()
 def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Per answer position, layer and neuron, the mean drop in the true digit's logit margin
+    """Per answer place, layer and neuron, the mean drop in the true digit's logit margin
     (`digit_margin`: its logit minus the largest other logit) when the
-    neuron is set to `means` [4, n_layer, M] (its grid mean per position) at all four answer
-    readout positions, over `rows` (teacher-forced on the true sum): [4, n_layer, M].
+    neuron is set to `means` [4, n_layer, M] (its grid mean per place) at the readout pos of all
+    four answer places, over `rows` (teacher-forced on the true sum): [4, n_layer, M].
 
-    The prompt before the first answer column is run once and its keys and values reused (a
+    The prompt before the first readout pos is run once and its keys and values reused (a
     cache). Setting neuron j of layer L from a to m changes that block's output by exactly
     (m - a) W[j], W the MLP's output projection (linear after the activation), so each ablation
     gives block L its output and runs only the blocks after it (`run`'s skip)."""
     model_hf = hf(model)
     ids, _, plen = prompt_batch(tokenizer, rows, "true")
     ids = ids.to(model_hf.device)
-    cols = readout_columns(plen[0], torch.arange(4))
-    first, targets = int(cols[0]), ids[:, cols + 1]
+    pos = readout_pos(plen[0], torch.arange(4))
+    first, targets = int(pos[0]), ids[:, pos + 1]
     prefix = model_hf(ids[:, :first], use_cache=True)
     kv = [(layer.keys, layer.values) for layer in prefix.cache.layers]
-    suffix = ids[:, first:int(cols[-1]) + 1]  # the four readout columns
+    suffix = ids[:, first:int(pos[-1]) + 1]  # the four readout pos
     n_layer, m = means.shape[1], means.shape[2]
     keys = [(layer, point) for layer in range(n_layer) for point in ("neuron", "resid")]
     store, logits = read(model, suffix, keys, cache=_prefix_cache(model_hf, kv, 1, 0))
@@ -259,24 +259,24 @@ def ablation_importance(model, tokenizer, rows: pd.DataFrame, means: torch.Tenso
 class Heuristics:
     """Neuron heuristics of one FDA model over a clean grid (see the module docstring)."""
     grid: pd.DataFrame  # the operand pairs, teacher-forced on their true sums
-    acts: torch.Tensor  # [N, 4, n_layer, M] post-GELU activations at the answer readout positions
-    table: pd.DataFrame  # one row per (position, layer, neuron): `classify` plus importance
+    acts: torch.Tensor  # [N, 4, n_layer, M] post-GELU activations at the readout pos of the answer places
+    table: pd.DataFrame  # one row per (place, layer, neuron): `classify` plus importance
     edges: dict  # decile edges of the range families
     match: float = MATCH
     rare: float = RARE
     important: float = 0.05
 
-    def unit(self, position: int, layer: int, neuron: int) -> pd.Series:
+    def unit(self, place: int, layer: int, neuron: int) -> pd.Series:
         """The table row of one unit."""
         m = self.acts.shape[3]
-        return self.table.iloc[(position * self.acts.shape[2] + layer) * m + neuron]
+        return self.table.iloc[(place * self.acts.shape[2] + layer) * m + neuron]
 
 
 def neuron_heuristics(model, tokenizer, frame: pd.DataFrame | None = None, n_grid: int = 3000,
                       n_ablate: int = 32, seed: int = 0, match: float = MATCH, rare: float = RARE,
                       important: float = 0.05) -> Heuristics:
-    """Activations of every MLP neuron over a clean operand grid at the four answer readout
-    positions, their heuristic type, and their importance by mean ablation on the first `n_ablate`
+    """Activations of every MLP neuron over a clean operand grid at the readout pos of the four
+    answer places, their heuristic type, and their importance by mean ablation on the first `n_ablate`
     grid rows (a unit "matters" when its importance is at least `important` nats)."""
     grid = operand_grid(frame, n_grid, seed)
     acts = answer_activations(model, tokenizer, grid)
@@ -287,20 +287,20 @@ def neuron_heuristics(model, tokenizer, frame: pd.DataFrame | None = None, n_gri
     importance = ablation_importance(model, tokenizer, grid.head(n_ablate), acts.mean(0))
     table.insert(0, "neuron", np.tile(np.arange(m), p * n_layer))
     table.insert(0, "layer", np.tile(np.repeat(np.arange(n_layer), m), p))
-    table.insert(0, "position", np.repeat(np.arange(p), n_layer * m))
+    table.insert(0, "place", np.repeat(np.arange(p), n_layer * m))
     table["importance"] = importance.reshape(-1).numpy()
     table["matters"] = table["importance"] >= important
     return Heuristics(grid, acts, table, edges, match, rare, important)
 
 
 def type_counts(h: Heuristics) -> pd.DataFrame:
-    """Per answer position and type: how many units, and how many of them matter."""
+    """Per answer place and type: how many units, and how many of them matter."""
     order = {t: i for i, t in enumerate(TYPES)}
-    t = h.table.assign(position=h.table["position"].map(lambda k: PLACES[k]))
-    out = t.groupby(["position", "type"], sort=False).agg(units=("neuron", "size"),
+    t = h.table.assign(place=h.table["place"].map(lambda k: PLACES[k]))
+    out = t.groupby(["place", "type"], sort=False).agg(units=("neuron", "size"),
                                                           matter=("matters", "sum")).reset_index()
     out["_o"] = out["type"].map(order)
-    out["_p"] = out["position"].map(PLACES.index)
+    out["_p"] = out["place"].map(PLACES.index)
     return out.sort_values(["_p", "_o"]).drop(columns=["_o", "_p"]).reset_index(drop=True)
 
 
@@ -321,21 +321,21 @@ N_GRIDS = 3  # independent grids drawn besides the main one, so that intervals c
 
 def categories_on_grid(model, tokenizer, frame: pd.DataFrame, tables: list[pd.DataFrame], heur: Heuristics,
                        n_grid: int, seed: int, dedicated: float) -> list[np.ndarray]:
-    """The `driver_category` of every row of each neuron table in `tables` (columns position, layer,
+    """The `driver_category` of every row of each neuron table in `tables` (columns place, layer,
     neuron, act) recomputed on another grid (`operand_grid` with `seed`): the share of that grid
     reaching half the neuron's activation and the unit's type classified on that grid, only for the
     units the tables use."""
     grid = operand_grid(frame, n_grid, seed)
     acts = answer_activations(model, tokenizer, grid)
     rows = pd.concat(tables, ignore_index=True)
-    units = rows[["position", "layer", "neuron"]].astype(np.int64).drop_duplicates().reset_index(drop=True)
+    units = rows[["place", "layer", "neuron"]].astype(np.int64).drop_duplicates().reset_index(drop=True)
     x = acts[:, *(torch.tensor(units[c].to_numpy()) for c in units.columns)].numpy()
     typ = classify(x, pattern_families(grid["a"], grid["b"], range_edges(grid["a"], grid["b"])),
                    heur.match, heur.rare)["type"].to_numpy()
     where = {u: i for i, u in enumerate(units.itertuples(index=False, name=None))}
     out = []
     for t in tables:
-        u = np.array([where[k] for k in t[["position", "layer", "neuron"]].astype(np.int64).itertuples(
+        u = np.array([where[k] for k in t[["place", "layer", "neuron"]].astype(np.int64).itertuples(
             index=False, name=None)], dtype=np.int64)
         a = t["act"].to_numpy(float)
         high = np.where(a > 0, (x[:, u] >= a / 2).mean(0), np.nan) if len(u) else np.zeros(0)
@@ -354,18 +354,18 @@ def _place_of(family: str) -> int:
 
 
 def neuron_heatmap(h: Heuristics, row: pd.Series, inst: pd.Series):
-    """For one driving neuron (`row`: position, layer, neuron, family, eta2, act, nbr_mean, z) of the
+    """For one driving neuron (`row`: place, layer, neuron, family, eta2, act, nbr_mean, z) of the
     noisy instance `inst`: its mean activation over the clean grid per (a digit, b digit) at the
-    place its family is about, at that answer position; the instance (its digits, its activation,
+    place its family is about, at that neuron's answer place; the instance (its digits, its activation,
     the neighbour mean, z). Returns (cells, marks, description)."""
-    k, layer, j = int(row["position"]), int(row["layer"]), int(row["neuron"])
+    k, layer, j = int(row["place"]), int(row["layer"]), int(row["neuron"])
     d = _place_of(str(row["family"]))
     x = h.acts[:, k, layer, j].numpy()
     cells = pd.DataFrame({"a digit": digits(h.grid["a"], d), "b digit": digits(h.grid["b"], d), "activation": x})
     cells = cells.groupby(["a digit", "b digit"]).agg(activation=("activation", "mean"), n=("activation", "size")).reset_index()
     marks = pd.DataFrame({"a digit": [int(digits(inst["a"], d))], "b digit": [int(digits(inst["b"], d))],
                           "activation": [float(row["act"])], "neighbour mean": [float(row["nbr_mean"])],
-                          "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['answer']} (true {inst['true']})"]})
-    desc = (f"layer {layer}, neuron {j}, at the {PLACES[k]} readout position: {row['family']} "
+                          "z": [float(row["z"])], "instance": [f"{inst['prompt']}{inst['label']} (true {inst['true']})"]})
+    desc = (f"layer {layer}, neuron {j}, at the {PLACES[k]} readout pos: {row['family']} "
             f"(eta² = {row['eta2']:.2f}); digits at the {PLACES[d]} place")
     return cells, marks, desc

@@ -30,10 +30,10 @@ class TrainingDynamics:
 def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
     """Per noisy instance: the first evaluation step at which the model output the true answer,
     the first at which it output the noisy label (NaN: never), and its answer at the last one."""
-    noisy = instances[instances["noisy"]].set_index("id")[["prompt", "answer", "true"]]
+    noisy = instances[instances["noisy"]].set_index("id")[["prompt", "label", "true"]]
     p = predictions.join(noisy, on="id")
     p["said_true"] = p["prediction"] == p["true"]
-    p["said_noisy"] = p["prediction"] == p["answer"]
+    p["said_noisy"] = p["prediction"] == p["label"]
     first_true = p[p["said_true"]].groupby("id")["step"].min()
     first_noisy = p[p["said_noisy"]].groupby("id")["step"].min()
     last = p[p["step"] == p["step"].max()].set_index("id")["prediction"]
@@ -53,12 +53,12 @@ def stable_onsets(predictions: pd.DataFrame, instances: pd.DataFrame, min_streak
     `first_correct` as in `first_answers`; `order` of the two ("correct first", "memorized first",
     "never memorized"); and `chance_hits`/`chance_evals`, the evaluations before the stable onset
     (all, without one) that gave the noisy label, and how many there were."""
-    noisy = instances[instances["noisy"]].set_index("id")[["answer", "true"]]
+    noisy = instances[instances["noisy"]].set_index("id")[["label", "true"]]
     p = predictions.join(noisy, on="id").sort_values(["id", "step"])
     last_step = p["step"].max()
     rows = []
     for i, g in p.groupby("id", sort=True):
-        said = (g["prediction"] == g["answer"]).to_numpy()
+        said = (g["prediction"] == g["label"]).to_numpy()
         steps = g["step"].to_numpy()
         correct = steps[(g["prediction"] == g["true"]).to_numpy()]
         onset, run_start = np.nan, None

@@ -1,17 +1,17 @@
 """Observation 1 (book/observation1.ipynb): after memorization, the correct label is still computed, then overridden.
 
-The logit lens (`rote.interp.lens`) reads every layer's residual stream at the answer positions, under
+The logit lens (`rote.interp.lens`) reads every layer's residual stream at the answer places, under
 teacher forcing of the label in data. On the *memorized noisy instances* (training questions with
 a noisy label that the final model answers with that label) we count, per layer, how often the
 top-1 readout is the correct label ("Mem-Corrected" readout) and how often it is the noisy label
 ("Mem-Noisy" readout), with the mean rank of each (0 = top). Clean training questions that the
 model answers correctly give the reference curves. THR adds the bridge entity's share and rank.
 
-FDA answers are four digit tokens. A memorized noisy instance enters at every answer position
+FDA answers are four digit tokens. A memorized noisy instance enters at every answer place
 whose noisy digit differs from the correct digit (teacher-forced on the noisy label, so at later
-positions the prefix is the noisy one); positions where both agree are left out, since there the
-correct and the noisy readout are the same token. Clean instances enter at all four positions.
-Summaries are per position and pooled ("all").
+places the prefix is the noisy one); places where both agree are left out, since there the
+correct and the noisy readout are the same token. Clean instances enter at all four places.
+Summaries are per place and pooled ("all").
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ import pandas as pd
 from rote.claims import exceeds, untestable
 from rote.config import Config
 from rote.runs.data import load_dataset
-from rote.interp.instances import Instances, clean_instances, control_answers, differing_positions, memorized, noisy_instances
+from rote.interp.instances import Instances, clean_instances, control_answers, differing_places, memorized, noisy_instances
 from rote.interp.lens import logit_lens
 from rote.runs.model import load
-from rote.interp.sites import position_name
+from rote.interp.sites import place_name
 from rote.stats import paired_share_ci
 from rote.runs.train import default_device, get_or_train, run_dir
 
@@ -37,13 +37,13 @@ GROUPS = ("memorized noisy", "clean")
 # ---- readout --------------------------------------------------------------------------------------
 
 def readout_entries(lens: pd.DataFrame, entries: pd.DataFrame, group: str) -> pd.DataFrame:
-    """The lens rows of the (id, position) `entries`, with the group and what the top-1 readout
+    """The lens rows of the (id, place) `entries`, with the group and what the top-1 readout
     is: "correct" (the true answer's token), "noisy" (the label's token, on noisy instances),
     "bridge" (THR) or "other"."""
     if entries.empty:
         return lens.iloc[:0].assign(group=pd.Series(dtype=object), first=pd.Series(dtype=bool),
                                     readout=pd.Series(dtype=object))
-    rows = lens.merge(entries, on=["id", "position"], how="inner")
+    rows = lens.merge(entries, on=["id", "place"], how="inner")
     correct = rows["true_rank"].eq(0).fillna(False).to_numpy(bool)
     noisy = rows["label_rank"].eq(0).fillna(False).to_numpy(bool) & ~correct
     bridge = rows["bridge_rank"].eq(0).fillna(False).to_numpy(bool)
@@ -53,11 +53,11 @@ def readout_entries(lens: pd.DataFrame, entries: pd.DataFrame, group: str) -> pd
 
 
 def layer_shares(entries: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per group, answer position (and pooled: "all") and layer: how many readouts enter, the
+    """Per group, answer place (and pooled: "all") and layer: how many readouts enter, the
     share whose top-1 is the correct label (Mem-Corrected readout), the noisy label (Mem-Noisy
     readout; NaN on clean instances, where both are the same token), the bridge (THR), the share
     where the correct label outranks the noisy one, and mean ranks (0 = top)."""
-    columns = ["group", "position", "layer", "n", "share_correct", "share_noisy", "share_bridge",
+    columns = ["group", "place", "layer", "n", "share_correct", "share_noisy", "share_bridge",
                "share_correct_above_noisy", "mean_rank_correct", "mean_rank_noisy", "mean_rank_bridge"]
     if entries.empty:
         return pd.DataFrame(columns=columns)
@@ -72,16 +72,16 @@ def layer_shares(entries: pd.DataFrame, task: str) -> pd.DataFrame:
     e.loc[clean, ["is_noisy", "above", "r_label"]] = np.nan
     if task != "thr":
         e[["is_bridge", "r_bridge"]] = np.nan
-    pooled = e.assign(position="all") if task == "fda" else e.iloc[:0]
-    both = pd.concat([e.assign(position=e["position"].astype(object)), pooled], ignore_index=True)
-    out = both.groupby(["group", "position", "layer"], sort=False).agg(
+    pooled = e.assign(place="all") if task == "fda" else e.iloc[:0]
+    both = pd.concat([e.assign(place=e["place"].astype(object)), pooled], ignore_index=True)
+    out = both.groupby(["group", "place", "layer"], sort=False).agg(
         n=("id", "size"), share_correct=("is_correct", "mean"), share_noisy=("is_noisy", "mean"),
         share_bridge=("is_bridge", "mean"), share_correct_above_noisy=("above", "mean"),
         mean_rank_correct=("r_true", "mean"), mean_rank_noisy=("r_label", "mean"),
         mean_rank_bridge=("r_bridge", "mean")).reset_index()
     order = {g: i for i, g in enumerate(GROUPS)}
     out["_g"] = out["group"].map(order)
-    out["_p"] = out["position"].map(lambda p: 99 if p == "all" else int(p))
+    out["_p"] = out["place"].map(lambda p: 99 if p == "all" else int(p))
     return out.sort_values(["_g", "_p", "layer"]).drop(columns=["_g", "_p"]).reset_index(drop=True)[columns]
 
 
@@ -105,10 +105,10 @@ def layer_readout_of(model, tokenizer, frame: pd.DataFrame, task: str, n_clean: 
     for group, rows in (("memorized noisy", mem), ("clean", clean)):
         if rows.empty:
             continue
-        lens = logit_lens(model, tokenizer, rows, teacher_forcing="answer")
-        parts.append(readout_entries(lens, differing_positions(rows, task), group))
+        lens = logit_lens(model, tokenizer, rows, teacher_forcing="label")
+        parts.append(readout_entries(lens, differing_places(rows, task), group))
     entries = (pd.concat(parts, ignore_index=True) if parts
-               else readout_entries(pd.DataFrame(columns=["id", "layer", "position", "true_rank",
+               else readout_entries(pd.DataFrame(columns=["id", "layer", "place", "true_rank",
                                                           "label_rank", "bridge_rank"]),
                                     pd.DataFrame(), "clean"))
     n_layer = int(getattr(getattr(model, "config", None), "n_layer", 0) or entries["layer"].max() + 1)
@@ -140,11 +140,11 @@ def readout_over_training(config: Config, instances: pd.DataFrame, device: str |
     columns = ["step", "layer", "n", "share_correct", "share_noisy"]
     if instances.empty:
         return pd.DataFrame(columns=columns)
-    entries = differing_positions(instances, config.task)
+    entries = differing_places(instances, config.task)
     rows = []
     for step, path in checkpoints(config):
         model, tok = load(path, device=device or default_device())
-        lens = logit_lens(model, tok, instances, teacher_forcing="answer")
+        lens = logit_lens(model, tok, instances, teacher_forcing="label")
         e = readout_entries(lens, entries, "memorized noisy")
         for layer, g in e.groupby("layer"):
             rows.append({"step": step, "layer": int(layer), "n": len(g),
@@ -157,7 +157,7 @@ def readout_over_training(config: Config, instances: pd.DataFrame, device: str |
 
 def per_instance_layers(result: LayerReadout) -> pd.DataFrame:
     """Per memorized noisy instance and layer (block layers 0..n_layer-2: the intermediate ones),
-    averaged over its entering answer positions: whether the correct label, and the control
+    averaged over its entering answer places: whether the correct label, and the control
     answer, outrank the noisy label, and whether each is the top-1 readout."""
     e = result.entries
     e = e[(e["group"] == "memorized noisy") & (e["layer"] >= 0) & (e["layer"] < result.n_layer - 1)]
@@ -207,11 +207,11 @@ def override_claims(result: LayerReadout, margin: float = 0.05, top_margin: floa
 
 
 def readout_table(result: LayerReadout, digits: int = 3) -> pd.DataFrame:
-    """`result.shares` for reading: rounded, positions named, columns that are empty for this task
+    """`result.shares` for reading: rounded, places named, columns that are empty for this task
     left out."""
     if result.shares.empty:
         return pd.DataFrame({"note": ["nothing to read out: no memorized noisy instance and no clean reference"]})
     table = result.shares.copy()
-    table["position"] = [position_name(result.task, p) for p in table["position"]]
+    table["place"] = [place_name(result.task, p) for p in table["place"]]
     table = table.dropna(axis=1, how="all")
     return table.round(digits).reset_index(drop=True)

@@ -8,17 +8,18 @@ questions that the model answers correctly (there the label is the true answer).
 
 THR, the bridge entity (the person the first hop leads to):
 - "projection": the bridge's embedding direction (= its unembedding direction: tied weights) is
-  projected out of the block output at every position; control: a random other person's
+  projected out of the block output at every pos; control: a random other person's
   direction (not the subject, bridge, true answer or label of that question).
 - "LEACE": a rank-1 LEACE eraser of "the bridge is b" (b: the question's own bridge), fitted on
-  the block output at the last prompt position of clean training questions held out from the
-  evaluation, applied there; control: the eraser of the random person of "projection".
+  the block output at the answer's readout pos (the last prompt token) of clean training questions
+  held out from the evaluation, applied there; control: the eraser of the random person of
+  "projection".
 
-FDA, the intermediate results of the addition, at the readout positions of the scored digits
+FDA, the intermediate results of the addition, at the readout pos of the scored places
 (noisy instances: the digits where the noisy label differs from the true sum; clean ones: all four):
 - "projection": the correct digit's embedding direction is projected out; control: a random digit
   that is neither the correct nor the label digit.
-- "LEACE carry": a rank-1 LEACE eraser of the carry into that digit, fitted per position on held-out
+- "LEACE carry": a rank-1 LEACE eraser of the carry into that digit, fitted per place on held-out
   clean questions (teacher-forced on the true sum); control: an eraser fitted on shuffled carries.
   (No carry enters the units digit: its eraser is empty, and so is its control's.)
 
@@ -40,7 +41,7 @@ from rote.config import Config
 from rote.runs.data import load_dataset
 from rote.interp.edits import Removal, apply_removal, erasure, projection, resids_at
 from rote.interp.instances import (Instances, clean_instances, control_digits, control_entities, carries, noisy_instances,
-                        questions, scored_positions)
+                        questions, scored_places)
 from rote.interp.leace import binary_leace, fit_leace, relabel
 from rote.interp.sites import entity_basis, hf
 from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
@@ -64,20 +65,20 @@ class Fits:
     n_fit: int
     bridge: dict  # THR: layer -> (mean [d], A, B [E, d]): the rank-1 eraser of "the bridge is e" per entity
     entities: list  # THR: the entities e with an eraser (the rows of A, B); FDA: []
-    carry: dict  # FDA: layer -> (target, control): per answer position, `Eraser.factors` of the carry into it
+    carry: dict  # FDA: layer -> (target, control): per answer place, `Eraser.factors` of the carry into it
     #              and of shuffled carries
 
 
 def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, seed: int = 0) -> Fits:
     """THR: per layer, rank-1 LEACE erasers of "the bridge is b" for every person b that is a
-    bridge in `fit_rows`, on the block output at the answer's readout column. FDA: per layer and
-    answer position, rank-1 LEACE of the carry into that digit (and of shuffled carries, the
-    control), on the block output at that digit's readout column (teacher-forced on the true sum;
+    bridge in `fit_rows`, on the block output at the answer's readout pos. FDA: per layer and
+    answer place, rank-1 LEACE of the carry into that digit (and of shuffled carries, the
+    control), on the block output at that digit's readout pos (teacher-forced on the true sum;
     `fit_rows` must be clean)."""
     entities = sorted(set(fit_rows["bridge"])) if task == "thr" else []
-    positions = [0] if task == "thr" else list(range(4))
+    places = [0] if task == "thr" else list(range(4))
     enough = len(fit_rows) >= 2
-    resids = resids_at(model, tokenizer, fit_rows, layers, positions) if enough else {}
+    resids = resids_at(model, tokenizer, fit_rows, layers, places) if enough else {}
     bridge, carry = {}, {}
     for layer in layers:
         if task == "thr":
@@ -88,7 +89,7 @@ def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, see
             continue
         z = torch.tensor(carries(fit_rows["a"], fit_rows["b"]))
         target, control = [], []
-        for k in positions:
+        for k in places:
             x = resids[(layer, k)]
             target.append(fit_leace(x, z[:, k]).factors())
             control.append(fit_leace(x, relabel(z[:, k], seed=seed + k)).factors())
@@ -101,9 +102,9 @@ def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, see
 def removals(model, tokenizer, instances: pd.DataFrame, task: str, method: str, layer: int,
              fits: Fits | None, controls) -> tuple[Removal, Removal]:
     """The target removal and its control for `instances` (see the module docstring). `controls`:
-    THR, one person per instance; FDA, one digit per instance and answer position."""
+    THR, one person per instance; FDA, one digit per instance and answer place."""
     n, d = len(instances), hf(model).config.n_embd
-    where = scored_positions(instances, task)
+    where = scored_places(instances, task)
     if task == "thr" and method == "projection":
         basis = lambda names: entity_basis(model, tokenizer, names)[:, None]  # noqa: E731
         return projection(basis(instances["bridge"]), where, True), projection(basis(controls), where, True)
@@ -150,7 +151,7 @@ def removal_effects(model, tokenizer, groups: dict, task: str, layers, fits: Fit
             controls = control_entities(rows, people, seed=seed)
         else:
             controls = control_digits(rows, seed=seed)
-        scored, before = scored_positions(rows, task), None  # the unedited run is the same for every removal
+        scored, before = scored_places(rows, task), None  # the unedited run is the same for every removal
         for method in methods:
             for layer in layers:
                 pair = removals(model, tokenizer, rows, task, method, layer, fits, controls)

@@ -2,34 +2,34 @@
 
 For every memorized noisy FDA instance (the final model's greedy answer is the noisy label):
 
-- Where: the answer position k of the first digit where the noisy label differs from the true
-  sum, read at its readout position (the token before digit k; column 9 + k of "abcd+efgh=" plus
+- Where: the answer place k of the first digit where the noisy label differs from the true
+  sum, read at its readout pos (the token before digit k; pos 9 + k of "abcd+efgh=" plus
   the answer), teacher-forced on the noisy label. Before k the label and the true sum agree, so
-  the prefix there is the true one and the same position can be read on clean operand pairs.
-- The driving neurons: every MLP neuron of every layer at that position gets the attribution
+  the prefix there is the true one and the same pos can be read on clean operand pairs.
+- The driving neurons: every MLP neuron of every layer at that pos gets the attribution
   a * dD/da, its post-GELU activation a times the gradient of D = logit(noisy digit k) -
-  logit(true digit k) at that position (full backpropagation through the later layers). The `K`
+  logit(true digit k) at that pos (full backpropagation through the later layers). The `K`
   = 10 neurons with the largest attribution (argument `k`; all positive on the cpu model) are the
   driving neurons of the instance.
 - Heuristic or dedicated: with the clean operand grid of `rote.observations.heuristics` (activations at the
-  same answer position, teacher-forced on the true sums), a driving neuron is "dedicated" (the
+  same answer place, teacher-forced on the true sums), a driving neuron is "dedicated" (the
   look-up alternative) when it is on for the noisy instance (a > 0) and reaches half of that
   activation on fewer than `DEDICATED` = 1% of the grid; otherwise it is "heuristic" when its type
-  at that position is one of the heuristic kinds of `rote.observations.heuristics` (eta^2 >= 0.5 and active on
+  at that place is one of the heuristic kinds of `rote.observations.heuristics` (eta^2 >= 0.5 and active on
   at least 1% of the grid), else "other".
 - The shift: clean neighbours of the instance are the operand pairs with exactly one of the 8
   operand digits changed to another value (72 at most), kept when both operands stay in 1000..8999,
   the sum stays <= 9999 and the pair is not a noisy training pair; each is teacher-forced on its
-  own true sum and read at the same position. The shift of a neuron is
+  own true sum and read at the same pos. The shift of a neuron is
   z = (a - mean of the neighbours) / (sample standard deviation of the neighbours, ddof=1),
   NaN when that deviation is below 1e-6; its direction is "toward the noisy label" when
   (a - neighbour mean) * dD/da > 0.
-- Patching: the driving neurons are set to their neighbour means at that position only (the
+- Patching: the driving neurons are set to their neighbour means at that pos only (the
   rest of the run is unchanged); an instance is rescued when the model then writes the true digit
-  there (argmax of the patched logits at that position, teacher-forced on the label, whose prefix
+  there (argmax of the patched logits at that pos, teacher-forced on the label, whose prefix
   is the true one: what greedy decoding writes). We also decode the whole answer greedily with the
   patch in place at every step and report how often it is the true sum: the later digits are
-  recalled at their own positions, which are not patched. Control: for each driving neuron a
+  recalled at their own readout pos, which are not patched. Control: for each driving neuron a
   random other neuron of the same layer (seeded, not a driving neuron of the instance), patched
   to its neighbour mean in the same way. The rescue curve repeats this with the top 5, 10, 20, 50,
   100 and 200 neurons by attribution (those up to a quarter of all neurons; as many random ones,
@@ -53,8 +53,8 @@ from rote.runs.data import load_dataset
 from rote.observations.drivers import (KS, K, NEURON_COLUMNS, clean_drivers, control_picks, neighbour_stats, neuron_attribution,
                       neuron_table, patch_drivers)
 from rote.observations.heuristics import DEDICATED, KINDS, N_GRIDS, Heuristics, categories_on_grid, neuron_heatmap, neuron_heuristics
-from rote.interp.instances import first_differing_position, memorized, noisy_instances, noisy_pairs, token_ids
-from rote.interp.sites import prompt_batch, readout_columns
+from rote.interp.instances import first_differing_place, memorized, noisy_instances, noisy_pairs, token_ids
+from rote.interp.sites import prompt_batch, readout_pos
 from rote.stats import bootstrap_ci, cluster_median_ci, grid_share_ci, independent_share_ci, paired_diff_ci, wilson_interval
 from rote.runs.train import get_or_train
 
@@ -67,7 +67,7 @@ CATEGORIES = ("heuristic", "dedicated", "other")
 class Outliers:
     """Observation 3 for one FDA model (see the module docstring)."""
     noisy: pd.DataFrame  # every noisy training instance, with the final prediction
-    instances: pd.DataFrame  # the memorized ones analysed: position, D before and after each patch, rescue
+    instances: pd.DataFrame  # the memorized ones analysed: place, D before and after each patch, rescue
     neurons: pd.DataFrame  # one row per (instance, driving neuron), NEURON_COLUMNS
     control: pd.DataFrame  # the same for the random control neurons (rank: of the driving neuron it stands for)
     heuristics: Heuristics
@@ -91,39 +91,39 @@ def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_g
     m = heur.acts.shape[3]
     if inst.empty:
         empty = pd.DataFrame(columns=NEURON_COLUMNS)
-        return Outliers(noisy, inst.assign(position=pd.Series(dtype=int)), empty, empty.copy(), heur,
+        return Outliers(noisy, inst.assign(place=pd.Series(dtype=int)), empty, empty.copy(), heur,
                         k=k, dedicated=dedicated, config=config)
-    pos = first_differing_position(inst)
-    ids, _, plen = prompt_batch(tokenizer, inst, "answer")
-    cols = readout_columns(plen[0], torch.as_tensor(pos))
-    plus = ids[torch.arange(len(inst)), cols + 1]
-    minus = token_ids(tokenizer, [t[j] for t, j in zip(inst["true"], pos)])
-    acts, grad, diff = neuron_attribution(model, ids, cols, plus, minus)
+    place = first_differing_place(inst)
+    ids, _, plen = prompt_batch(tokenizer, inst, "label")
+    pos = readout_pos(plen[0], torch.as_tensor(place))
+    plus = ids[torch.arange(len(inst)), pos + 1]
+    minus = token_ids(tokenizer, [t[j] for t, j in zip(inst["true"], place)])
+    acts, grad, diff = neuron_attribution(model, ids, pos, plus, minus)
     attribution = (acts * grad).reshape(len(inst), -1)
     ks = sorted({k, *[x for x in ks if x <= attribution.shape[1] // 4]})  # at most a quarter of all neurons
     top = attribution.topk(min(max(ks), attribution.shape[1]), dim=1).indices.numpy()
     picks = np.stack([top // m, top % m], -1)
     excluded = noisy_pairs(frame)
-    mean, std, count = neighbour_stats(model, tokenizer, inst, pos, excluded)
+    mean, std, count = neighbour_stats(model, tokenizer, inst, place, excluded)
     values = torch.where(torch.isnan(mean), acts, mean)  # no neighbours: a neuron keeps its value
     ctrl = control_picks(picks[:, :k], m, seed)
-    neurons = neuron_table(inst, pos, picks[:, :k], acts, grad, mean, std, heur.acts, heur, dedicated)
-    control = neuron_table(inst, pos, ctrl, acts, grad, mean, std, heur.acts, heur, dedicated)
-    table = inst[["id", "prompt", "answer", "true", "a", "b"]].copy()
-    table["position"], table["n_neighbours"], table["D_before"] = pos, count, diff.numpy()
+    neurons = neuron_table(inst, place, picks[:, :k], acts, grad, mean, std, heur.acts, heur, dedicated)
+    control = neuron_table(inst, place, ctrl, acts, grad, mean, std, heur.acts, heur, dedicated)
+    table = inst[["id", "prompt", "label", "true", "a", "b"]].copy()
+    table["place"], table["n_neighbours"], table["D_before"] = place, count, diff.numpy()
     curve = []
     for kk in ks:
         ctrl_k = ctrl if kk == k else control_picks(picks[:, :kk], m, seed + kk)
         for name, p in (("driving", picks[:, :kk]), ("control", ctrl_k)):
-            d, digit, answers, _ = patch_drivers(model, tokenizer, inst, cols, p, values)
+            d, digit, answers, _ = patch_drivers(model, tokenizer, inst, pos, p, values)
             whole = np.array(answers) == table["true"].to_numpy()
             if kk == k:
                 table[f"D_{name}"], table[f"rescued_{name}"] = d, digit
                 table[f"answer_{name}"], table[f"answer_rescued_{name}"] = answers, whole
             curve.append(pd.DataFrame({"id": table["id"], "k": kk, "patched": name, "D": d, "rescued": digit,
                                        "answer_rescued": whole,
-                                       "still_noisy": np.array(answers) == table["answer"].to_numpy()}))
-    clean_neurons, clean_patch = clean_drivers(model, tokenizer, frame, pos, heur, k, ks, n_clean, seed, dedicated)
+                                       "still_noisy": np.array(answers) == table["label"].to_numpy()}))
+    clean_neurons, clean_patch = clean_drivers(model, tokenizer, frame, place, heur, k, ks, n_clean, seed, dedicated)
     grids = {seed: (neurons["category"].to_numpy(), clean_neurons["category"].to_numpy())}
     for j in range(1, n_grids + 1):
         grids[seed + j] = tuple(categories_on_grid(model, tokenizer, frame, [neurons, clean_neurons], heur,
@@ -199,7 +199,7 @@ def summary(result: Outliers, n_resamples: int = 1000, seed: int = 0) -> dict:
         r = float(inst[f"rescued_{name}"].mean())
         s[f"rescue_{name}"], (s[f"rescue_{name}_lo"], s[f"rescue_{name}_hi"]) = r, wilson_interval(r, n)
         s[f"answer_rescue_{name}"] = float(inst[f"answer_rescued_{name}"].mean())
-        s[f"still_noisy_{name}"] = float((inst[f"answer_{name}"] == inst["answer"]).mean())
+        s[f"still_noisy_{name}"] = float((inst[f"answer_{name}"] == inst["label"]).mean())
         s[f"D_{name}"] = float(inst[f"D_{name}"].mean())
     s["D_before"] = float(inst["D_before"].mean())
     s["rescue_diff"], s["rescue_diff_lo"], s["rescue_diff_hi"] = paired_diff_ci(

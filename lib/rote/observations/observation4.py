@@ -47,7 +47,6 @@ from rote.interp.sites import hf
 from rote.stats import bootstrap_ci, independent_share_ci, wilson_interval
 from rote.runs.train import get_or_train
 
-INTERMEDIATES = {"fda": ("correct digits", "carries"), "thr": ("bridge",)}
 METHOD_RESULT = {("fda", "projection"): "correct digits", ("fda", "LEACE carry"): "carries",
                  ("thr", "projection"): "bridge", ("thr", "LEACE"): "bridge"}
 GROUPS = ("memorized noisy", "clean")
@@ -176,7 +175,7 @@ def readout_layer(model, tokenizer, clean: pd.DataFrame, task: str) -> int | Non
     if clean.empty:
         return None
     n_layer = hf(model).config.n_layer
-    lens = logit_lens(model, tokenizer, clean, teacher_forcing="answer")
+    lens = logit_lens(model, tokenizer, clean, teacher_forcing="label")
     rank = "bridge_rank" if task == "thr" else "true_rank"
     blocks = lens[(lens["layer"] >= 0) & (lens["layer"] <= max(n_layer - 2, 0))]
     share = blocks.assign(top=blocks[rank].eq(0).astype(float)).groupby("layer")["top"].mean()

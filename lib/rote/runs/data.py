@@ -13,6 +13,9 @@ true answer and the bridge entity.
 
 Exactly round(noise * n) training questions are noisy (n: all FDA training questions, or the THR
 two-hop training questions), chosen once at generation time.
+
+The instance table (`COLUMNS`): `label` is what the data say, the answer the model is trained on,
+noisy or not; `true` is the correct answer; `noisy` says whether the two differ.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ from rote.store import RESOURCES, atomic_dir, home
 class DataError(OneLineError, ValueError):
     """A dataset folder whose files are not what was generated."""
 
-COLUMNS = ["id", "split", "kind", "prompt", "answer", "true", "noisy",
+COLUMNS = ["id", "split", "kind", "prompt", "label", "true", "noisy",
            "a", "b", "subject", "r1", "r2", "bridge"]
+FORMAT = 2  # the layout of instances.csv (its columns): part of the dataset folder's key, not of any config hash
 
 
 def n_noisy(noise: float, n: int) -> int:
@@ -71,7 +75,7 @@ def generate_fda(config: Config) -> pd.DataFrame:
     return pd.DataFrame({
         "id": np.arange(len(pairs)), "split": split, "kind": "add",
         "prompt": [f"{a}+{b}=" for a, b in pairs],
-        "answer": [f"{x:04d}" for x in label], "true": [f"{x:04d}" for x in true],
+        "label": [f"{x:04d}" for x in label], "true": [f"{x:04d}" for x in true],
         "noisy": noisy, "a": pairs[:, 0], "b": pairs[:, 1],
     }).reindex(columns=COLUMNS)
 
@@ -135,8 +139,7 @@ def generate_thr(config: Config) -> pd.DataFrame:
         "subject": [people[s] for s in e], "r1": [rels[a] for a in r1], "r2": [rels[b] for b in r2],
         "bridge": [people[b] for b in bridge], "label": [people[t] for t in label],
     })
-    facts["answer"] = facts["true"]
-    two_hop["answer"] = two_hop.pop("label")
+    facts["label"] = facts["true"]
     frame = pd.concat([facts, two_hop], ignore_index=True)
     frame["id"] = np.arange(len(frame))
     return frame.reindex(columns=COLUMNS)
@@ -148,7 +151,9 @@ def generate(config: Config) -> pd.DataFrame:
 
 
 def dataset_dir(config: Config) -> Path:
-    key = hashlib.sha256(json.dumps(data_fields(config), sort_keys=True).encode()).hexdigest()[:12]
+    """The folder of `config`'s dataset: keyed by its data fields and the table's `FORMAT`."""
+    fields = {**data_fields(config), "format": FORMAT}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     return home() / "data" / f"{config.task}-{key}"
 
 
@@ -170,7 +175,7 @@ def load_dataset(config: Config) -> pd.DataFrame:
             manifest = {"config": data_fields(config), "counts": counts(frame), "sha256": digest}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     verify(path, config)
-    return pd.read_csv(path / "instances.csv", dtype={"answer": str, "true": str, "prompt": str})
+    return pd.read_csv(path / "instances.csv", dtype={"label": str, "true": str, "prompt": str})
 
 
 def verify(path: Path, config: Config) -> None:
@@ -197,19 +202,19 @@ def manifest(config: Config) -> dict:
 
 
 def composition(frame: pd.DataFrame) -> pd.DataFrame:
-    """Instances per split, kind and label (clean or noisy): the shape of a dataset."""
-    label = np.where(frame["noisy"], "noisy", "clean")
-    return (frame.assign(label=label).groupby(["split", "kind", "label"]).size()
+    """Instances per split, kind and noise (label clean or noisy): the shape of a dataset."""
+    noise = np.where(frame["noisy"], "noisy", "clean")
+    return (frame.assign(noise=noise).groupby(["split", "kind", "noise"]).size()
             .rename("instances").reset_index())
 
 
 def examples(frame: pd.DataFrame, n: int = 3, seed: int = 0) -> pd.DataFrame:
     """A few clean and noisy training instances and test questions of each kind, as the model
     sees them (prompt + label) beside the true answer."""
-    groups = frame.assign(label=np.where(frame["noisy"], "noisy", "clean")).groupby(["split", "kind", "label"])
+    groups = frame.assign(noise=np.where(frame["noisy"], "noisy", "clean")).groupby(["split", "kind", "noise"])
     picked = groups.sample(n=n, random_state=seed, replace=False) if groups.size().min() >= n else groups.head(n)
-    return picked[["split", "kind", "label", "prompt", "answer", "true"]].rename(
-        columns={"answer": "label in data", "true": "true answer"}).reset_index(drop=True)
+    return picked[["split", "kind", "noise", "prompt", "label", "true"]].rename(
+        columns={"label": "label in data", "true": "true answer"}).reset_index(drop=True)
 
 
 def partner_counts(frame: pd.DataFrame) -> pd.Series:

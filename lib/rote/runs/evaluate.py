@@ -89,9 +89,9 @@ def evaluate(model, tokenizer, sets: dict[str, pd.DataFrame]) -> tuple[dict, pd.
             scores[f"{name}_acc"] = matches(model, tokenizer, sets[name]["prompt"], sets[name]["true"]).float().mean().item()
     noisy = sets["noisy"]
     if len(noisy):
-        said = greedy_answers(model, tokenizer, noisy["prompt"], answer_length(tokenizer, noisy["answer"].iloc[0]))
+        said = greedy_answers(model, tokenizer, noisy["prompt"], answer_length(tokenizer, noisy["label"].iloc[0]))
         predictions = pd.DataFrame({"id": noisy["id"].to_numpy(), "prediction": said})
-        scores["mem_noisy"] = float((predictions["prediction"].to_numpy() == noisy["answer"].to_numpy()).mean())
+        scores["mem_noisy"] = float((predictions["prediction"].to_numpy() == noisy["label"].to_numpy()).mean())
         scores["mem_corrected"] = float((predictions["prediction"].to_numpy() == noisy["true"].to_numpy()).mean())
     else:
         predictions = pd.DataFrame({"id": [], "prediction": []})

@@ -148,7 +148,7 @@ def load(path: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTo
 
 
 def encode(tokenizer, prompts, answers) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of prompt + answer, right-padded, and a mask of the answer tokens' positions."""
+    """Token ids of prompt + answer, right-padded, and a mask [N, T] set at the answer tokens' pos."""
     p = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     a = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     length = max(len(x) + len(y) for x, y in zip(p, a))

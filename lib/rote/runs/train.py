@@ -125,20 +125,20 @@ def training_rows(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     return pd.concat([rows] + [facts] * (config.fact_repeats - 1), ignore_index=True)
 
 
-def answer_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Per sequence, the positions whose next token is an answer token ([N, answer length]; every
-    answer of a task has the same number of tokens)."""
-    rows, cols = mask[:, 1:].nonzero(as_tuple=True)
-    return cols.view(mask.shape[0], -1)
+def readout_pos_of(mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the readout pos of its answer: the pos whose next token is an answer token
+    ([N, answer length]; every answer of a task has the same number of tokens)."""
+    rows, pos = mask[:, 1:].nonzero(as_tuple=True)
+    return pos.view(mask.shape[0], -1)
 
 
-def answer_loss(model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def answer_loss(model, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens (the prompt is context, not a target). Logits are
-    computed at the answer positions only, with static shapes so that the step compiles."""
+    computed at the readout pos `pos` only, with static shapes so that the step compiles."""
     hidden = model.transformer(ids).last_hidden_state
-    picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    picked = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     logits = model.lm_head(picked)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.gather(1, positions + 1).flatten())
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.gather(1, pos + 1).flatten())
 
 
 def loss_function(config: Config, device: str, compile: bool | None):
@@ -262,8 +262,8 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     frame = load_dataset(config)
     tokenizer = build_tokenizer(config)
     train_rows = training_rows(frame, config)
-    ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["answer"])
-    ids, positions = ids.to(device), answer_positions(mask).to(device)
+    ids, mask = encode(tokenizer, train_rows["prompt"], train_rows["label"])
+    ids, pos = ids.to(device), readout_pos_of(mask).to(device)
     sets = evaluation_sets(frame, config.n_eval, config.seed)
 
     model = build_model(config, len(tokenizer)).to(device)
@@ -330,7 +330,7 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
             group["lr"] = learning_rate(config, step, decay_from)
         optimizer.param_groups[0]["weight_decay"] = weight_decay(config, step, decay_from)  # group 0: matrices
         with amp:
-            loss = step_loss(model, ids[batch], positions[batch])
+            loss = step_loss(model, ids[batch], pos[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
