@@ -30,7 +30,7 @@ chromium:
 	else echo "note: no chromium; the browser check of the book will be skipped (install chromium, or set CHROMIUM)"; fi
 
 test: install
-	$(BIN)/ruff check lib tests bench
+	$(BIN)/ruff check lib tests bench book
 	$(BIN)/python -m pytest
 
 # PROFILE=paper wants a GPU; ALLOW_CPU=1 runs it anyway.

@@ -22,12 +22,12 @@ import json
 import torch
 
 import rote
+from readout_speed import median_ms  # interleaved medians, as the readout benchmark times them
 from rote.interp import eap
 from rote.interp.edits import plain_hooks
 from rote.interp.instances import questions
 from rote.runs.model import build_model, build_tokenizer
 from rote.runs.train import is_finished
-from readout_speed import median_ms  # interleaved medians, as the readout benchmark times them
 
 TARGET = 1.2
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 import rote
-from rote.runs.data import load_dataset
 from rote.interp.edits import plain_hooks
 from rote.interp.instances import questions
 from rote.interp.lens import lens_states, logit_lens, readout_batch
+from rote.runs.data import load_dataset
 from rote.runs.train import is_finished
 
 

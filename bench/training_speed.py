@@ -42,10 +42,9 @@ import torch
 
 import rote
 from rote.runs.data import load_dataset
-from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
-from rote.runs.train import first_reached
 from rote.runs.model import build_model, build_tokenizer, encode
-from rote.runs.train import answer_loss, make_optimizer, precision_context, readout_pos_of, training_rows
+from rote.runs.train import answer_loss, first_reached, make_optimizer, precision_context, readout_pos_of, training_rows
+from thr_map import parse  # --set's FIELD=VALUE pairs, as bench/thr_map.py reads them
 
 
 def naive_step(model, optimizer, ids, mask, pos):
@@ -307,7 +306,7 @@ def main():
                 t[f"2 one-thread workers at once (sum), {precision}"] = concurrent_workers(task, args.steps, precision=precision)
         del os.environ["ROTE_HOME"]
         print(f"\n{task}: {config.n_layer} layers x {config.n_embd}, batch {config.batch_size}")
-        print(f"| loop | ms/step (median) | tokens/s |\n|---|---|---|")
+        print("| loop | ms/step (median) | tokens/s |\n|---|---|---|")
         for name, r in t.items():
             print(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} |")
         for name in t:

@@ -11,8 +11,8 @@ import pytest
 from rote import parameters
 from rote.book import build
 from rote.book import check as bookcheck
-from rote.grid import scorecard
 from rote.config import ConfigError
+from rote.grid import scorecard
 from rote.store import REPO_ROOT
 
 
@@ -33,7 +33,8 @@ def outputs_text(notebook_path) -> str:
         for out in cell.get("outputs", []):
             texts += out.get("text", []) if isinstance(out.get("text"), list) else [out.get("text", "")]
             for value in out.get("data", {}).values():
-                texts.append(value if isinstance(value, str) else "".join(value) if isinstance(value, list) else json.dumps(value))
+                texts.append(value if isinstance(value, str) else "".join(value) if isinstance(value, list)
+                             else json.dumps(value))
     return "\n".join(texts)
 
 

@@ -8,13 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rote import claims
-from rote.interp import instances
-from rote.observations import observation0
-from rote.observations import observation1
-from rote.observations import observation2
-from rote import stats
+from rote import claims, stats
 from rote.config import make_config
+from rote.interp import instances
+from rote.observations import observation0, observation1, observation2
 from rote.runs.data import generate
 
 
@@ -136,7 +133,8 @@ def test_chance_hits_do_not_count_as_memorization():
     on = observation0.stable_onsets(pred, inst, min_streak=2).set_index("id")
     assert on.loc[0, "order"] == "correct first" and on.loc[0, "stable_noisy"] == 5 and on.loc[0, "chance_hits"] == 1
     assert on.loc[1, "order"] == "memorized first" and on.loc[2, "order"] == "never memorized"
-    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"  # the chance hit counts there
+    # the chance hit counts there
+    assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"
     assert observation0.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
     assert observation0.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
 
@@ -219,8 +217,8 @@ def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_dis
 
 
 def test_two_input_changes_change_two_inputs_and_recompute_the_answer():
-    from rote.observations.changes import fda_two_changes, thr_two_changes
     from rote.interp.instances import knowledge_graph_of
+    from rote.observations.changes import fda_two_changes, thr_two_changes
     frame = generate(make_config("fda", "tiny", noise=0.2, seed=1))
     inst = instances.questions(frame).head(40)
     ch = fda_two_changes(inst, n_changes=3, seed=0)

@@ -8,7 +8,6 @@ import pytest
 import rote
 from rote.config import Config, config_hash, make_config, validate
 
-
 WSD_ONLY = ("decay_weight_decay", "decay_when_train_acc")  # fields that need schedule wsd
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.runs.data import generate
 from rote.interp.edits import apply_removal, erasure, neurons_set, plain_hooks, projection, resids_at, run, set_at
 from rote.interp.instances import control_entities, scored_places
 from rote.interp.leace import fit_leace, relabel
 from rote.interp.lens import read_out
-from rote.runs.model import build_model, build_tokenizer, encode
 from rote.interp.sites import entity_basis, orthonormal
+from rote.runs.data import generate
+from rote.runs.model import build_model, build_tokenizer, encode
 
 EFFECT_COLUMNS = ["id", "logp_before", "logp_after", "match_before", "match_after"]
 

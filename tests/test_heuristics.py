@@ -10,13 +10,23 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.runs.data import generate
 from rote.interp.edits import plain_hooks
-from rote.observations.heuristics import (KINDS, ablation_importance, answer_activations, auc, classify, digit_margin,
-                             eta_squared, neuron_heuristics, pattern_families, type_counts)
 from rote.interp.instances import fda_rows, noisy_pairs, operand_grid
-from rote.runs.model import build_model, build_tokenizer
 from rote.interp.sites import prompt_batch
+from rote.observations.heuristics import (
+    KINDS,
+    ablation_importance,
+    answer_activations,
+    auc,
+    classify,
+    digit_margin,
+    eta_squared,
+    neuron_heuristics,
+    pattern_families,
+    type_counts,
+)
+from rote.runs.data import generate
+from rote.runs.model import build_model, build_tokenizer
 
 
 @lru_cache

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.runs.data import generate
 from rote.interp.edits import plain_hooks
 from rote.interp.lens import lens_states, logit_lens, read_out, readout_batch
+from rote.runs.data import generate
 from rote.runs.model import build_model, build_tokenizer
 
 COLUMNS = ["id", "layer", "place", "top1", "top1_prob", "true_rank", "true_prob", "label_rank",

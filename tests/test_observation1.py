@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from rote.book import charts
-from rote.observations import observation1
 from rote.config import make_config
-from rote.runs.data import generate
 from rote.interp.edits import plain_hooks
-from rote.runs.evaluate import greedy_answers
 from rote.interp.instances import differing_places
 from rote.interp.lens import lens_states, read_out, readout_batch
+from rote.observations import observation1
+from rote.runs.data import generate
+from rote.runs.evaluate import greedy_answers
 from rote.runs.model import build_model, build_tokenizer
 
 SPECIAL = {"<pad>", "<unk>"}
@@ -146,8 +146,9 @@ def test_layer_shares_on_a_hand_made_lens_table():
         "label_rank": pd.array([1, 0, 0, 0, 0, 0, 0, 0], dtype="Int64"),
         "bridge_rank": pd.array([5, 1, 0, 2, 0, 4, 9, 9], dtype="Int64")})
     noisy = lens[lens["id"] != 3]
-    entries = pd.concat([observation1.readout_entries(noisy, pd.DataFrame({"id": [1, 2, 4], "place": 0, "first": True}), "memorized noisy"),
-                         observation1.readout_entries(lens[lens["id"] == 3], pd.DataFrame({"id": [3], "place": [0], "first": True}), "clean")])
+    first_of = lambda ids: pd.DataFrame({"id": ids, "place": 0, "first": True})  # noqa: E731
+    entries = pd.concat([observation1.readout_entries(noisy, first_of([1, 2, 4]), "memorized noisy"),
+                         observation1.readout_entries(lens[lens["id"] == 3], first_of([3]), "clean")])
     assert entries.set_index(["id", "layer"])["readout"].to_dict() == {
         (1, 0): "correct", (1, 1): "noisy", (2, 0): "noisy", (2, 1): "noisy", (4, 0): "noisy", (4, 1): "noisy",
         (3, 0): "correct", (3, 1): "correct"}
@@ -156,8 +157,8 @@ def test_layer_shares_on_a_hand_made_lens_table():
                                                                    "share_correct_above_noisy", "mean_rank_correct",
                                                                    "mean_rank_noisy", "mean_rank_bridge"]].astype(float),
                                [3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 3.0, 1 / 3, 14 / 3])
-    np.testing.assert_allclose(shares.loc[("memorized noisy", 1), ["share_correct", "share_noisy", "mean_rank_correct"]].astype(float),
-                               [0.0, 1.0, 2.0])
+    second = shares.loc[("memorized noisy", 1), ["share_correct", "share_noisy", "mean_rank_correct"]]
+    np.testing.assert_allclose(second.astype(float), [0.0, 1.0, 2.0])
     assert np.isnan(shares.loc[("clean", 0), "share_noisy"]) and shares.loc[("clean", 1), "share_correct"] == 1.0
     fda = observation1.layer_shares(entries, "fda")
     assert fda["share_bridge"].isna().all() and set(fda["place"]) == {0, "all"}
@@ -174,6 +175,7 @@ def test_nothing_memorized_cannot_be_tested_and_still_charts():
     empty = observation1.layer_readout_of(model, tok, table.iloc[:0], "thr")
     assert empty.shares.empty and {c.verdict for c in observation1.override_claims(empty)} == {"cannot be tested"}
     assert "note" in observation1.readout_table(empty)
+    no_steps = pd.DataFrame(columns=["step", "layer", "n", "share_correct", "share_noisy"])
     for chart in (charts.layer_readout_chart(empty.shares, "thr"), charts.layer_readout_chart(result.shares, "thr"),
-                  charts.readout_over_training_chart(pd.DataFrame(columns=["step", "layer", "n", "share_correct", "share_noisy"]))):
+                  charts.readout_over_training_chart(no_steps)):
         chart.to_dict()

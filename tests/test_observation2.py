@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from rote.book import charts, explorer
-from rote.observations import observation2
 from rote.interp.edits import apply_removal, plain_hooks, projection, resids_at
-from rote.runs.evaluate import greedy_answers
 from rote.interp.instances import carries, scored_places
 from rote.interp.leace import binary_leace, fit_leace
 from rote.interp.sites import entity_basis
-from rote.stats import bootstrap_ci, bootstrap_diff_ci
+from rote.observations import observation2
+from rote.runs.evaluate import greedy_answers
 from rote.runs.model import build_model, encode
+from rote.stats import bootstrap_ci, bootstrap_diff_ci
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
-
 
 # ---- bootstrap ----
 
@@ -216,7 +215,7 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     charts.removal_effects_chart(result.sizes, observation2.removed_names("thr")).to_dict()
     # the live explorer: its callbacks recompute without error for another instance and layer
     widget = explorer.explorer({"thr": (model, tok, result)})
-    (task_box, layer_box), instance_box, _ = widget.children[0].children, widget.children[1], widget.children[2]
+    (_, layer_box), instance_box, _ = widget.children[0].children, widget.children[1], widget.children[2]
     assert instance_box.value == instance_box.options[0][1] and layer_box.max == config.n_layer - 1
     instance_box.value = instance_box.options[1][1]
     layer_box.value = 1

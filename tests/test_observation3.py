@@ -11,18 +11,25 @@ import pytest
 import torch
 
 from rote.config import make_config
-from test_heuristics import hook_activations
-from rote.runs.data import generate
-from rote.runs.evaluate import greedy_answers
-from rote.observations.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
 from rote.interp.edits import neurons_set, plain_hooks, run
 from rote.interp.instances import digits, fda_rows, first_differing_place
-from rote.runs.model import build_model, build_tokenizer
-from rote.observations.heuristics import categories_on_grid
-from rote.observations.observation3 import (heatmap_data, outlier_claims, outlier_heuristics, outlier_heuristics_of, rescue_curve,
-                               summary, summary_table)
 from rote.interp.sites import prompt_batch
+from rote.observations.drivers import control_picks, neighbour_stats, neighbours, neuron_attribution, patched_greedy
+from rote.observations.heuristics import categories_on_grid
+from rote.observations.observation3 import (
+    heatmap_data,
+    outlier_claims,
+    outlier_heuristics,
+    outlier_heuristics_of,
+    rescue_curve,
+    summary,
+    summary_table,
+)
+from rote.runs.data import generate
+from rote.runs.evaluate import greedy_answers
+from rote.runs.model import build_model, build_tokenizer
 from rote.stats import cluster_median_ci
+from test_heuristics import hook_activations
 
 
 def set_neurons(model, ids, pos, mask, values, hooks: bool = False):

@@ -1,6 +1,6 @@
-"""Observation 4 (rote.observations.observation4, rote.observations.changes): the single-input changes are valid, the measures agree with
-plain torch, an identity change changes nothing, the look-up baselines give what a look-up gives,
-the dependence rules and the verdict follow the numbers."""
+"""Observation 4 (rote.observations.observation4, rote.observations.changes): the single-input changes
+are valid, the measures agree with plain torch, an identity change changes nothing, the look-up
+baselines give what a look-up gives, the dependence rules and the verdict follow the numbers."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -10,16 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from rote.observations import changes as changing
 from rote.book import charts
-from rote.observations import observation4
 from rote.interp.edits import plain_hooks
+from rote.interp.instances import scored_places
+from rote.observations import changes as changing
+from rote.observations import observation4
 from rote.runs.data import two_hop_prompt
 from rote.runs.evaluate import greedy_answers
 from rote.runs.model import encode
-from rote.interp.instances import scored_places
 from test_edits import setup  # a random-init tiny model, its tokenizer, questions and the frame
-
 
 # ---- the changes ----
 

@@ -3,7 +3,6 @@ and `rote.runs.reference.install` makes them finished runs that `get_or_train` l
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 import rote
 from rote.runs import reference

@@ -143,4 +143,5 @@ def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_pa
     text = regimes.robustness_text(check)
     assert text.startswith("Composed first with margin on 2 of 3 runs")
     assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.0% of the noise fitted).")
-    assert "not run" in regimes.robustness_text(regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path))
+    check = regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path)
+    assert "not run" in regimes.robustness_text(check)

@@ -15,16 +15,15 @@ import pytest
 import torch
 
 import rote
-from rote import parameters
+from rote import claims, parameters, store
 from rote.book import build
-from rote import claims, store
-from rote.runs import reference
-from rote.grid import scorecard, sweep
 from rote.config import ConfigError, DeviceError
+from rote.grid import scorecard, sweep
+from rote.runs import reference
 from rote.runs.data import DataError, dataset_dir, load_dataset
 from rote.runs.model import CHECKSUMS, CheckpointError, load, record_checksums
-from rote.store import REPO_ROOT
 from rote.runs.train import RunError, run_dir
+from rote.store import REPO_ROOT
 
 
 def _one_line(err) -> str:

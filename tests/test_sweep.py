@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 import rote
-from rote.grid import scorecard, sweep
 from rote.claims import Claim
 from rote.config import ConfigError
-from rote.store import locked
+from rote.grid import scorecard, sweep
 from rote.runs.train import RunError, run_dir
+from rote.store import locked
 
 PYTHON = sys.executable
 # A tiny run long enough to be caught in the middle (a few seconds on one thread).

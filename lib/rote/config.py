@@ -13,6 +13,11 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class OneLineError(Exception):
     """An error the user can fix from its message alone. In a notebook it shows as its one line, not
@@ -277,7 +282,7 @@ def data_fields(config: Config) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
-def profile_table() -> "pandas.DataFrame":
+def profile_table() -> pd.DataFrame:
     """Every field of every task's profile, one row per field: what `make_config(task, profile)`
     gives before overrides."""
     import pandas as pd

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,7 +134,7 @@ def readable(path: Path) -> None:
     if not path.is_dir():
         _chmod(path, 0o666 & ~_umask())
         return
-    for folder, dirs, files in os.walk(path):  # os.walk does not descend into linked folders
+    for folder, _, files in os.walk(path):  # os.walk does not descend into linked folders
         _chmod(Path(folder), 0o777 & ~_umask())
         for name in files:
             if not os.path.islink(os.path.join(folder, name)):

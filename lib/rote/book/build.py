@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from rote.book import vega
-from rote.config import PROFILES, TASKS, ConfigError, config_hash
-from rote.config import ALLOW_CPU, DeviceError, OneLineError, check_device as config_check_device
+from rote.config import ALLOW_CPU, PROFILES, TASKS, ConfigError, DeviceError, OneLineError, config_hash
+from rote.config import check_device as config_check_device
 from rote.grid import scorecard
 from rote.observations import of_chapter
 from rote.parameters import NAMES, check, parse

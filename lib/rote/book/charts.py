@@ -56,7 +56,8 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
         size=alt.Size("instances:Q", title="instances"),
         tooltip=["first_correct", "first_noisy", "instances"],
     )
-    diagonal = alt.Chart(pd.DataFrame({"x": [0, top], "y": [0, top]})).mark_line(color="gray", strokeDash=[4, 4]).encode(x="x", y="y")
+    diagonal = alt.Chart(pd.DataFrame({"x": [0, top], "y": [0, top]})).mark_line(color="gray", strokeDash=[4, 4])
+    diagonal = diagonal.encode(x="x", y="y")
     return (diagonal + points).properties(width=360, height=360)
 
 
@@ -197,7 +198,8 @@ def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
     runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
                        facts=runs["n_entities"] * runs["n_relations"])
     tooltip = ["run", "regime", "n_entities", "n_relations", "two_hop_per_fact", "fact_repeats", "batch_size", "lr",
-               "schedule", "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"), alt.Tooltip("final_mem_noisy:Q", format=".3f"),
+               "schedule", "weight_decay", alt.Tooltip("peak_test:Q", format=".3f"),
+               alt.Tooltip("final_mem_noisy:Q", format=".3f"),
                alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
                "epochs", "note"]
     return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
@@ -347,6 +349,7 @@ def scorecard_chart(frame: pd.DataFrame, title: str = "") -> alt.Chart:
     return alt.Chart(frame, title=title).mark_rect(stroke="white").encode(
         x=alt.X("noise:O", title="noise rate", sort=sorted(frame["noise"].unique(), key=lambda n: float(n.rstrip("%")))),
         y=alt.Y("observation:O", title="observation"),
-        color=alt.Color("summary:N", title=None, scale=alt.Scale(domain=list(SUMMARY_COLORS), range=list(SUMMARY_COLORS.values()))),
+        color=alt.Color("summary:N", title=None,
+                        scale=alt.Scale(domain=list(SUMMARY_COLORS), range=list(SUMMARY_COLORS.values()))),
         tooltip=["task", "observation", "claim", "noise", "counts", "runs"],
     ).properties(width=180, height=200).facet(column=alt.Column("task:N", title=None))

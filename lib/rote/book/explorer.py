@@ -11,11 +11,11 @@ import html
 import pandas as pd
 import torch
 
+from rote.book.vega import static_book
 from rote.interp.instances import differing_places
 from rote.interp.lens import lens_states, logit_lens, read_out, readout_batch
-from rote.observations.observation2 import REMOVED, Reliance, removal_effects
 from rote.interp.sites import place_name
-from rote.book.vega import static_book
+from rote.observations.observation2 import REMOVED, Reliance, removal_effects
 
 LIVE_ONLY = ("<p><i>With a live kernel this cell is an explorer: pick a task, any memorized noisy instance "
              "or clean reference question, and a layer, and it recomputes the top-5 logit-lens readout and "

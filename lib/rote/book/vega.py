@@ -44,7 +44,8 @@ def chart_html(spec: dict) -> str:
     """A div and the `vegaEmbed` call that draws `spec` into it, using the bundle the page loaded."""
     div = f"rote-chart-{os.getpid()}-{next(_ids)}"
     return (f'<div id="{div}" class="rote-chart"></div>\n<script type="text/javascript">\n'
-            f'vegaEmbed("#{div}", {json.dumps(spec)}, {{"mode": "vega-lite", "renderer": "svg"}}).catch(console.error);\n</script>')
+            f'vegaEmbed("#{div}", {json.dumps(spec)}, {{"mode": "vega-lite", "renderer": "svg"}})'
+            '.catch(console.error);\n</script>')
 
 
 def renderer(spec: dict, **metadata) -> dict:

@@ -17,8 +17,8 @@ import pandas as pd
 
 from rote.config import Config, config_hash
 from rote.runs.data import load_dataset
-from rote.store import RESOURCES, write_csv, write_json
 from rote.runs.train import first_row
+from rote.store import RESOURCES, write_csv, write_json
 
 COMPOSED = 0.90  # held-out two-hop accuracy that counts as composing
 MEMORIZED = 0.90  # Mem-Noisy that counts as having memorized the noise
@@ -27,7 +27,8 @@ MARGIN = 0.25  # composed first with margin: held-out accuracy >= COMPOSED while
 FITTED = 0.99  # ... and later Mem-Noisy >= FITTED with held-out accuracy still >= COMPOSED
 REGIMES = ("generalize, then memorize", "memorize, then generalize", "generalize only", "memorize only", "neither")
 MAP_DIR = RESOURCES / "thr_map"
-VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "facts_first_steps", "n_layer", "n_embd", "n_head",
+VARIED = ("n_entities", "n_relations", "two_hop_train_fraction", "fact_repeats", "facts_first_steps",
+          "n_layer", "n_embd", "n_head",
           "batch_size", "lr", "warmup_steps", "schedule", "decay_steps", "weight_decay", "decay_weight_decay",
           "decay_when_train_acc", "max_steps",
           "noise", "seed")
@@ -191,8 +192,8 @@ def thresholds_text() -> str:
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The map's runs for reading: set-up, regime, milestones, final scores."""
     columns = ["run", "noise", "n_entities", "n_relations", "two_hop_per_fact", "n_layer", "n_embd", "batch_size", "lr",
-               "schedule", "weight_decay", "max_steps", "seed", "threads", "regime", "with_margin", "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95",
-               "mem_noisy_at_test_95", "min_to_mem_99",
+               "schedule", "weight_decay", "max_steps", "seed", "threads", "regime", "with_margin",
+               "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95", "mem_noisy_at_test_95", "min_to_mem_99",
                "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
     table = runs[[c for c in columns if c in runs]].round(3)
     return table.astype({"threads": "Int64"} if "threads" in table else {}).set_index("run")  # counts, not 1.0

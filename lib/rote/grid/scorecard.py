@@ -171,7 +171,8 @@ def statistic_table(claims: pd.DataFrame) -> pd.DataFrame:
     for (observation, task, claim, noise), group in claims.groupby(["observation", "task", "claim", "noise"], sort=True):
         first = from_record(group.iloc[0].to_dict())
         p = is_share(first)
-        seeds = "; ".join(f"seed {r.seed}: {_with_ci(r.value, r.lo, r.hi, p)} vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
+        seeds = "; ".join(f"seed {r.seed}: {_with_ci(r.value, r.lo, r.hi, p)} "
+                          f"vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
                           for r in group.sort_values("seed").itertuples())
         d = group["difference"].dropna()
         spread = f"{_with_ci(d.mean(), d.min(), d.max(), p)}" if len(d) else "n/a"

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from rote.interp.edits import read
-from rote.runs.model import encode
 from rote.interp.sites import hf
+from rote.runs.model import encode
 
 TARGETS = ("true", "label", "bridge")  # rank and probability columns, one pair per target
 # plus "control" where the instances carry a `control` column (an answer of the label's length

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
 import torch
 
-from rote.runs.data import two_hop_prompt
 from rote.interp.edits import logprobs
-from rote.runs.evaluate import answer_length, greedy_answers
 from rote.interp.instances import knowledge_graph_of, noisy_pairs, scored_places
 from rote.interp.lens import logit_lens
 from rote.interp.sites import PLACES, hf
+from rote.runs.data import two_hop_prompt
+from rote.runs.evaluate import answer_length, greedy_answers
 
 INPUTS = {"fda": tuple(f"{op} {p}" for op in "ab" for p in PLACES), "thr": ("subject", "r1", "r2")}
 LOOKUP_KEYS = {"fda": ("whole input", "operand a"), "thr": ("whole input", "subject")}

@@ -21,9 +21,9 @@ import torch
 from transformers import DynamicCache
 
 from rote.interp.edits import neurons_set, read, run
-from rote.observations.heuristics import DEDICATED, Heuristics, driver_category
 from rote.interp.instances import clean_instances, digits, fda_rows, noisy_pairs, token_ids
 from rote.interp.sites import hf, prompt_batch, readout_pos
+from rote.observations.heuristics import DEDICATED, Heuristics, driver_category
 
 K = 10  # driving neurons per instance
 KS = (5, 10, 20, 50, 100, 200)  # numbers of top neurons patched for the rescue curve

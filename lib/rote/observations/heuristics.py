@@ -7,7 +7,8 @@ the same here in the FDA models trained from scratch.
 What is read, and where:
 - The grid: `n_grid` clean operand pairs (a, b), both in 1000..8999 with a + b <= 9999 (the data's
   own distribution), drawn uniformly (seeded, on a stream of its own), distinct, leaving out every
-  training pair (either order): the grid is never the training set. Each is teacher-forced on its true sum, "a+b=" followed by its 4 digits.
+  training pair (either order): the grid is never the training set. Each is teacher-forced on its
+  true sum, "a+b=" followed by its 4 digits.
 - The activation: the post-GELU output of every MLP neuron (`transformer.h[l].mlp.act`, the input of
   `mlp.c_proj`) at the readout pos of each of the four answer places: place k (0 = thousands .. 3 =
   units) is read at the token just before answer digit k, whose logits predict digit k (the "="

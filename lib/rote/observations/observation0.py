@@ -14,8 +14,8 @@ import pandas as pd
 from rote.claims import exceeds, untestable
 from rote.config import Config
 from rote.runs.data import load_dataset
-from rote.stats import paired_share_ci
 from rote.runs.train import first_reached, metrics, noisy_predictions, train
+from rote.stats import paired_share_ci
 
 
 @dataclass

@@ -23,13 +23,13 @@ import pandas as pd
 
 from rote.claims import exceeds, untestable
 from rote.config import Config
-from rote.runs.data import load_dataset
 from rote.interp.instances import Instances, clean_instances, control_answers, differing_places, memorized, noisy_instances
 from rote.interp.lens import logit_lens
-from rote.runs.model import load
 from rote.interp.sites import place_name
-from rote.stats import paired_share_ci
+from rote.runs.data import load_dataset
+from rote.runs.model import load
 from rote.runs.train import default_device, get_or_train, run_dir
+from rote.stats import paired_share_ci
 
 GROUPS = ("memorized noisy", "clean")
 

@@ -38,14 +38,22 @@ import torch
 
 from rote.claims import below, compared, untestable
 from rote.config import Config
-from rote.runs.data import load_dataset
 from rote.interp.edits import Removal, apply_removal, erasure, projection, resids_at
-from rote.interp.instances import (Instances, clean_instances, control_digits, control_entities, carries, noisy_instances,
-                        questions, scored_places)
+from rote.interp.instances import (
+    Instances,
+    carries,
+    clean_instances,
+    control_digits,
+    control_entities,
+    noisy_instances,
+    questions,
+    scored_places,
+)
 from rote.interp.leace import binary_leace, fit_leace, relabel
 from rote.interp.sites import entity_basis, hf
-from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
+from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
+from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
 
 METHODS = {"thr": ("projection", "LEACE"), "fda": ("projection", "LEACE carry")}
 REMOVED = {("thr", "projection"): ("bridge", "random person"), ("thr", "LEACE"): ("bridge", "random person"),

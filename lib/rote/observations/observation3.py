@@ -49,14 +49,31 @@ import torch
 
 from rote.claims import below, compared, exceeds, untestable
 from rote.config import Config
-from rote.runs.data import load_dataset
-from rote.observations.drivers import (KS, K, NEURON_COLUMNS, clean_drivers, control_picks, neighbour_stats, neuron_attribution,
-                      neuron_table, patch_drivers)
-from rote.observations.heuristics import DEDICATED, KINDS, N_GRIDS, Heuristics, categories_on_grid, neuron_heatmap, neuron_heuristics
 from rote.interp.instances import first_differing_place, memorized, noisy_instances, noisy_pairs, token_ids
 from rote.interp.sites import prompt_batch, readout_pos
-from rote.stats import bootstrap_ci, cluster_median_ci, grid_share_ci, independent_share_ci, paired_diff_ci, wilson_interval
+from rote.observations.drivers import (
+    KS,
+    NEURON_COLUMNS,
+    K,
+    clean_drivers,
+    control_picks,
+    neighbour_stats,
+    neuron_attribution,
+    neuron_table,
+    patch_drivers,
+)
+from rote.observations.heuristics import (
+    DEDICATED,
+    KINDS,
+    N_GRIDS,
+    Heuristics,
+    categories_on_grid,
+    neuron_heatmap,
+    neuron_heuristics,
+)
+from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
+from rote.stats import bootstrap_ci, cluster_median_ci, grid_share_ci, independent_share_ci, paired_diff_ci, wilson_interval
 
 CATEGORIES = ("heuristic", "dedicated", "other")
 
@@ -81,8 +98,8 @@ class Outliers:
 
 
 def outlier_heuristics_of(model, tokenizer, frame: pd.DataFrame, k: int = K, n_grid: int = 3000, n_ablate: int = 32,
-                          seed: int = 0, dedicated: float = DEDICATED, heuristics: Heuristics | None = None, config: Config | None = None,
-                          ks=KS, n_clean: int = 200, n_grids: int = N_GRIDS) -> Outliers:
+                          seed: int = 0, dedicated: float = DEDICATED, heuristics: Heuristics | None = None,
+                          config: Config | None = None, ks=KS, n_clean: int = 200, n_grids: int = N_GRIDS) -> Outliers:
     """`outlier_heuristics` for a given model, tokenizer and FDA instance table (no training);
     `n_grids` more grids (seeds seed + 1 ..) recompute the driving neurons' categories."""
     heur = heuristics or neuron_heuristics(model, tokenizer, frame, n_grid, n_ablate, seed)
@@ -287,7 +304,8 @@ def outlier_claims(result: Outliers, rescue_margin: float = 0.0, shift_margin: f
         if best is None or cmp.difference_lo > best[1].difference_lo:
             best = (int(kk), cmp)
     kk, cmp = best
-    note = f"the number of neurons with the largest lower bound; {len(result.clean_patch)} clean answers, matched with replacement"
+    note = (f"the number of neurons with the largest lower bound; {len(result.clean_patch)} clean answers, "
+            "matched with replacement")
     out.append(exceeds(cmp, rescue_margin, note=note, **{**tests[2], "statistic": tests[2]["statistic"] + f" ({kk} neurons)"},
                        **base))
     return out

@@ -36,16 +36,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rote.observations.changes import (INPUTS, LOOKUP_KEYS, change_effects, digit_persistence_by_place, intermediate_moves,
-                      lookup_effects, lookup_name, same_sum_effects, single_input_changes, two_input_effects)
 from rote.claims import above, compared, untestable
 from rote.config import Config
-from rote.runs.data import load_dataset
 from rote.interp.lens import logit_lens
-from rote.observations.observation2 import Reliance, reliance_of
 from rote.interp.sites import hf
-from rote.stats import bootstrap_ci, independent_share_ci, wilson_interval
+from rote.observations.changes import (
+    INPUTS,
+    LOOKUP_KEYS,
+    change_effects,
+    digit_persistence_by_place,
+    intermediate_moves,
+    lookup_effects,
+    lookup_name,
+    same_sum_effects,
+    single_input_changes,
+    two_input_effects,
+)
+from rote.observations.observation2 import Reliance, reliance_of
+from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
+from rote.stats import bootstrap_ci, independent_share_ci, wilson_interval
 
 METHOD_RESULT = {("fda", "projection"): "correct digits", ("fda", "LEACE carry"): "carries",
                  ("thr", "projection"): "bridge", ("thr", "LEACE"): "bridge"}
