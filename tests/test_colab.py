@@ -1,6 +1,6 @@
 """The Colab path, as a user takes it: the package installed from a git URL (a wheel, no editable
 install, no repository on the path) carries the data it needs, and a chapter runs with papermill
-on the tiny profile with task="both" (THR needs the packaged name list)."""
+on the tiny profile with task="both" (THR needs the packaged name list), its nnsight core step included."""
 from __future__ import annotations
 
 import json
@@ -44,12 +44,16 @@ def test_wheel_from_git_url_runs_a_chapter(tmp_path):
 
     chapter = tmp_path / "chapter"
     chapter.mkdir()
-    shutil.copy(REPO_ROOT / "book" / "observation0.ipynb", chapter)
     env = {"PATH": f"{fresh / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "ROTE_HOME": str(tmp_path / "home"),
            "JUPYTER_PATH": str(fresh / "share" / "jupyter"), "OMP_NUM_THREADS": "1"}
     run(python, "-m", "ipykernel", "install", "--prefix", fresh, "--name", "python3", env=env)
-    run(python, "-m", "papermill", chapter / "observation0.ipynb", chapter / "out.ipynb", "-p", "profile", "tiny",
-        "-p", "task", "both", "-k", "python3", cwd=chapter, env=env)
-    cells = json.loads((chapter / "out.ipynb").read_text())["cells"]
-    assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    # Observation 1's core step is an nnsight trace, which reads its `with` block from the cell's source.
+    for name in ("observation0", "observation1"):
+        shutil.copy(REPO_ROOT / "book" / f"{name}.ipynb", chapter)
+        run(python, "-m", "papermill", chapter / f"{name}.ipynb", chapter / f"{name}-out.ipynb", "-p", "profile", "tiny",
+            "-p", "task", "both", "-k", "python3", cwd=chapter, env=env)
+        cells = json.loads((chapter / f"{name}-out.ipynb").read_text())["cells"]
+        assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"], name
+        core = [c for c in cells if "core-step" in c.get("metadata", {}).get("tags", [])]
+        assert core and core[0]["outputs"], name
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "home" / "runs").iterdir()) == ["fda", "thr"]
