@@ -62,6 +62,20 @@ def test_book_builds_with_tiny_profile(built):
     assert "colab.research.google.com/github/" in obs0
 
 
+def test_pages_open_with_their_result_and_cut_no_table(built):
+    """Every observation page opens with its result box (before its first section), and no table is
+    cut anywhere: no elided row or cell, no pandas table with its index, no NaN."""
+    for page in sorted((built[1] / "book").glob("*.html")):
+        html = page.read_text()
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", html, re.S)]
+        assert not [c for c in cells if c in ("...", "…") or c.endswith(("...", "…"))], page.name
+        assert "NaN" not in cells and "nan" not in cells, page.name
+        assert 'class="dataframe' not in html, page.name  # every table goes through rote.book.tables
+        if page.stem.startswith("observation"):
+            box, first_section = html.find('class="rote-result"'), html.find("<h2")
+            assert 0 < box < first_section, page.name
+
+
 @pytest.mark.parametrize("task,noise,seed", [("thr", 0.1, 3), ("fda", 0.02, 7)])
 def test_observation0_with_other_parameters(tmp_path, task, noise, seed):
     out = tmp_path / "out.ipynb"

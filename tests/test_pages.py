@@ -1,0 +1,62 @@
+"""What a reader sees of tables and claims: every row and cell whole, no index, readable headers and
+numbers; a result box, a chart and a table that say what the claim records say."""
+import math
+import re
+
+import pandas as pd
+
+from rote.book import tables, verdicts
+from rote.claims import Claim
+
+
+def claim(task="fda", verdict="holds", value=0.7, control=0.2, statistic="share of memorized instances", **kw):
+    fields = dict(observation=1, task=task, claim="the correct label outranks the noisy one", statistic=statistic,
+                  value=value, lo=value - 0.1, hi=value + 0.1, control="a label-prior digit", control_value=control,
+                  control_lo=control - 0.05, control_hi=control + 0.05, difference=value - control,
+                  difference_lo=value - control - 0.1, difference_hi=value - control + 0.1,
+                  rule="holds when the difference's 95% interval lies above 0", verdict=verdict, n=120)
+    return Claim(**{**fields, **kw})
+
+
+def test_a_table_shows_every_row_and_cell_whole_without_index():
+    long = "a claim whose text is much longer than the pandas column width limit of fifty characters, kept whole"
+    frame = pd.DataFrame({"share_correct": [0.25] * 100, "mean_rank": [1.23456] * 100, "text": [long] * 100,
+                          "n": list(range(100)), "missing": [math.nan] * 100})
+    html = tables.html_table(frame)
+    assert html.count("<tr>") == 101  # the header and every row
+    assert long in html and "..." not in html and "…" not in html
+    assert "<th>share correct</th>" in html and "<th>instances</th>" in html and "NaN" not in html and "nan" not in html
+    assert "<td>25.0%</td>" in html and "<td>1.235</td>" in html and "<td>–</td>" in html
+    assert html.startswith('<details class="rote-fold">') and "100 rows" in html  # long: folded, not cut
+    short = tables.html_table(frame.head(3).set_index("n"))
+    assert not short.startswith("<details") and "<th>instances</th>" in short  # a named index becomes a column
+    assert not re.search(r"<td>\d</td><td>25.0%", tables.html_table(frame.head(3)))  # no row index in front
+
+
+def test_a_multiindex_header_reads_as_words():
+    frame = pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("units", "tens"), ("matter", "units")]))
+    assert "<th>units tens</th>" in tables.html_table(frame)
+
+
+def test_the_result_box_says_what_the_records_say():
+    records = [claim("fda", "holds", 0.7, 0.21), claim("fda", "does not hold", 0.1, 0.2, claim="a second claim"),
+               claim("thr", "holds", 0.55, 0.3)]
+    box = verdicts.result_box(records, 1, "the correct label is computed, then overridden")._repr_html_()
+    fda, thr = box.split("<li>")[1:3]
+    assert "FDA" in fda and "holds in part" in fda and "70.0%" in fda and "21.0%" in fda and "1 of 2 tested claims" in fda
+    assert "THR" in thr and ">holds<" in thr and "55.0%" in thr and "1 of 1 tested claims" in thr
+    assert verdicts.CLAIMS_ANCHOR in box
+    untestable = claim("thr", "cannot be tested", math.nan, math.nan, note="no memorized noisy instance")
+    assert "no memorized noisy instance" in verdicts.result_box([untestable], 1, "x")._repr_html_()
+
+
+def test_the_claims_chart_and_table_show_every_claim_whole():
+    records = [claim(), claim("thr", "does not hold", 0.1, 0.3, claim="x" * 300, rule="r" * 400)]
+    spec = verdicts.claims_chart(records).to_dict()
+    data = next(iter(spec["datasets"].values()))
+    assert {(d["number"], d["side"]) for d in data} == {(1, "measured"), (1, "control"), (2, "measured"), (2, "control")}
+    html = verdicts.claims_table(records)._repr_html_()
+    assert "x" * 300 in html and "r" * 400 in html and "..." not in html
+    assert html.count("<details>") == 2 and "does not hold" in html
+    text = verdicts.sentence(records, 1, "the correct label is computed, then overridden")
+    assert "**FDA**" in text and "holds in this run: 1 of 1 tested claims hold" in text
