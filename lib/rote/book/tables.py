@@ -56,8 +56,9 @@ def html_table(frame: pd.DataFrame, caption: str = "", fold_after: int = FOLD_AF
     head = "".join(f"<th>{escape(header(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell(v, s))}</td>" for v, s in zip(row, shares)) + "</tr>"
                    for row in frame.itertuples(index=False, name=None))
-    table = ('<table class="rote-table">' + (f"<caption>{escape(caption)}</caption>" if caption else "")
-             + f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    table = ('<div class="rote-table-wrap"><table class="rote-table">'
+             + (f"<caption>{escape(caption)}</caption>" if caption else "")
+             + f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
     if len(frame) > fold_after:
         summary = f"{escape(caption or 'The table')}: {len(frame):,} rows"
         return f'<details class="rote-fold"><summary>{summary}</summary>{table}</details>'
