@@ -10,6 +10,8 @@ import pandas as pd
 
 from rote.book import vega  # noqa: F401 - registers the offline renderer the book is executed with
 from rote.claims import Claim, _with_ci, is_share, overall
+from rote.grid import scorecard
+from rote.observations import OBSERVATIONS
 
 COLORS = {"holds": "#1a7f37", "holds in part": "#9a6700", "does not hold": "#cf222e", "cannot be tested": "#6e7781"}
 CLAIMS_ANCHOR = "#what-this-run-shows"  # the chapters' claims section
@@ -59,6 +61,25 @@ def result_box(records: list[Claim], number: int, name: str) -> Box:
     body = "".join(items) or "<li>No claim could be tested on this run.</li>"
     return Box(f'<div class="rote-result"><p class="rote-result-title">Observation {number}: {escape(name)}</p>'
                f'<ul>{body}</ul><p><a href="{CLAIMS_ANCHOR}">Every claim with its control and rule</a></p></div>')
+
+
+SUMMARY_COLORS = {"holds in every run": COLORS["holds"], "holds in most runs": COLORS["holds"],
+                  "holds in some runs": COLORS["holds in part"], "holds in no run": COLORS["does not hold"]}
+
+
+def scorecard_box(verdicts: pd.DataFrame) -> Box:
+    """The scorecard's result: per observation and task, how often it held over the grid's runs in
+    the regime (`rote.grid.scorecard.run_verdicts`)."""
+    items = []
+    for (number, task), group in verdicts.groupby(["observation", "task"], sort=True):
+        runs = list(group["verdict"])
+        summary = scorecard.summarize(runs)
+        badge = f'<span class="rote-verdict" style="background:{SUMMARY_COLORS.get(summary, COLORS["cannot be tested"])}">' \
+                f"{escape(summary)}</span>"
+        items.append(f"<li><b>Observation {number}</b> ({escape(OBSERVATIONS[number].name)}), {task.upper()} {badge} "
+                     f"{escape(scorecard.counts(runs))}</li>")
+    return Box(f'<div class="rote-result"><p class="rote-result-title">Over the grid: how often each observation holds</p>'
+               f'<ul>{"".join(items) or "<li>No run has records yet.</li>"}</ul></div>')
 
 
 def claims_frame(records: list[Claim]) -> pd.DataFrame:
