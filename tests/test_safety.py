@@ -290,9 +290,10 @@ def test_book_refuses_an_unknown_chapter_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sweep_without_records_writes_under_rote_home_not_the_checkout():
+def test_sweep_without_records_writes_under_rote_home_not_the_package():
     assert sweep.default_records() == Path(os.environ["ROTE_HOME"]) / "scorecard"
-    assert not sweep.default_records().is_relative_to(REPO_ROOT / "data")
+    assert not sweep.default_records().is_relative_to(REPO_ROOT)
+    assert sweep.RECORDS.is_relative_to(Path(sweep.__file__).parents[1])  # the committed records: package data
 
 
 def test_slurm_script_quotes_rote_home(tmp_path):
