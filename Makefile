@@ -37,7 +37,7 @@ test: install
 book: install
 	$(BIN)/python -m rote.book --profile $(PROFILE) $(if $(ALLOW_CPU),--allow-cpu)
 
-# The committed reference runs (data/reference/) as finished runs: `make book` then loads them.
+# The committed reference runs (data/reference/) as finished runs at once (a chapter otherwise copies each when first asked).
 reference: install
 	$(BIN)/python -m rote.runs.reference
 

@@ -414,6 +414,8 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
     for name in ("_config.yml", "_toc.yml", "CITATION.cff"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "book", tmp_path / "book")
+    (tmp_path / "lib" / "rote" / "resources").mkdir(parents=True)
+    shutil.copy(reference.MANIFEST, tmp_path / "lib" / "rote" / "resources")
     monkeypatch.setattr(build, "REPO_ROOT", tmp_path)
     return tmp_path
 
@@ -422,7 +424,8 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
                                  "https://example.org/a b", "file:///etc/passwd"])
 def test_set_repository_refuses_a_bad_url_and_changes_nothing(tmp_path, monkeypatch, url):
     root = _repository_copy(tmp_path, monkeypatch)
-    before = {p: p.read_bytes() for p in [root / "_config.yml", root / "CITATION.cff", *root.glob("book/*.ipynb")]}
+    before = {p: p.read_bytes() for p in [root / "_config.yml", root / "CITATION.cff", *root.glob("book/*.ipynb"),
+                                          *root.glob("lib/rote/resources/*.json")]}
     with pytest.raises(SystemExit) as err:
         build.main(["--set-repository", url])
     assert str(err.value.code).startswith("error: repository URL must be https://host/path")
@@ -439,6 +442,8 @@ def test_set_repository_edits_the_notebooks_as_json(tmp_path, monkeypatch):
     build.set_repository(url)
     assert yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"] == url
     assert yaml.safe_load((root / "CITATION.cff").read_text())["repository-code"] == url
+    runs = json.loads((root / "lib" / "rote" / "resources" / reference.MANIFEST.name).read_text())
+    assert runs == {**reference.packaged(), "repository": url}  # the reference runs are downloaded from there
     for notebook in root.glob("book/*.ipynb"):
         nb = nbformat.read(notebook, as_version=4)
         nbformat.validate(nb)
