@@ -23,12 +23,11 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import urllib.error
 import urllib.request
-from importlib import metadata
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 
 from rote.config import Config, OneLineError, config_hash, validate

@@ -32,11 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rote.config import Config, OneLineError, config_hash, validate
+from rote.runs import reference
 from rote.runs.data import load_dataset
 from rote.runs.evaluate import evaluate, evaluation_sets
-from rote.runs import reference
 from rote.runs.model import build_model, build_tokenizer, encode, load, save
-from rote.store import atomic_path, home, locked, run_dir, write_csv, write_json
+from rote.store import atomic_path, locked, run_dir, write_csv, write_json
 
 
 class RunError(OneLineError, RuntimeError):
