@@ -37,14 +37,14 @@ test: install
 book: install
 	$(BIN)/python -m rote.book --profile $(PROFILE) $(if $(ALLOW_CPU),--allow-cpu)
 
-# The committed reference runs (data/reference/) as finished runs: `make book` then loads them.
+# The committed reference runs (data/reference/) as finished runs at once (a chapter otherwise copies each when first asked).
 reference: install
 	$(BIN)/python -m rote.runs.reference
 
-# The scorecard's grid into its committed records, data/scorecard/ (rote.grid.sweep on a LocalCluster;
+# The scorecard's grid into its committed records, lib/rote/resources/scorecard/ (rote.grid.sweep on a LocalCluster;
 # SWEEP="--seeds 0 1" etc. passes options; without --records the sweep writes under ROTE_HOME).
 sweep: install
-	$(BIN)/python -m rote.grid.sweep --profile $(PROFILE) --records data/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
+	$(BIN)/python -m rote.grid.sweep --profile $(PROFILE) --records lib/rote/resources/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
 
 check-book: install
 	$(BIN)/python -m rote.book.check _build/html

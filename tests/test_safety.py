@@ -290,9 +290,10 @@ def test_book_refuses_an_unknown_chapter_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sweep_without_records_writes_under_rote_home_not_the_checkout():
+def test_sweep_without_records_writes_under_rote_home_not_the_package():
     assert sweep.default_records() == Path(os.environ["ROTE_HOME"]) / "scorecard"
-    assert not sweep.default_records().is_relative_to(REPO_ROOT / "data")
+    assert not sweep.default_records().is_relative_to(REPO_ROOT)
+    assert sweep.RECORDS.is_relative_to(Path(sweep.__file__).parents[1])  # the committed records: package data
 
 
 def test_slurm_script_quotes_rote_home(tmp_path):
@@ -413,6 +414,8 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
     for name in ("_config.yml", "_toc.yml", "CITATION.cff"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "book", tmp_path / "book")
+    (tmp_path / "lib" / "rote" / "resources").mkdir(parents=True)
+    shutil.copy(reference.MANIFEST, tmp_path / "lib" / "rote" / "resources")
     monkeypatch.setattr(build, "REPO_ROOT", tmp_path)
     return tmp_path
 
@@ -421,7 +424,8 @@ def _repository_copy(tmp_path, monkeypatch) -> Path:
                                  "https://example.org/a b", "file:///etc/passwd"])
 def test_set_repository_refuses_a_bad_url_and_changes_nothing(tmp_path, monkeypatch, url):
     root = _repository_copy(tmp_path, monkeypatch)
-    before = {p: p.read_bytes() for p in [root / "_config.yml", root / "CITATION.cff", *root.glob("book/*.ipynb")]}
+    before = {p: p.read_bytes() for p in [root / "_config.yml", root / "CITATION.cff", *root.glob("book/*.ipynb"),
+                                          *root.glob("lib/rote/resources/*.json")]}
     with pytest.raises(SystemExit) as err:
         build.main(["--set-repository", url])
     assert str(err.value.code).startswith("error: repository URL must be https://host/path")
@@ -438,6 +442,8 @@ def test_set_repository_edits_the_notebooks_as_json(tmp_path, monkeypatch):
     build.set_repository(url)
     assert yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"] == url
     assert yaml.safe_load((root / "CITATION.cff").read_text())["repository-code"] == url
+    runs = json.loads((root / "lib" / "rote" / "resources" / reference.MANIFEST.name).read_text())
+    assert runs == {**reference.packaged(), "repository": url}  # the reference runs are downloaded from there
     for notebook in root.glob("book/*.ipynb"):
         nb = nbformat.read(notebook, as_version=4)
         nbformat.validate(nb)

@@ -256,6 +256,15 @@ def _claim(observation: int, task: str, verdict: str, value: float = 0.5) -> Cla
                  0.1, 0.05, 0.15, value - 0.1, value - 0.2, value, "rule", verdict, 10)
 
 
+def _save(cell, records: Path, verdict: str, metrics: str) -> None:
+    """Records of `cell` as a sweep saves them: every observation's claim with `verdict`, the metrics table `metrics`."""
+    (records / "m.csv").parent.mkdir(parents=True, exist_ok=True)
+    (records / "m.csv").write_text(metrics)
+    info = {"config_hash": rote.config_hash(cell.config), "train_minutes": 1.0, "analysis_seconds": {"0": 1.0},
+            "device": "1 CPU thread(s)"}
+    sweep.save_cell(cell, records, info, cell.config, [_claim(o, cell.task, verdict) for o in range(5)], records / "m.csv")
+
+
 def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     cells = scorecard.default_cells("tiny", ("fda",), (0.05, 0.1), [0, 1, 2])
     verdicts = {(0.05, 0): "holds", (0.05, 1): "holds", (0.05, 2): "holds in part", (0.1, 0): "does not hold",
@@ -264,13 +273,7 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     neither = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.12,0.1\n200,2,0.15,0.16\n"
     for cell in cells:
         if (cell.noise, cell.seed) in verdicts:
-            v = verdicts[cell.noise, cell.seed]
-            records = [_claim(o, "fda", v) for o in range(5)]
-            metrics = tmp_path / "m.csv"
-            metrics.write_text(neither if (cell.noise, cell.seed) == (0.1, 1) else in_regime)
-            info = {"config_hash": rote.config_hash(cell.config), "train_minutes": 1.0, "analysis_seconds": {"0": 1.0},
-                    "device": "1 CPU thread(s)"}
-            sweep.save_cell(cell, tmp_path, info, cell.config, records, metrics)
+            _save(cell, tmp_path, verdicts[cell.noise, cell.seed], neither if (cell.noise, cell.seed) == (0.1, 1) else in_regime)
     card = scorecard.scorecard(cells, tmp_path)
     table = scorecard.verdict_table(card.verdicts).set_index("observation")
     assert table.loc[0, "noise 5%"] == "holds in 2 of 3 runs (holds in part 1)"
@@ -291,6 +294,17 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     assert len(card.timings) == 5
     assert list(card.timings["regime"]) == ["generalize, then memorize"] * 4 + ["neither"]
     assert card.timings["Mem-Noisy"].iloc[-1] == "16.0%"
+
+
+def test_scorecard_reads_the_committed_records_then_those_of_your_sweeps():
+    committed = scorecard.default_cells()
+    assert all(sweep.is_done(c) for c in committed)  # the package carries the records of the committed grid
+    mine = scorecard.default_cells("tiny", ("fda",), (0.07,), [0])
+    _save(mine[0], sweep.default_records(), "holds", "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.95,0.99\n")
+    card = scorecard.scorecard(committed + mine)
+    assert "not run yet" not in set(card.verdicts["claims_verdict"])
+    assert len(card.timings) == len(committed) + 1
+    assert set(card.verdicts[card.verdicts["noise"] == 0.07]["claims_verdict"]) == {"holds"}
 
 
 def test_scorecard_parameters_are_checked():

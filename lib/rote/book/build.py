@@ -29,6 +29,7 @@ from rote.config import check_device as config_check_device
 from rote.grid import scorecard
 from rote.observations import of_chapter
 from rote.parameters import NAMES, check, parse
+from rote.runs import reference
 from rote.store import DATA_DIR, REPO_ROOT, atomic_path, home, locked, write_text
 
 PAGE_ONLY_TAGS = ("parameters", "injected-parameters", "check-parameters")  # in the notebook, not on the page
@@ -258,8 +259,9 @@ REPOSITORY = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~-]+)+")
 
 
 def set_repository(url: str) -> None:
-    """Point the Colab buttons (_config.yml), every chapter's install cell and CITATION.cff at `url`,
-    after checking it: the notebooks are edited as JSON (nbformat), never as text."""
+    """Point the Colab buttons (_config.yml), every chapter's install cell, CITATION.cff and the
+    reference runs' manifest (where the package downloads them from) at `url`, after checking it:
+    the notebooks are edited as JSON (nbformat), never as text."""
     import nbformat
 
     if not REPOSITORY.fullmatch(url):
@@ -272,6 +274,9 @@ def set_repository(url: str) -> None:
     citation = REPO_ROOT / "CITATION.cff"
     edited = {citation: re.sub(r'(?m)^(repository-code: )"[^"]*"', lambda m: f'{m.group(1)}"{url}"', citation.read_text())} \
         if citation.exists() else {}
+    runs = REPO_ROOT / "lib" / "rote" / "resources" / reference.MANIFEST.name
+    if runs.exists():
+        edited[runs] = reference.manifest_text({**json.loads(runs.read_text()), "repository": url})
     for notebook in chapters():
         nb = nbformat.read(notebook, as_version=nbformat.NO_CONVERT)
         for cell in nb.cells:

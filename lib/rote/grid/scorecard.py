@@ -19,7 +19,7 @@ import pandas as pd
 from rote.claims import _with_ci, from_record, is_share, overall
 from rote.config import ConfigError
 from rote.grid.regimes import REGIMES, regime
-from rote.grid.sweep import NOISES, RECORDS, SEEDS, cell_dir, grid, is_done, sweep
+from rote.grid.sweep import NOISES, RECORDS, SEEDS, cell_dir, default_records, grid, is_done, sweep
 from rote.observations import OBSERVATIONS
 from rote.parameters import chapter_tasks, check_names
 
@@ -54,14 +54,24 @@ class Scorecard:
     timings: pd.DataFrame  # per cell with records: training minutes and analysis seconds
 
 
-def scorecard(cells: list, records: Path = RECORDS, run_sweep: bool = False) -> Scorecard:
-    """The scorecard of `cells` from their saved records; with `run_sweep`, the cells without
-    records are run first (`rote.grid.sweep` on a LocalCluster on this machine)."""
-    if run_sweep and not all(is_done(c, records) for c in cells):
-        sweep(cells, records=records)
+def record_dir(cell, records: Path | None = None) -> Path:
+    """The folder of `cell`'s records: in `records` when given; else in the committed records
+    (`RECORDS`) if they hold the cell, else in those of your own sweeps (`default_records()`)."""
+    if records is not None:
+        return cell_dir(cell, records)
+    return cell_dir(cell, RECORDS if is_done(cell, RECORDS) else default_records())
+
+
+def scorecard(cells: list, records: Path | None = None, run_sweep: bool = False) -> Scorecard:
+    """The scorecard of `cells` from their saved records (`record_dir`); with `run_sweep`, the cells
+    without records are run first (`rote.grid.sweep` on a LocalCluster on this machine), into
+    `records` or `default_records()`: never into the committed records."""
+    todo = [c for c in cells if not (record_dir(c, records) / "claims.json").exists()]
+    if run_sweep and todo:
+        sweep(todo, records=records)
     timings = []
     for cell in cells:
-        path = cell_dir(cell, records) / "cell.json"
+        path = record_dir(cell, records) / "cell.json"
         if path.exists():
             info = json.loads(path.read_text())
             timings.append({"task": cell.task.upper(), "noise": f"{cell.noise:.0%}", "seed": cell.seed,
@@ -73,10 +83,10 @@ def scorecard(cells: list, records: Path = RECORDS, run_sweep: bool = False) -> 
     return Scorecard(cells, run_verdicts(cells, records), claim_records(cells, records), pd.DataFrame(timings, columns=columns))
 
 
-def run_regime(cell, records: Path = RECORDS) -> dict:
+def run_regime(cell, records: Path | None = None) -> dict:
     """The regime of a cell's run (`rote.grid.regimes.regime` of its metrics), with its last evaluation's
     step, test accuracy and Mem-Noisy (as percentages); {} when the cell has no metrics."""
-    path = cell_dir(cell, records) / "metrics.csv"
+    path = record_dir(cell, records) / "metrics.csv"
     if not path.exists():
         return {}
     metrics = pd.read_csv(path)
@@ -85,18 +95,18 @@ def run_regime(cell, records: Path = RECORDS) -> dict:
             "Mem-Noisy": f"{last['mem_noisy']:.1%}"}
 
 
-def claim_records(cells: list, records: Path = RECORDS) -> pd.DataFrame:
+def claim_records(cells: list, records: Path | None = None) -> pd.DataFrame:
     """One row per claim record of every cell that has records, with the cell's noise and seed."""
     rows = []
     for cell in cells:
-        path = cell_dir(cell, records) / "claims.json"
+        path = record_dir(cell, records) / "claims.json"
         if path.exists():
             for record in json.loads(path.read_text()):
                 rows.append({**asdict(from_record(record)), "noise": cell.noise, "seed": cell.seed})
     return pd.DataFrame(rows)
 
 
-def run_verdicts(cells: list, records: Path = RECORDS) -> pd.DataFrame:
+def run_verdicts(cells: list, records: Path | None = None) -> pd.DataFrame:
     """Per cell and observation: the run's verdict (`claims.overall`), "out of regime" when the run's
     model did not both generalize and memorize (its own verdict is kept in "claims_verdict"), or
     "not run yet"."""

@@ -37,12 +37,12 @@ from rote import claims
 from rote.config import ALLOW_CPU, TASKS, Config, ConfigError, OneLineError, check_overrides, config_hash
 from rote.observations import OBSERVATIONS
 from rote.parameters import configs, parse
-from rote.store import DATA_DIR, REPO_ROOT, atomic_dir, home
+from rote.store import RESOURCES, atomic_dir, home
 
-# The committed records of the cpu-profile grid in a source checkout; elsewhere (a pip install) beside the runs.
-RECORDS = DATA_DIR / "scorecard" if (REPO_ROOT / "_toc.yml").exists() else home() / "scorecard"
+# The committed records of the cpu-profile grid: package data, so a pip install (Colab) has them too.
+RECORDS = RESOURCES / "scorecard"
 NOISES = (0.02, 0.05, 0.10)
-SEEDS = {"fda": (0, 1, 2), "thr": (0, 1)}  # the committed grid (data/scorecard/cpu)
+SEEDS = {"fda": (0, 1, 2), "thr": (0, 1)}  # the committed grid (RECORDS / "cpu")
 
 
 class SweepError(OneLineError, RuntimeError):
@@ -245,8 +245,8 @@ def priorities(cells: list[Cell]) -> dict:
 
 
 def default_records() -> Path:
-    """Where a sweep writes its records unless told: beside the runs, never into the checkout's
-    data/ (the committed records are written there only when asked: `make sweep`)."""
+    """Where a sweep writes its records unless told: beside the runs, never into the package's
+    committed records (`RECORDS`: written only when asked, `make sweep`)."""
     return home() / "scorecard"
 
 
@@ -304,7 +304,8 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="FIELD=VALUE",
                         help="a rote.Config field for every cell")
     parser.add_argument("--records", help="where cell records are written (default: $ROTE_HOME/scorecard, or "
-                                           "runs/scorecard in a checkout; `make sweep` writes data/scorecard)")
+                                           "runs/scorecard in a checkout; `make sweep` writes the committed "
+                                           "records, lib/rote/resources/scorecard)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="LocalCluster workers (default: cores / threads, or one per GPU)")

@@ -14,11 +14,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-hf_logging.disable_progress_bar()
-
-from rote.config import Config, OneLineError
-from rote.config import RELATIONS, names
+from rote.config import RELATIONS, Config, OneLineError, names
 from rote.store import atomic_dir, write_text
+
+hf_logging.disable_progress_bar()
 
 PAD, UNK = "<pad>", "<unk>"
 THR_WORDS = ("The", "of", "is", "Who", "the", "?", "Answer:")
@@ -93,7 +92,8 @@ def fix_for(path: Path) -> str:
     if path.name == "final" and (path.parent / "state.pt").exists():
         return f"delete {path} and rerun: it is rebuilt from {path.parent / 'state.pt'} without training"
     if path.name == "final":
-        return f"delete the run {path.parent} and rerun (it trains again), or reinstall a reference run (python -m rote.runs.reference)"
+        return (f"delete the run {path.parent} and rerun (it trains again), or reinstall a reference run "
+                "(python -m rote.runs.reference)")
     if path.parent.name == "checkpoints":
         return f"delete {path} and rerun (the run's other checkpoints are kept; deleting the run trains them all again)"
     return f"delete {path} and rerun"
@@ -123,7 +123,7 @@ def record_checksums(run: Path) -> list[Path]:
     """Write the checksum file into every model folder under `run` that has none: a run saved by an
     older version, which its owner trusts. Linked folders are skipped."""
     written = []
-    for folder, dirs, files in os.walk(run):  # os.walk does not descend into linked folders
+    for folder, _, files in os.walk(run):  # os.walk does not descend into linked folders
         if "model.safetensors" in files and CHECKSUMS not in files:
             write_checksums(Path(folder))
             written.append(Path(folder))

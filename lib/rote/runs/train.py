@@ -32,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rote.config import Config, OneLineError, config_hash, validate
+from rote.runs import reference
 from rote.runs.data import load_dataset
 from rote.runs.evaluate import evaluate, evaluation_sets
 from rote.runs.model import build_model, build_tokenizer, encode, load, save
-from rote.store import atomic_path, home, locked, run_dir, write_csv, write_json
+from rote.store import atomic_path, locked, run_dir, write_csv, write_json
 
 
 class RunError(OneLineError, RuntimeError):
@@ -211,11 +212,14 @@ def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
 def train(config: Config, device: str | None = None, stop_after: int | None = None,
           progress: bool = True, compile: bool | None = None) -> Path:
     """Train `config` to the end (or to `stop_after` steps, leaving it resumable); return its run
-    directory. A finished run is left as it is; a run being trained by another process is waited
-    for (`store.locked`)."""
+    directory. A finished run is left as it is; a config with a published reference run that has
+    not begun here gets that run instead (`rote.runs.reference.install_for`); a run being trained by
+    another process is waited for (`store.locked`)."""
     validate(config)
     run = run_dir(config)
     if (run / "final" / "model.safetensors").exists():
+        return run
+    if not (run / "state.pt").exists() and reference.install_for(config):
         return run
     device = device or default_device()
     with locked(run), kernels_context(config, device):
