@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rote.book import tables
 from rote.grid import scorecard
 from rote.runs import reference
 from rote.store import REPO_ROOT, RESOURCES
@@ -89,11 +90,12 @@ def test_the_scorecard_shows_the_committed_verdicts(installed, tmp_path):
     # The chapter's own parameters: the committed grid (cpu profile), read, not run.
     cells = papermill(installed, REPO_ROOT / "book" / "scorecard.ipynb", tmp_path, "-p", "profile", "cpu",
                       "-p", "task", "both", "-p", "run_sweep", "False")
-    table = next(c for c in cells if "".join(c["source"]).startswith("scorecard.verdict_table("))
+    table = next(c for c in cells if "scorecard.verdict_table(" in "".join(c["source"]))
     shown = "".join(table["outputs"][0]["data"]["text/html"])
     expected = scorecard.verdict_table(scorecard.scorecard(scorecard.default_cells()).verdicts)  # this checkout's
     assert not expected.map(lambda v: "not run yet" in str(v)).any().any()
-    assert shown == expected._repr_html_()  # the same table, shown as the chapter shows it
+    caption = "Verdict counts per observation, task and noise rate"
+    assert shown == tables.html_table(expected, caption)  # the same table, shown as the chapter shows it
 
 
 def test_a_reference_run_is_downloaded_and_loaded_not_trained(installed, serve, tmp_path):
