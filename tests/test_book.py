@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import papermill
 import pytest
@@ -18,12 +20,14 @@ from rote.store import REPO_ROOT
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(root, html folder, build log) of the tiny book, built once for this module."""
+    """(root, html folder, terminal output) of the tiny book, built once for this module by a child
+    process, so that the output of the chapters' kernels is caught too."""
     root = tmp_path_factory.mktemp("book")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROTE_HOME", str(root / "home"))
-        html = build.build("tiny", root=root)
-    return root, html
+    code = f"from pathlib import Path; from rote.book import build; build.build('tiny', root=Path({str(root)!r}))"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ROTE_HOME": str(root / "home")},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return root, root / "_build" / "html", run.stdout + run.stderr
 
 
 def outputs_text(notebook_path) -> str:
@@ -53,7 +57,8 @@ def test_every_chapter_has_parameters_and_colab_install_cell():
 
 
 def test_book_builds_with_tiny_profile(built):
-    root, html = built
+    root, html, terminal = built
+    assert "observation0: done" in terminal and "without encryption" not in terminal  # kernels over ipc
     pages = {p.stem for p in (html / "book").glob("*.html")}
     assert {n.stem for n in build.chapters()} | {"intro", "protocol"} <= pages
     obs0 = (html / "book" / "observation0.html").read_text()
@@ -131,7 +136,7 @@ def test_vega_bundle_is_shipped_and_pages_load_it(built):
 
 
 def test_second_build_reuses_unchanged_chapters(built, capsys, monkeypatch):
-    root, _ = built
+    root = built[0]
     monkeypatch.setenv("ROTE_HOME", str(root / "home"))
     capsys.readouterr()
     build.build("tiny", root=root)
