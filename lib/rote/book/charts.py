@@ -321,7 +321,7 @@ def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
 
 def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -> alt.Chart:
     """Histogram of the shift z (noisy instance against its clean neighbours) of the driving
-    neurons and of the random control neurons, clipped to [-6, 6]."""
+    neurons and of the random control neurons, overlaid, in bins of 0.25 clipped to [-6, 6]."""
     if neurons.empty:
         return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
     both = pd.concat([pd.DataFrame({"z": neurons["z"], "neurons": "driving"}),
@@ -330,8 +330,9 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
     both["from"] = (both["z"].clip(-6, 5.99) // 0.25) * 0.25
     counts = both.groupby(["neurons", "from"]).size().rename("count").reset_index()
     counts["to"] = counts["from"] + 0.25
-    return alt.Chart(counts).mark_bar(opacity=0.6).encode(
-        x=alt.X("from:Q", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"), x2="to:Q",
+    return alt.Chart(counts).mark_bar(opacity=0.55, binSpacing=0).encode(
+        x=alt.X("from:Q", bin="binned", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"),
+        x2="to:Q",
         y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
         tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
     ).properties(width=360, height=200, title=title)
