@@ -1,6 +1,8 @@
 """Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection)."""
 from __future__ import annotations
 
+import textwrap
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -160,33 +162,82 @@ def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title:
     ).resolve_scale(y="independent")
 
 
-def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
-    """A dropdown over precomputed instances: left, the rank (0 = top) of the correct label, the
-    noisy label and (THR) the bridge at every layer and scored answer place; right, the change
-    of the label's log-prob after each removal (target and control) at every layer."""
-    if readout.empty:
+PICK = "pick"  # the view whose marks pick an instance: the browser check clicks them
+PICKED = "picked"  # the view that names the picked instance
+
+
+def explorer_tables(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """The explorer's tables as the page embeds them: the readout one row per instance, layer and
+    place (a rank column per token), numbers rounded, and only the first instances whose rows fit
+    CHART_ROWS."""
+    wide = readout.pivot_table(index=["key", "layer", "place", "top1"], columns="token", values="rank",
+                               sort=False).reset_index()
+    effects = effects[["key", "method", "what", "layer", "delta_logp", "mem_after"]].round({"delta_logp": 4})
+    def rows(table):  # per instance: the rows of `table` up to and with it
+        return table["key"].value_counts().reindex(instances["key"], fill_value=0).cumsum().to_numpy()
+    keep = instances["key"][(rows(wide) <= CHART_ROWS) & (rows(effects) <= CHART_ROWS)]
+    return (instances[instances["key"].isin(keep)], wide[wide["key"].isin(keep)], effects[effects["key"].isin(keep)])
+
+
+def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
+    """`explorer.explorer_data` drawn for the static book (`explorer_tables`). Top, one point per
+    instance (row: task and group; x: the strongest change of the label's log-prob after removing
+    the target): click one, or pick it in the dropdown. Below, for that instance: the rank (0 =
+    top) of the correct label, the noisy label and (THR) the bridge at every layer and scored
+    answer place; then the change of the label's log-prob after each removal at every layer (a
+    hollow circle: the label is no longer the greedy answer)."""
+    if instances.empty:
         return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
-    names = list(dict.fromkeys(readout["instance"]))
-    choice = alt.param(name="instance", value=names[0],
-                       bind=alt.binding_select(options=names, name="instance: "))
-    keep = alt.datum.instance == choice
-    readout = readout.assign(**{"layer name": readout["layer"].map(_layer_label)})
+    tokens = [t for t in READOUTS.values() if t in set(readout["token"])]
+    places = [p for p in ("answer", *PLACES) if p in set(readout["place"])]
+    removed, methods = list(dict.fromkeys(effects["what"])), list(dict.fromkeys(effects["method"]))
     layers = [_layer_label(x) for x in sorted(readout["layer"].unique())]
-    left = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
+    instances, readout, effects = explorer_tables(instances, readout, effects)
+    instances = instances.assign(row=instances["task"] + " " + instances["group"],
+                                 jitter=np.random.default_rng(0).uniform(-0.35, 0.35, len(instances)).round(3),
+                                 lines=[textwrap.fill(n, 72) for n in instances["name"]])
+    rows = [f"{t} {g}" for t in dict.fromkeys(instances["task"]) for g in ("memorized noisy", "clean")
+            if f"{t} {g}" in set(instances["row"])]
+    keys = instances["key"].astype(int).tolist()
+    short = [f"{t} #{i} ({'clean' if g == 'clean' else 'noisy'})"
+             for t, i, g in zip(instances["task"], instances["id"], instances["group"])]
+    pick = alt.selection_point(name="instance", fields=["key"], value=[{"key": keys[0]}], empty=False,
+                               on="click[event.item && event.item.mark.marktype !== 'group']", clear=False,
+                               bind=alt.binding_select(options=keys, labels=short, name="instance "))
+    strip = alt.Chart(instances[["key", "row", "jitter", "strongest", "name"]]).mark_point(filled=True).encode(
+        x=alt.X("strongest:Q", title="strongest Δ log-prob of the label, target removed (nats per token)"),
+        y=alt.Y("row:N", sort=rows, title=None), yOffset=alt.YOffset("jitter:Q", scale=alt.Scale(domain=[-0.5, 0.5])),
+        color=alt.condition(pick, alt.value("#d62728"), alt.value("#4c78a8")),
+        size=alt.condition(pick, alt.value(160), alt.value(30)),
+        tooltip=["name", alt.Tooltip("strongest:Q", format="+.3f")],
+    ).add_params(pick).properties(name=PICK, width=480, height=24 * len(rows))
+    picked = alt.Chart(instances[["key", "lines"]]).mark_text(align="left", baseline="top", fontSize=12,
+                                                               fontWeight="bold", lineBreak="\n")
+    picked = picked.encode(x=alt.value(0), y=alt.value(0), text="lines:N").transform_filter(pick)
+    picked = picked.properties(name=PICKED, width=480, height=30, view=alt.ViewBackground(stroke=None))
+    # every instance on the same legends: they keep their entries and width when another is picked
+    line, dash = alt.Legend(symbolType="stroke"), alt.Legend(symbolType="stroke", symbolStrokeColor="black")
+    ranks = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
         x=alt.X("layer name:O", sort=layers, title="layer"),
         y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
-        color=alt.Color("token:N", sort=list(READOUTS.values()), title="token"),
-        strokeDash=alt.StrokeDash("place:N", title="answer place"),
-        tooltip=["instance", "layer name", "place", "token", "text", "rank", "top1"],
-    ).transform_filter(keep).properties(width=300, height=220)
-    right = alt.Chart(effects, title="removal: Δ log-prob of the label").mark_line(point=True).encode(
+        color=alt.Color("token:N", scale=alt.Scale(domain=tokens), title="readout of", legend=line),
+        strokeDash=alt.StrokeDash("place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash),
+        tooltip=["layer name:N", "place", "token:N", "rank:Q", alt.Tooltip("top1", title="top-1 token")],
+    ).transform_filter(pick).transform_fold(tokens, as_=["token", "rank"]).transform_filter("isValid(datum.rank)")
+    ranks = ranks.transform_calculate(**{"layer name": "datum.layer < 0 ? 'embed' : '' + datum.layer"})
+    removals = alt.Chart(effects, title="removal: Δ log-prob of the label per layer").mark_line(
+        point=alt.OverlayMarkDef(filled=True, size=40)).encode(
         x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
-        color=alt.Color("what:N", title="removed"), strokeDash=alt.StrokeDash("method:N"),
-        tooltip=["instance", "method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
-                 "mem_after"],
-    ).transform_filter(keep).properties(width=300, height=220)
-    return alt.hconcat(left, right, title=title).add_params(choice).resolve_scale(color="independent",
-                                                                                    strokeDash="independent")
+        color=alt.Color("what:N", scale=alt.Scale(domain=removed), title="removed", legend=line),
+        strokeDash=alt.StrokeDash("method:N", scale=alt.Scale(domain=methods), title="method", legend=dash),
+        tooltip=["method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
+                 alt.Tooltip("mem_after:N", title="label still the answer")],
+    ).transform_filter(pick)
+    hollow = alt.Chart(effects).mark_point(filled=False, size=90, color="black").encode(
+        x="layer:O", y="delta_logp:Q").transform_filter(pick).transform_filter("!datum.mem_after")
+    panels = [ranks.properties(width=400, height=150), (removals + hollow).properties(width=400, height=150)]
+    return alt.vconcat(strip, picked, *panels, title=title, spacing=14).resolve_scale(
+        color="independent", strokeDash="independent")
 
 
 def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
