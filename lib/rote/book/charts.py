@@ -217,22 +217,23 @@ def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.D
     picked = picked.properties(name=PICKED, width=480, height=30, view=alt.ViewBackground(stroke=None))
     # every instance on the same legends: they keep their entries and width when another is picked
     line, dash = alt.Legend(symbolType="stroke"), alt.Legend(symbolType="stroke", symbolStrokeColor="black")
-    ranks = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
+    ranks = alt.Chart(readout, title="readout: rank per layer").encode(
         x=alt.X("layer name:O", sort=layers, title="layer"),
         y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
         color=alt.Color("token:N", scale=alt.Scale(domain=tokens), title="readout of", legend=line),
-        strokeDash=alt.StrokeDash("place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash),
         tooltip=["layer name:N", "place", "token:N", "rank:Q", alt.Tooltip("top1", title="top-1 token")],
     ).transform_filter(pick).transform_fold(tokens, as_=["token", "rank"]).transform_filter("isValid(datum.rank)")
     ranks = ranks.transform_calculate(**{"layer name": "datum.layer < 0 ? 'embed' : '' + datum.layer"})
-    removals = alt.Chart(effects, title="removal: Δ log-prob of the label per layer").mark_line(
-        point=alt.OverlayMarkDef(filled=True, size=40)).encode(
+    ranks = ranks.mark_line().encode(strokeDash=alt.StrokeDash(
+        "place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash)) + ranks.mark_point(filled=True)
+    removals = alt.Chart(effects, title="removal: Δ log-prob of the label per layer").encode(
         x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
         color=alt.Color("what:N", scale=alt.Scale(domain=removed), title="removed", legend=line),
-        strokeDash=alt.StrokeDash("method:N", scale=alt.Scale(domain=methods), title="method", legend=dash),
         tooltip=["method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
                  alt.Tooltip("mem_after:N", title="label still the answer")],
     ).transform_filter(pick)
+    removals = removals.mark_line().encode(strokeDash=alt.StrokeDash(
+        "method:N", scale=alt.Scale(domain=methods), title="method", legend=dash)) + removals.mark_point(filled=True)
     hollow = alt.Chart(effects).mark_point(filled=False, size=90, color="black").encode(
         x="layer:O", y="delta_logp:Q").transform_filter(pick).transform_filter("!datum.mem_after")
     panels = [ranks.properties(width=400, height=150), (removals + hollow).properties(width=400, height=150)]
