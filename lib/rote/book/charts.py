@@ -1,4 +1,7 @@
-"""Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection)."""
+"""Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection).
+
+Every figure fits the book's text column (COLUMN px wide in a 1280 px window, the width
+`rote.book.check` measures against): panels are narrow or wrap, long titles and labels break into lines."""
 from __future__ import annotations
 
 import textwrap
@@ -9,6 +12,15 @@ import pandas as pd
 
 from rote.book import vega  # noqa: F401 - registers the offline renderer the book is executed with
 from rote.interp.sites import PLACES
+
+COLUMN = 688  # px: the text column of sphinx-book-theme in a 1280 px window
+TITLE_CHARS = 64  # characters per line of a title (13 px bold): about 480 px
+
+
+def lines(title: str, chars: int = TITLE_CHARS) -> str | list[str]:
+    """A title as it is drawn: one line, or lines of at most `chars` characters."""
+    return title if len(title) <= chars else textwrap.wrap(title, chars)
+
 
 MEASURES = {
     "test_acc": "test accuracy",
@@ -27,7 +39,7 @@ def composition_chart(counts: pd.DataFrame) -> alt.Chart:
         color=alt.Color("noise:N", title="label", scale=alt.Scale(domain=["clean", "noisy"])),
         row=alt.Row("task:N", title=None), column=alt.Column("split:N", title=None),
         tooltip=["task", "split", "kind", "noise", "instances"],
-    ).properties(width=260, height=60)
+    ).properties(width=240, height=60)
 
 
 def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -37,13 +49,13 @@ def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
     long["measure"] = long["measure"].map(MEASURES)
     long["minutes"] = long["seconds"] / 60
     pick = alt.selection_point(fields=["measure"], bind="legend")
-    return alt.Chart(long, title=title).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+    return alt.Chart(long, title=lines(title)).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
         x=alt.X("step:Q", title="training step"),
         y=alt.Y("share:Q", title="share of questions", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("measure:N", sort=[MEASURES[m] for m in present], title=None),
         opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
         tooltip=["measure", "step", alt.Tooltip("minutes:Q", format=".1f"), alt.Tooltip("share:Q", format=".3f")],
-    ).add_params(pick).properties(width=520, height=260).interactive(bind_y=False)
+    ).add_params(pick).properties(width=460, height=260).interactive(bind_y=False)
 
 
 def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -52,7 +64,7 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
     counted = (first.dropna(subset=["first_correct", "first_noisy"])
                .groupby(["first_correct", "first_noisy"]).size().rename("instances").reset_index())
     top = float(max(first[["first_correct", "first_noisy"]].max().max(), 1))
-    points = alt.Chart(counted, title=title).mark_circle(opacity=0.7).encode(
+    points = alt.Chart(counted, title=lines(title)).mark_circle(opacity=0.7).encode(
         x=alt.X("first_correct:Q", title="first evaluation answered correctly (step)", scale=alt.Scale(domain=[0, top])),
         y=alt.Y("first_noisy:Q", title="first evaluation with the noisy label (step)", scale=alt.Scale(domain=[0, top])),
         size=alt.Size("instances:Q", title="instances"),
@@ -95,16 +107,17 @@ def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt
         chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
             x=alt.X("layer name:O", sort=layers, title="layer"),
             y=alt.Y("value:Q", title=measure, scale=scale),
-            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of"),
-            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances"),
+            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of", legend=alt.Legend(orient="top")),
+            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances",
+                                      legend=alt.Legend(orient="top", symbolType="stroke", symbolStrokeColor="black")),
             opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
             tooltip=["group", "place", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
-        ).properties(width=150 if task == "fda" else 320, height=160)
+        ).properties(width=96 if task == "fda" else 320, height=150)
         if not rows:
             chart = chart.add_params(pick)
-        rows.append(chart.facet(column=alt.Column("place:N", title=None, sort=order,
-                                                  header=alt.Header(labelFontSize=12))))
-    return alt.vconcat(*rows, title=title)
+        rows.append(chart.facet(column=alt.Column("place:N", title=None, sort=order, header=alt.Header(labelFontSize=12)),
+                                spacing=12))
+    return alt.vconcat(*rows, title=lines(title))
 
 
 def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -122,7 +135,7 @@ def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Cha
         y=alt.Y("layer name:O", sort=layers, title="layer"),
         color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="share top-1"),
         tooltip=["step", "layer name", "readout", alt.Tooltip("share:Q", format=".3f"), "n"],
-    ).properties(width=260, height=150).facet(column=alt.Column("readout:N", title=None), title=title)
+    ).properties(width=230, height=150).facet(column=alt.Column("readout:N", title=None), title=lines(title))
 
 
 # ---- Observation 2: removing the correct intermediate result ----------------------------------------
@@ -156,9 +169,9 @@ def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title:
     bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
     zero = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(0))
     order = [f"{g}: {m}" for g in ("noisy", "clean") for m in ("Δ log-prob", "Δ accuracy")]
-    return alt.layer(zero, bars, points, data=long).properties(width=220, height=120).facet(
+    return alt.layer(zero, bars, points, data=long).properties(width=190, height=120).facet(
         row=alt.Row("panel:N", title=None, sort=order, header=alt.Header(labelAngle=0, labelAlign="left")),
-        column=alt.Column("method:N", title=None), title=title,
+        column=alt.Column("method:N", title=None), title=lines(title),
     ).resolve_scale(y="independent")
 
 
@@ -237,14 +250,14 @@ def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.D
     hollow = alt.Chart(effects).mark_point(filled=False, size=90, color="black").encode(
         x="layer:O", y="delta_logp:Q").transform_filter(pick).transform_filter("!datum.mem_after")
     panels = [ranks.properties(width=400, height=150), (removals + hollow).properties(width=400, height=150)]
-    return alt.vconcat(strip, picked, *panels, title=title, spacing=14).resolve_scale(
+    return alt.vconcat(strip, picked, *panels, title=lines(title), spacing=14).resolve_scale(
         color="independent", strokeDash="independent")
 
 
 def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
     """One point per THR set-up: two-hop training questions per fact (x) against the size of the
     knowledge graph (y), coloured by regime, shaped by how often each fact repeats per epoch, one
-    panel per model shape; tooltips hold the rest."""
+    panel per model shape (two a row); tooltips hold the rest."""
     from rote.grid.regimes import REGIMES
 
     runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
@@ -254,14 +267,14 @@ def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
                alt.Tooltip("final_mem_noisy:Q", format=".3f"),
                alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
                "epochs", "note"]
-    return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
+    return alt.Chart(runs, title=lines(title)).mark_point(size=140, filled=True, opacity=0.8).encode(
         x=alt.X("two_hop_per_fact:Q", title="two-hop training questions per one-hop fact", scale=alt.Scale(type="log")),
         y=alt.Y("facts:Q", title="one-hop facts (people x relations)", scale=alt.Scale(type="log")),
         color=alt.Color("regime:N", scale=alt.Scale(domain=list(REGIMES)), title=None),
         shape=alt.Shape("fact_repeats:O", title="fact repeats"),
-        column=alt.Column("model:N", title=None),
+        facet=alt.Facet("model:N", title=None, columns=2),
         tooltip=tooltip,
-    ).properties(width=260, height=220)
+    ).properties(width=200, height=200)
 
 
 CHART_ROWS = 4_800  # under altair's 5,000-row limit for data embedded in a page
@@ -277,24 +290,25 @@ def every_nth_evaluation(curves: pd.DataFrame, per_run: int) -> pd.DataFrame:
 
 
 def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
-    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each (each
-    run thinned to fit CHART_ROWS)."""
+    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each, three
+    a row, named in three lines (each run thinned to fit CHART_ROWS)."""
     curves = every_nth_evaluation(curves, max(8, CHART_ROWS // (3 * max(1, curves["run"].nunique()))))
     labels = runs.set_index("run").apply(
-        lambda r: f"{r.name}: {r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
-                  f"facts x{r['fact_repeats']}, {r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
+        lambda r: f"{r.name}\n{r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
+                  f"facts x{r['fact_repeats']}\n{r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
                   f"{r['schedule']}, wd {r['weight_decay']:g}", axis=1)
     long = curves.melt(id_vars=["run", "epoch", "seconds"], value_vars=["test_acc", "mem_noisy", "facts_acc"],
                        var_name="measure", value_name="share")
     long["measure"] = long["measure"].map(MEASURES)
     long["set-up"] = long["run"].map(labels)
     long["minutes"] = long["seconds"] / 60
-    return alt.Chart(long, title=title).mark_line().encode(
+    return alt.Chart(long, title=lines(title)).mark_line().encode(
         x=alt.X("epoch:Q"), y=alt.Y("share:Q", title=None, scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("measure:N", title=None),
+        color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["set-up", "measure", alt.Tooltip("epoch:Q", format=".0f"), alt.Tooltip("minutes:Q", format=".1f"),
                  alt.Tooltip("share:Q", format=".3f")],
-    ).properties(width=200, height=120).facet(facet=alt.Facet("set-up:N", title=None), columns=3)
+    ).properties(width=180, height=110).facet(
+        facet=alt.Facet("set-up:N", title=None, header=alt.Header(labelExpr="split(datum.value, '\\n')")), columns=3)
 
 
 # ---- Observation 4: changing one input at a time ---------------------------------------------------
@@ -324,9 +338,10 @@ def single_change_chart(survival: pd.DataFrame, inputs=None, title: str = "") ->
         tooltip=["group", "input", "measure", "instances", "changes", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")], **enc).add_params(pick)
     bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
-    return alt.layer(bars, points, data=long).properties(width=60 * len(order), height=150).facet(
+    return alt.layer(bars, points, data=long).properties(width=50 * len(order), height=150).facet(
         row=alt.Row("measure:N", title=None, sort=["label kept", "changed question answered correctly"],
-                    header=alt.Header(labelAngle=0, labelAlign="left")), title=title)
+                    header=alt.Header(labelAngle=0, labelOrient="top", labelAnchor="start", labelFontSize=12)),
+        title=lines(title))
 
 
 # ---- Observation 3: outlier heuristics ---------------------------------------------------------------
@@ -349,7 +364,7 @@ def neuron_heatmap_chart(cells: pd.DataFrame, marks: pd.DataFrame, title: str = 
         x=alt.X("b digit:O", **axis), y=alt.Y("a digit:O", **axis), color=alt.Color("activation:Q", scale=scale),
         tooltip=["instance", alt.Tooltip("activation:Q", format=".2f"), alt.Tooltip("neighbour mean:Q", format=".2f"),
                  alt.Tooltip("z:Q", format=".2f")])
-    return (heat + point).properties(width=300, height=300, title=title)
+    return (heat + point).properties(width=300, height=300, title=lines(title))
 
 
 def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -368,7 +383,7 @@ def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
         tooltip=["patched", "k", alt.Tooltip("rescued:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
                  alt.Tooltip("hi:Q", format=".3f")], **enc)
     band = alt.Chart(long).mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q", **enc)
-    return (band + line).properties(width=360, height=220, title=title)
+    return (band + line).properties(width=360, height=220, title=lines(title))
 
 
 def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -387,7 +402,7 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
         x2="to:Q",
         y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
         tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
-    ).properties(width=360, height=200, title=title)
+    ).properties(width=360, height=200, title=lines(title))
 
 
 # ---- The scorecard -------------------------------------------------------------------------------------
@@ -399,7 +414,7 @@ SUMMARY_COLORS = {"holds in every run": "#1a7f37", "holds in most runs": "#7fbf7
 def scorecard_chart(frame: pd.DataFrame, title: str = "") -> alt.Chart:
     """Observation (rows) x noise rate (columns), one panel per task: how often the observation held
     over seeds; the tooltip gives each seed's verdict and number."""
-    return alt.Chart(frame, title=title).mark_rect(stroke="white").encode(
+    return alt.Chart(frame, title=lines(title)).mark_rect(stroke="white").encode(
         x=alt.X("noise:O", title="noise rate", sort=sorted(frame["noise"].unique(), key=lambda n: float(n.rstrip("%")))),
         y=alt.Y("observation:O", title="observation"),
         color=alt.Color("summary:N", title=None,
