@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import papermill
 import pytest
@@ -18,12 +20,14 @@ from rote.store import REPO_ROOT
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(root, html folder, build log) of the tiny book, built once for this module."""
+    """(root, html folder, terminal output) of the tiny book, built once for this module by a child
+    process, so that the output of the chapters' kernels is caught too."""
     root = tmp_path_factory.mktemp("book")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROTE_HOME", str(root / "home"))
-        html = build.build("tiny", root=root)
-    return root, html
+    code = f"from pathlib import Path; from rote.book import build; build.build('tiny', root=Path({str(root)!r}))"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ROTE_HOME": str(root / "home")},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return root, root / "_build" / "html", run.stdout + run.stderr
 
 
 def outputs_text(notebook_path) -> str:
@@ -53,7 +57,8 @@ def test_every_chapter_has_parameters_and_colab_install_cell():
 
 
 def test_book_builds_with_tiny_profile(built):
-    root, html = built
+    root, html, terminal = built
+    assert "observation0: done" in terminal and "without encryption" not in terminal  # kernels over ipc
     pages = {p.stem for p in (html / "book").glob("*.html")}
     assert {n.stem for n in build.chapters()} | {"intro", "protocol"} <= pages
     obs0 = (html / "book" / "observation0.html").read_text()
@@ -118,6 +123,9 @@ def test_book_renders_offline_in_a_browser(built):
     assert len(pages) >= len(build.chapters()) + 1
     assert sum(p.charts for p in pages) >= 10
     assert [p.problems() for p in pages if not p.ok] == []
+    assert [w for p in pages for w in p.wide + p.cut] == []  # every chart fits its column, no text cut off
+    picks = {p.path: p.picks for p in pages if p.picks}  # the explorer: a click on another instance redraws it
+    assert list(picks) == ["book/observation2.html"] and all(k["changed"] for k in picks["book/observation2.html"])
     assert [p.path for p in pages if p.redirect] == ["index.html"]  # Jupyter Book's root redirect
     assert len(list(shots.glob("*.png"))) == len([p for p in pages if not p.redirect])
 
@@ -138,6 +146,36 @@ def test_bookcheck_follows_no_redirect_and_flags_a_broken_one(tmp_path):
     assert not pages["old.html"].ok and "book/gone.html" in pages["old.html"].problems()
 
 
+PLANTED = """<html><body><article class="bd-article" style="width: 400px; padding: 0 20px">
+<div class="rote-chart"><svg class="marks" width="{width}" height="100"><g class="mark-group role-frame root"><g><g>
+<g class="mark-rect"><rect width="50" height="50"/></g>
+<g class="mark-group role-title"><g class="mark-text role-title-text"><text x="{x}" y="90">{title}</text></g></g>
+</g></g></g></svg></div></article></body></html>"""  # a drawn Vega view as Vega nests it: marks, and a title
+
+
+def test_bookcheck_flags_a_chart_wider_than_its_column_and_a_title_cut_off(tmp_path):
+    needs_chromium()
+    (tmp_path / "fits.html").write_text(PLANTED.format(width=380, x=10, title="fits"))
+    (tmp_path / "wide.html").write_text(PLANTED.format(width=900, x=10, title="too wide"))
+    (tmp_path / "cut.html").write_text(PLANTED.format(width=380, x=250, title="a title that runs past its svg"))
+    pages = {p.path: p for p in bookcheck.check_book(tmp_path)}
+    assert pages["fits.html"].ok and pages["fits.html"].sizes[0]["column"] == 400
+    assert pages["wide.html"].wide == ["chart 1 'too wide' is 900 px wide, its column 400 px"]
+    assert not pages["wide.html"].ok and "900 px wide" in pages["wide.html"].problems()
+    assert pages["cut.html"].cut == ["chart 1 'a title that runs past its svg': text cut off: 'a title that runs past its svg'"]
+    assert not pages["cut.html"].ok and not pages["cut.html"].wide
+
+
+def test_bookcheck_flags_a_pick_that_changes_nothing(tmp_path):
+    needs_chromium()
+    points = '<g class="mark-symbol role-mark pick_marks"><path d="M20,20h9v9h-9Z"></path><path d="M40,20h9v9h-9Z"></path></g>'
+    (tmp_path / "dead.html").write_text(PLANTED.format(width=380, x=10, title="a click does nothing").replace(
+        '<g class="mark-rect">', points + '<g class="mark-rect">'))
+    page = bookcheck.check_book(tmp_path)[0]
+    assert page.picks == [{"before": None, "after": None, "changed": False}]
+    assert not page.ok and "left the chart as it was" in page.problems()
+
+
 def test_vega_bundle_is_shipped_and_pages_load_it(built):
     bundle = built[1] / "_static" / "vega-bundle.js"
     assert bundle.stat().st_size > 100_000
@@ -146,7 +184,7 @@ def test_vega_bundle_is_shipped_and_pages_load_it(built):
 
 
 def test_second_build_reuses_unchanged_chapters(built, capsys, monkeypatch):
-    root, _ = built
+    root = built[0]
     monkeypatch.setenv("ROTE_HOME", str(root / "home"))
     capsys.readouterr()
     build.build("tiny", root=root)

@@ -209,9 +209,10 @@ def test_a_label_that_is_the_bridge_relies_on_it():
     # doing anything, so the claims cannot separate reliance from damage
     assert {c.verdict for c in claims} == {"cannot be tested"} and all("uninformative" in c.note for c in claims)
     # the explorer's data and charts build on it
-    readout, effects = explorer.explorer_data({"thr": (model, tok, result)}, n=6)
-    assert readout["instance"].nunique() == 6 and set(effects["instance"]) <= set(readout["instance"])
-    charts.explorer_chart(readout, effects).to_dict()
+    instances, readout, effects = explorer.explorer_data({"thr": (model, tok, result)}, n=6)
+    assert list(instances["key"]) == list(range(6)) and set(effects["key"]) <= set(readout["key"]) == set(instances["key"])
+    assert instances["strongest"].notna().all() and (instances["group"] == "memorized noisy").any()
+    charts.explorer_chart(instances, readout, effects).to_dict()
     charts.removal_effects_chart(result.sizes, observation2.removed_names("thr")).to_dict()
     # the live explorer: its callbacks recompute without error for another instance and layer
     widget = explorer.explorer({"thr": (model, tok, result)})
@@ -232,4 +233,4 @@ def test_nothing_memorized_cannot_be_tested():
     assert "note" in observation2.effects_table(observation2.Reliance("thr", 2, result.noisy, result.clean.iloc[:0],
                                                                pd.DataFrame(), pd.DataFrame(), pd.DataFrame()))
     charts.removal_effects_chart(pd.DataFrame()).to_dict()
-    charts.explorer_chart(pd.DataFrame(), pd.DataFrame()).to_dict()
+    charts.explorer_chart(pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).to_dict()

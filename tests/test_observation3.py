@@ -290,12 +290,15 @@ def test_no_memorized_instance_and_bad_task():
 
 def test_shift_chart_bins_any_number_of_neurons():
     """At 10% noise there are thousands of driving neurons: the chart must stay under altair's
-    5,000-row limit and count every neuron once."""
+    5,000-row limit and count every neuron once. Its bars are a histogram's: from z to z + 0.25
+    along x, from 0 up to the count along y (ranged bars with x and x2 alone are ticks)."""
     from rote.book import charts
 
     rng = np.random.default_rng(0)
     chart = charts.shift_chart(pd.DataFrame({"z": rng.normal(1, 2, 6000)}), pd.DataFrame({"z": rng.normal(0, 1, 6000)}))
-    assert chart.to_dict() and len(chart.data) < 5000 and chart.data["count"].sum() == 12000
+    spec = chart.to_dict()
+    assert len(chart.data) < 5000 and chart.data["count"].sum() == 12000
+    assert spec["mark"]["type"] == "bar" and spec["encoding"]["x"]["bin"] == "binned" and spec["encoding"]["x2"]
 
 
 def test_other_grids_recompute_the_categories():

@@ -120,6 +120,17 @@ def chapter_key(notebook: Path, parameters: dict, configs: list, package: str) -
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def kernel_config():
+    """How the chapters' kernels talk to papermill: over local sockets (ipc), or, where zmq has
+    none (Windows), over TCP encrypted with keys the kernel manager provisions; never over plain
+    TCP, which ipykernel warns about in the terminal."""
+    import zmq
+    from traitlets.config import Config
+
+    manager = {"transport": "ipc"} if zmq.has("ipc") else {"transport_encryption": "auto"}
+    return Config({"KernelManager": manager})
+
+
 def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = False) -> Path:
     """Execute one chapter with papermill into `out` (the offline chart renderer on)."""
     import papermill
@@ -129,7 +140,7 @@ def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = Fa
     os.environ[vega.ENV] = "1"  # inherited by the kernel; restored after, so this process is unchanged
     try:
         papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
-                                   kernel_name="python3", progress_bar=progress)
+                                   kernel_name="python3", progress_bar=progress, config=kernel_config())
     finally:
         if before is None:
             del os.environ[vega.ENV]

@@ -1,5 +1,10 @@
-"""Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection)."""
+"""Altair figures of the book: interactive in the static HTML (zoom, tooltips, legend selection).
+
+Every figure fits the book's text column (COLUMN px wide in a 1280 px window, the width
+`rote.book.check` measures against): panels are narrow or wrap, long titles and labels break into lines."""
 from __future__ import annotations
+
+import textwrap
 
 import altair as alt
 import numpy as np
@@ -7,6 +12,15 @@ import pandas as pd
 
 from rote.book import vega  # noqa: F401 - registers the offline renderer the book is executed with
 from rote.interp.sites import PLACES
+
+COLUMN = 688  # px: the text column of sphinx-book-theme in a 1280 px window
+TITLE_CHARS = 64  # characters per line of a title (13 px bold): about 480 px
+
+
+def lines(title: str, chars: int = TITLE_CHARS) -> str | list[str]:
+    """A title as it is drawn: one line, or lines of at most `chars` characters."""
+    return title if len(title) <= chars else textwrap.wrap(title, chars)
+
 
 MEASURES = {
     "test_acc": "test accuracy",
@@ -25,7 +39,7 @@ def composition_chart(counts: pd.DataFrame) -> alt.Chart:
         color=alt.Color("noise:N", title="label", scale=alt.Scale(domain=["clean", "noisy"])),
         row=alt.Row("task:N", title=None), column=alt.Column("split:N", title=None),
         tooltip=["task", "split", "kind", "noise", "instances"],
-    ).properties(width=260, height=60)
+    ).properties(width=240, height=60)
 
 
 def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -35,13 +49,13 @@ def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
     long["measure"] = long["measure"].map(MEASURES)
     long["minutes"] = long["seconds"] / 60
     pick = alt.selection_point(fields=["measure"], bind="legend")
-    return alt.Chart(long, title=title).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+    return alt.Chart(long, title=lines(title)).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
         x=alt.X("step:Q", title="training step"),
         y=alt.Y("share:Q", title="share of questions", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("measure:N", sort=[MEASURES[m] for m in present], title=None),
         opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
         tooltip=["measure", "step", alt.Tooltip("minutes:Q", format=".1f"), alt.Tooltip("share:Q", format=".3f")],
-    ).add_params(pick).properties(width=520, height=260).interactive(bind_y=False)
+    ).add_params(pick).properties(width=460, height=260).interactive(bind_y=False)
 
 
 def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -50,7 +64,7 @@ def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
     counted = (first.dropna(subset=["first_correct", "first_noisy"])
                .groupby(["first_correct", "first_noisy"]).size().rename("instances").reset_index())
     top = float(max(first[["first_correct", "first_noisy"]].max().max(), 1))
-    points = alt.Chart(counted, title=title).mark_circle(opacity=0.7).encode(
+    points = alt.Chart(counted, title=lines(title)).mark_circle(opacity=0.7).encode(
         x=alt.X("first_correct:Q", title="first evaluation answered correctly (step)", scale=alt.Scale(domain=[0, top])),
         y=alt.Y("first_noisy:Q", title="first evaluation with the noisy label (step)", scale=alt.Scale(domain=[0, top])),
         size=alt.Size("instances:Q", title="instances"),
@@ -93,16 +107,17 @@ def layer_readout_chart(shares: pd.DataFrame, task: str, title: str = "") -> alt
         chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
             x=alt.X("layer name:O", sort=layers, title="layer"),
             y=alt.Y("value:Q", title=measure, scale=scale),
-            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of"),
-            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances"),
+            color=alt.Color("token:N", sort=list(READOUTS.values()), title="readout of", legend=alt.Legend(orient="top")),
+            strokeDash=alt.StrokeDash("group:N", sort=["memorized noisy", "clean"], title="instances",
+                                      legend=alt.Legend(orient="top", symbolType="stroke", symbolStrokeColor="black")),
             opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
             tooltip=["group", "place", "layer name", "token", alt.Tooltip("value:Q", format=".3f", title=measure), "n"],
-        ).properties(width=150 if task == "fda" else 320, height=160)
+        ).properties(width=96 if task == "fda" else 320, height=150)
         if not rows:
             chart = chart.add_params(pick)
-        rows.append(chart.facet(column=alt.Column("place:N", title=None, sort=order,
-                                                  header=alt.Header(labelFontSize=12))))
-    return alt.vconcat(*rows, title=title)
+        rows.append(chart.facet(column=alt.Column("place:N", title=None, sort=order, header=alt.Header(labelFontSize=12)),
+                                spacing=12))
+    return alt.vconcat(*rows, title=lines(title))
 
 
 def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -120,7 +135,7 @@ def readout_over_training_chart(table: pd.DataFrame, title: str = "") -> alt.Cha
         y=alt.Y("layer name:O", sort=layers, title="layer"),
         color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="share top-1"),
         tooltip=["step", "layer name", "readout", alt.Tooltip("share:Q", format=".3f"), "n"],
-    ).properties(width=260, height=150).facet(column=alt.Column("readout:N", title=None), title=title)
+    ).properties(width=230, height=150).facet(column=alt.Column("readout:N", title=None), title=lines(title))
 
 
 # ---- Observation 2: removing the correct intermediate result ----------------------------------------
@@ -154,45 +169,95 @@ def removal_effects_chart(sizes: pd.DataFrame, names: dict | None = None, title:
     bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
     zero = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(0))
     order = [f"{g}: {m}" for g in ("noisy", "clean") for m in ("Δ log-prob", "Δ accuracy")]
-    return alt.layer(zero, bars, points, data=long).properties(width=220, height=120).facet(
+    return alt.layer(zero, bars, points, data=long).properties(width=190, height=120).facet(
         row=alt.Row("panel:N", title=None, sort=order, header=alt.Header(labelAngle=0, labelAlign="left")),
-        column=alt.Column("method:N", title=None), title=title,
+        column=alt.Column("method:N", title=None), title=lines(title),
     ).resolve_scale(y="independent")
 
 
-def explorer_chart(readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
-    """A dropdown over precomputed instances: left, the rank (0 = top) of the correct label, the
-    noisy label and (THR) the bridge at every layer and scored answer place; right, the change
-    of the label's log-prob after each removal (target and control) at every layer."""
-    if readout.empty:
+PICK = "pick"  # the view whose marks pick an instance: the browser check clicks them
+PICKED = "picked"  # the view that names the picked instance
+
+
+def explorer_tables(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """The explorer's tables as the page embeds them: the readout one row per instance, layer and
+    place (a rank column per token), numbers rounded, and only the first instances whose rows fit
+    CHART_ROWS."""
+    wide = readout.pivot_table(index=["key", "layer", "place", "top1"], columns="token", values="rank",
+                               sort=False).reset_index()
+    effects = effects[["key", "method", "what", "layer", "delta_logp", "mem_after"]].round({"delta_logp": 4})
+    def rows(table):  # per instance: the rows of `table` up to and with it
+        return table["key"].value_counts().reindex(instances["key"], fill_value=0).cumsum().to_numpy()
+    keep = instances["key"][(rows(wide) <= CHART_ROWS) & (rows(effects) <= CHART_ROWS)]
+    return (instances[instances["key"].isin(keep)], wide[wide["key"].isin(keep)], effects[effects["key"].isin(keep)])
+
+
+def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
+    """`explorer.explorer_data` drawn for the static book (`explorer_tables`). Top, one point per
+    instance (row: task and group; x: the strongest change of the label's log-prob after removing
+    the target): click one, or pick it in the dropdown. Below, for that instance: the rank (0 =
+    top) of the correct label, the noisy label and (THR) the bridge at every layer and scored
+    answer place; then the change of the label's log-prob after each removal at every layer (a
+    hollow circle: the label is no longer the greedy answer)."""
+    if instances.empty:
         return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
-    names = list(dict.fromkeys(readout["instance"]))
-    choice = alt.param(name="instance", value=names[0],
-                       bind=alt.binding_select(options=names, name="instance: "))
-    keep = alt.datum.instance == choice
-    readout = readout.assign(**{"layer name": readout["layer"].map(_layer_label)})
+    tokens = [t for t in READOUTS.values() if t in set(readout["token"])]
+    places = [p for p in ("answer", *PLACES) if p in set(readout["place"])]
+    removed, methods = list(dict.fromkeys(effects["what"])), list(dict.fromkeys(effects["method"]))
     layers = [_layer_label(x) for x in sorted(readout["layer"].unique())]
-    left = alt.Chart(readout, title="readout: rank per layer").mark_line(point=True).encode(
+    instances, readout, effects = explorer_tables(instances, readout, effects)
+    instances = instances.assign(row=instances["task"] + " " + instances["group"],
+                                 jitter=np.random.default_rng(0).uniform(-0.35, 0.35, len(instances)).round(3),
+                                 lines=[textwrap.fill(n, 72) for n in instances["name"]])
+    rows = [f"{t} {g}" for t in dict.fromkeys(instances["task"]) for g in ("memorized noisy", "clean")
+            if f"{t} {g}" in set(instances["row"])]
+    keys = instances["key"].astype(int).tolist()
+    short = [f"{t} #{i} ({'clean' if g == 'clean' else 'noisy'})"
+             for t, i, g in zip(instances["task"], instances["id"], instances["group"])]
+    pick = alt.selection_point(name="instance", fields=["key"], value=[{"key": keys[0]}], empty=False,
+                               on="click[event.item && event.item.mark.marktype !== 'group']", clear=False,
+                               bind=alt.binding_select(options=keys, labels=short, name="instance "))
+    strip = alt.Chart(instances[["key", "row", "jitter", "strongest", "name"]]).mark_point(filled=True).encode(
+        x=alt.X("strongest:Q", title="strongest Δ log-prob of the label, target removed (nats per token)"),
+        y=alt.Y("row:N", sort=rows, title=None), yOffset=alt.YOffset("jitter:Q", scale=alt.Scale(domain=[-0.5, 0.5])),
+        color=alt.condition(pick, alt.value("#d62728"), alt.value("#4c78a8")),
+        size=alt.condition(pick, alt.value(160), alt.value(30)),
+        tooltip=["name", alt.Tooltip("strongest:Q", format="+.3f")],
+    ).add_params(pick).properties(name=PICK, width=480, height=24 * len(rows))
+    picked = alt.Chart(instances[["key", "lines"]]).mark_text(align="left", baseline="top", fontSize=12,
+                                                               fontWeight="bold", lineBreak="\n")
+    picked = picked.encode(x=alt.value(0), y=alt.value(0), text="lines:N").transform_filter(pick)
+    picked = picked.properties(name=PICKED, width=480, height=30, view=alt.ViewBackground(stroke=None))
+    # every instance on the same legends: they keep their entries and width when another is picked
+    line, dash = alt.Legend(symbolType="stroke"), alt.Legend(symbolType="stroke", symbolStrokeColor="black")
+    ranks = alt.Chart(readout, title="readout: rank per layer").encode(
         x=alt.X("layer name:O", sort=layers, title="layer"),
         y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
-        color=alt.Color("token:N", sort=list(READOUTS.values()), title="token"),
-        strokeDash=alt.StrokeDash("place:N", title="answer place"),
-        tooltip=["instance", "layer name", "place", "token", "text", "rank", "top1"],
-    ).transform_filter(keep).properties(width=300, height=220)
-    right = alt.Chart(effects, title="removal: Δ log-prob of the label").mark_line(point=True).encode(
+        color=alt.Color("token:N", scale=alt.Scale(domain=tokens), title="readout of", legend=line),
+        tooltip=["layer name:N", "place", "token:N", "rank:Q", alt.Tooltip("top1", title="top-1 token")],
+    ).transform_filter(pick).transform_fold(tokens, as_=["token", "rank"]).transform_filter("isValid(datum.rank)")
+    ranks = ranks.transform_calculate(**{"layer name": "datum.layer < 0 ? 'embed' : '' + datum.layer"})
+    ranks = ranks.mark_line().encode(strokeDash=alt.StrokeDash(
+        "place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash)) + ranks.mark_point(filled=True)
+    removals = alt.Chart(effects, title="removal: Δ log-prob of the label per layer").encode(
         x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
-        color=alt.Color("what:N", title="removed"), strokeDash=alt.StrokeDash("method:N"),
-        tooltip=["instance", "method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
-                 "mem_after"],
-    ).transform_filter(keep).properties(width=300, height=220)
-    return alt.hconcat(left, right, title=title).add_params(choice).resolve_scale(color="independent",
-                                                                                    strokeDash="independent")
+        color=alt.Color("what:N", scale=alt.Scale(domain=removed), title="removed", legend=line),
+        tooltip=["method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
+                 alt.Tooltip("mem_after:N", title="label still the answer")],
+    ).transform_filter(pick)
+    removals = removals.mark_line().encode(strokeDash=alt.StrokeDash(
+        "method:N", scale=alt.Scale(domain=methods), title="method", legend=dash)) + removals.mark_point(filled=True)
+    hollow = alt.Chart(effects).mark_point(filled=False, size=90, color="black").encode(
+        x="layer:O", y="delta_logp:Q").transform_filter(pick).transform_filter("!datum.mem_after")
+    panels = [ranks.properties(width=400, height=150), (removals + hollow).properties(width=400, height=150)]
+    return alt.vconcat(strip, picked, *panels, title=lines(title), spacing=14).resolve_scale(
+        color="independent", strokeDash="independent")
 
 
 def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
     """One point per THR set-up: two-hop training questions per fact (x) against the size of the
     knowledge graph (y), coloured by regime, shaped by how often each fact repeats per epoch, one
-    panel per model shape; tooltips hold the rest."""
+    panel per model shape (two a row); tooltips hold the rest."""
     from rote.grid.regimes import REGIMES
 
     runs = runs.assign(model=runs["n_layer"].astype(str) + " layers x " + runs["n_embd"].astype(str),
@@ -202,14 +267,14 @@ def regime_map_chart(runs: pd.DataFrame, title: str = "") -> alt.Chart:
                alt.Tooltip("final_mem_noisy:Q", format=".3f"),
                alt.Tooltip("min_to_test_95:Q", format=".1f"), alt.Tooltip("min_to_mem_99:Q", format=".1f"),
                "epochs", "note"]
-    return alt.Chart(runs, title=title).mark_point(size=140, filled=True, opacity=0.8).encode(
+    return alt.Chart(runs, title=lines(title)).mark_point(size=140, filled=True, opacity=0.8).encode(
         x=alt.X("two_hop_per_fact:Q", title="two-hop training questions per one-hop fact", scale=alt.Scale(type="log")),
         y=alt.Y("facts:Q", title="one-hop facts (people x relations)", scale=alt.Scale(type="log")),
         color=alt.Color("regime:N", scale=alt.Scale(domain=list(REGIMES)), title=None),
         shape=alt.Shape("fact_repeats:O", title="fact repeats"),
-        column=alt.Column("model:N", title=None),
+        facet=alt.Facet("model:N", title=None, columns=2),
         tooltip=tooltip,
-    ).properties(width=260, height=220)
+    ).properties(width=200, height=200)
 
 
 CHART_ROWS = 4_800  # under altair's 5,000-row limit for data embedded in a page
@@ -225,24 +290,25 @@ def every_nth_evaluation(curves: pd.DataFrame, per_run: int) -> pd.DataFrame:
 
 
 def regime_curves_chart(runs: pd.DataFrame, curves: pd.DataFrame, title: str = "") -> alt.Chart:
-    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each (each
-    run thinned to fit CHART_ROWS)."""
+    """Per set-up: held-out two-hop accuracy and Mem-Noisy over epochs, one small panel each, three
+    a row, named in three lines (each run thinned to fit CHART_ROWS)."""
     curves = every_nth_evaluation(curves, max(8, CHART_ROWS // (3 * max(1, curves["run"].nunique()))))
     labels = runs.set_index("run").apply(
-        lambda r: f"{r.name}: {r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
-                  f"facts x{r['fact_repeats']}, {r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
+        lambda r: f"{r.name}\n{r['n_entities']}x{r['n_relations']}, {r['two_hop_per_fact']:g}/fact, "
+                  f"facts x{r['fact_repeats']}\n{r['n_layer']}x{r['n_embd']}, b{r['batch_size']}, lr {r['lr']:g}, "
                   f"{r['schedule']}, wd {r['weight_decay']:g}", axis=1)
     long = curves.melt(id_vars=["run", "epoch", "seconds"], value_vars=["test_acc", "mem_noisy", "facts_acc"],
                        var_name="measure", value_name="share")
     long["measure"] = long["measure"].map(MEASURES)
     long["set-up"] = long["run"].map(labels)
     long["minutes"] = long["seconds"] / 60
-    return alt.Chart(long, title=title).mark_line().encode(
+    return alt.Chart(long, title=lines(title)).mark_line().encode(
         x=alt.X("epoch:Q"), y=alt.Y("share:Q", title=None, scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("measure:N", title=None),
+        color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["set-up", "measure", alt.Tooltip("epoch:Q", format=".0f"), alt.Tooltip("minutes:Q", format=".1f"),
                  alt.Tooltip("share:Q", format=".3f")],
-    ).properties(width=200, height=120).facet(facet=alt.Facet("set-up:N", title=None), columns=3)
+    ).properties(width=180, height=110).facet(
+        facet=alt.Facet("set-up:N", title=None, header=alt.Header(labelExpr="split(datum.value, '\\n')")), columns=3)
 
 
 # ---- Observation 4: changing one input at a time ---------------------------------------------------
@@ -272,9 +338,10 @@ def single_change_chart(survival: pd.DataFrame, inputs=None, title: str = "") ->
         tooltip=["group", "input", "measure", "instances", "changes", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")], **enc).add_params(pick)
     bars = alt.Chart().mark_rule().encode(y="lo:Q", y2="hi:Q", **enc)
-    return alt.layer(bars, points, data=long).properties(width=60 * len(order), height=150).facet(
+    return alt.layer(bars, points, data=long).properties(width=50 * len(order), height=150).facet(
         row=alt.Row("measure:N", title=None, sort=["label kept", "changed question answered correctly"],
-                    header=alt.Header(labelAngle=0, labelAlign="left")), title=title)
+                    header=alt.Header(labelAngle=0, labelOrient="top", labelAnchor="start", labelFontSize=12)),
+        title=lines(title))
 
 
 # ---- Observation 3: outlier heuristics ---------------------------------------------------------------
@@ -297,7 +364,7 @@ def neuron_heatmap_chart(cells: pd.DataFrame, marks: pd.DataFrame, title: str = 
         x=alt.X("b digit:O", **axis), y=alt.Y("a digit:O", **axis), color=alt.Color("activation:Q", scale=scale),
         tooltip=["instance", alt.Tooltip("activation:Q", format=".2f"), alt.Tooltip("neighbour mean:Q", format=".2f"),
                  alt.Tooltip("z:Q", format=".2f")])
-    return (heat + point).properties(width=300, height=300, title=title)
+    return (heat + point).properties(width=300, height=300, title=lines(title))
 
 
 def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
@@ -316,12 +383,12 @@ def rescue_curve_chart(curve: pd.DataFrame, title: str = "") -> alt.Chart:
         tooltip=["patched", "k", alt.Tooltip("rescued:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
                  alt.Tooltip("hi:Q", format=".3f")], **enc)
     band = alt.Chart(long).mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q", **enc)
-    return (band + line).properties(width=360, height=220, title=title)
+    return (band + line).properties(width=360, height=220, title=lines(title))
 
 
 def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -> alt.Chart:
     """Histogram of the shift z (noisy instance against its clean neighbours) of the driving
-    neurons and of the random control neurons, clipped to [-6, 6]."""
+    neurons and of the random control neurons, overlaid, in bins of 0.25 clipped to [-6, 6]."""
     if neurons.empty:
         return alt.Chart(pd.DataFrame({"text": ["no memorized noisy instances"]}), title=title).mark_text().encode(text="text:N")
     both = pd.concat([pd.DataFrame({"z": neurons["z"], "neurons": "driving"}),
@@ -330,11 +397,12 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
     both["from"] = (both["z"].clip(-6, 5.99) // 0.25) * 0.25
     counts = both.groupby(["neurons", "from"]).size().rename("count").reset_index()
     counts["to"] = counts["from"] + 0.25
-    return alt.Chart(counts).mark_bar(opacity=0.6).encode(
-        x=alt.X("from:Q", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"), x2="to:Q",
+    return alt.Chart(counts).mark_bar(opacity=0.55, binSpacing=0).encode(
+        x=alt.X("from:Q", bin="binned", title="shift z against clean neighbours (bins of 0.25, clipped to [-6, 6])"),
+        x2="to:Q",
         y=alt.Y("count:Q", stack=None, title="neurons"), color=alt.Color("neurons:N", title=None),
         tooltip=["neurons", alt.Tooltip("from:Q", title="z from"), alt.Tooltip("to:Q", title="z to"), "count"],
-    ).properties(width=360, height=200, title=title)
+    ).properties(width=360, height=200, title=lines(title))
 
 
 # ---- The scorecard -------------------------------------------------------------------------------------
@@ -346,7 +414,7 @@ SUMMARY_COLORS = {"holds in every run": "#1a7f37", "holds in most runs": "#7fbf7
 def scorecard_chart(frame: pd.DataFrame, title: str = "") -> alt.Chart:
     """Observation (rows) x noise rate (columns), one panel per task: how often the observation held
     over seeds; the tooltip gives each seed's verdict and number."""
-    return alt.Chart(frame, title=title).mark_rect(stroke="white").encode(
+    return alt.Chart(frame, title=lines(title)).mark_rect(stroke="white").encode(
         x=alt.X("noise:O", title="noise rate", sort=sorted(frame["noise"].unique(), key=lambda n: float(n.rstrip("%")))),
         y=alt.Y("observation:O", title="observation"),
         color=alt.Color("summary:N", title=None,

@@ -2,7 +2,8 @@
 
 With a live kernel (Colab, local Jupyter) `explorer` builds ipywidgets that recompute for any
 task, noisy instance and layer. For the static book `explorer_data` precomputes the same for a
-small set of instances, drawn by `charts.explorer_chart` with a dropdown.
+few hundred instances, drawn by `charts.explorer_chart`: click an instance (or pick it in the
+dropdown) and its panels follow, with no kernel.
 """
 from __future__ import annotations
 
@@ -42,26 +43,31 @@ def pick_instances(result: Reliance, n: int = 20, seed: int = 0) -> pd.DataFrame
     return pd.concat([mem, clean], ignore_index=True)
 
 
-def explorer_data(models: dict, n: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def explorer_data(models: dict, n: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """`instance_data` of every task in `models` ({task: (model, tokenizer, Reliance)}), about `n`
-    instances in all, their names prefixed with the task."""
+    instances in all, as three tables joined on `key` (one number per instance)."""
     parts = [instance_data(model, tok, result, max(1, n // len(models)), seed)
              for model, tok, result in models.values()]
-    readout = pd.concat([p[0] for p in parts], ignore_index=True)
-    effects = pd.concat([p[1] for p in parts], ignore_index=True)
-    return readout, effects
+    tables = [pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3)]
+    keys = {(task, i): k for k, (task, i) in enumerate(zip(tables[0]["task"], tables[0]["id"]))}
+    return tuple(t.assign(key=[keys[(task, i)] for task, i in zip(t["task"], t["id"])]) for t in tables)
 
 
-def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """For up to `n` instances (`pick_instances`): the readout ranks per layer and scored answer
-    place (one row per instance, layer, place and token: correct label, noisy label, bridge)
-    and the removal effects per method, layer and removed thing (from `result.effects`)."""
+def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0) -> tuple[pd.DataFrame, ...]:
+    """For up to `n` instances (`pick_instances`): the instances (task, id, group, name, and
+    `strongest`: the lowest change of the label's log-prob after removing the target at any layer);
+    the readout ranks per layer and scored answer place (one row per instance, layer, place and
+    token: correct label, noisy label, bridge); the removal effects per method, layer and removed
+    thing (from `result.effects`)."""
+    task = result.task.upper()
     picked = pick_instances(result, n, seed)
-    cols = ["instance", "id", "layer", "place", "token", "text", "rank", "top1"]
+    instances = pd.DataFrame({"task": task, "id": picked["id"].astype(int),
+                              "group": ["memorized noisy" if x else "clean" for x in picked["noisy"]],
+                              "name": [f"{task} " + instance_label(row) for _, row in picked.iterrows()]})
+    cols = ["task", "id", "layer", "place", "token", "text", "rank", "top1"]
     if picked.empty:
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["instance", "method", "what", "layer",
-                                                                 "delta_logp", "mem_after"])
-    labels = {row["id"]: f"{result.task.upper()} " + instance_label(row) for _, row in picked.iterrows()}
+        return (instances.assign(strongest=[]), pd.DataFrame(columns=cols),
+                pd.DataFrame(columns=["task", "id", "method", "what", "layer", "delta_logp", "mem_after"]))
     lens = logit_lens(model, tokenizer, picked, teacher_forcing="label")
     lens = lens.merge(differing_places(picked, result.task), on=["id", "place"])
     texts = picked.set_index("id")
@@ -72,22 +78,22 @@ def instance_data(model, tokenizer, result: Reliance, n: int = 20, seed: int = 0
         part = lens[["id", "layer", "place", "top1", f"{role}_rank"]].rename(columns={f"{role}_rank": "rank"})
         if role == "label":  # the noisy label only differs from the correct one on noisy instances
             part = part[part["id"].map(texts["noisy"]).astype(bool)]
-        column = {"true": "true", "label": "label", "bridge": "bridge"}[role]
-        part = part.assign(token=name, text=[str(texts.loc[i, column])[p] if result.task == "fda" else texts.loc[i, column]
+        part = part.assign(token=name, text=[str(texts.loc[i, role])[p] if result.task == "fda" else texts.loc[i, role]
                                              for i, p in zip(part["id"], part["place"])])
         rows.append(part)
-    readout = pd.concat(rows, ignore_index=True)
+    readout = pd.concat(rows, ignore_index=True).assign(task=task)
     readout["rank"] = readout["rank"].astype(float)
     readout["place"] = readout["place"].map(lambda p: place_name(result.task, p))
-    readout["instance"] = readout["id"].map(labels)
-    eff = result.effects[result.effects["id"].isin(labels)].copy()
+    order = {i: k for k, i in enumerate(picked["id"])}
+    readout = readout.sort_values(["id", "layer"], key=lambda s: s.map(order) if s.name == "id" else s, kind="stable")
+    eff = result.effects[result.effects["id"].isin(order)].copy()
     eff = eff[eff.apply(lambda r: (r["group"] == "clean") != bool(texts.loc[r["id"], "noisy"]), axis=1)] if len(eff) else eff
-    eff["instance"] = eff["id"].map(labels)
     eff["what"] = [REMOVED[(result.task, m)][0 if r == "target" else 1] for m, r in zip(eff["method"], eff["removed"])]
-    effects = eff[["instance", "method", "what", "layer", "delta_logp", "mem_after"]].reset_index(drop=True)
-    order = {label: i for i, label in enumerate(labels.values())}
-    readout = readout.sort_values(["instance", "layer"], key=lambda s: s.map(order) if s.name == "instance" else s)
-    return readout[cols].reset_index(drop=True), effects
+    eff["mem_after"] = eff["mem_after"].astype(bool)
+    effects = eff.assign(task=task)[["task", "id", "method", "what", "layer", "delta_logp", "mem_after"]]
+    target = eff[eff["removed"] == "target"].groupby("id")["delta_logp"].min()
+    instances["strongest"] = instances["id"].map(target).astype(float)
+    return instances, readout[cols].reset_index(drop=True), effects.reset_index(drop=True)
 
 
 @torch.no_grad()
