@@ -181,24 +181,32 @@ PICKED = "picked"  # the view that names the picked instance
 
 def explorer_tables(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
     """The explorer's tables as the page embeds them: the readout one row per instance, layer and
-    place (a rank column per token), numbers rounded, and only the first instances whose rows fit
-    CHART_ROWS."""
+    place (a rank column per token), and only the first instances whose rows fit CHART_ROWS."""
     wide = readout.pivot_table(index=["key", "layer", "place", "top1"], columns="token", values="rank",
                                sort=False).reset_index()
-    effects = effects[["key", "method", "what", "layer", "delta_logp", "mem_after"]].round({"delta_logp": 4})
+    effects = effects[["key", "method", "what", "layer", "delta_logp", "mem_after"]]
+    instances = instances.round({"strongest": 4})
     def rows(table):  # per instance: the rows of `table` up to and with it
         return table["key"].value_counts().reindex(instances["key"], fill_value=0).cumsum().to_numpy()
     keep = instances["key"][(rows(wide) <= CHART_ROWS) & (rows(effects) <= CHART_ROWS)]
     return (instances[instances["key"].isin(keep)], wide[wide["key"].isin(keep)], effects[effects["key"].isin(keep)])
 
 
+def csv_data(frame: pd.DataFrame) -> alt.InlineData:
+    """`frame` in the page as CSV text, its column names once rather than in every row, numbers to
+    4 significant digits, booleans as 0 and 1; Vega parses the numbers back."""
+    frame = frame.astype({c: int for c in frame.columns if frame[c].dtype == bool})
+    numbers = {c: "number" for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])}
+    return alt.InlineData(values=frame.to_csv(index=False, float_format="%.4g"), format=alt.DataFormat(type="csv", parse=numbers))
+
+
 def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.DataFrame, title: str = "") -> alt.Chart:
-    """`explorer.explorer_data` drawn for the static book (`explorer_tables`). Top, one point per
-    instance (row: task and group; x: the strongest change of the label's log-prob after removing
-    the target): click one, or pick it in the dropdown. Below, for that instance: the rank (0 =
-    top) of the correct label, the noisy label and (THR) the bridge at every layer and scored
-    answer place; then the change of the label's log-prob after each removal at every layer (a
-    hollow circle: the label is no longer the greedy answer)."""
+    """`explorer.explorer_data` drawn for the static book (`explorer_tables`, the readout and the
+    effects as CSV). Top, one point per instance (row: task and group; x: the strongest change of
+    the label's log-prob after removing the target): click one, or pick it in the dropdown. Below,
+    for that instance: the rank (0 = top) of the correct label, the noisy label and (THR) the
+    bridge at every layer and scored answer place; then the change of the label's log-prob after
+    each removal at every layer (a hollow circle: the label is no longer the greedy answer)."""
     if instances.empty:
         return alt.Chart(pd.DataFrame({"text": ["no instances to explore"]}), title=title).mark_text().encode(text="text:N")
     tokens = [t for t in READOUTS.values() if t in set(readout["token"])]
@@ -217,39 +225,42 @@ def explorer_chart(instances: pd.DataFrame, readout: pd.DataFrame, effects: pd.D
     pick = alt.selection_point(name="instance", fields=["key"], value=[{"key": keys[0]}], empty=False,
                                on="click[event.item && event.item.mark.marktype !== 'group']", clear=False,
                                bind=alt.binding_select(options=keys, labels=short, name="instance "))
-    strip = alt.Chart(instances[["key", "row", "jitter", "strongest", "name"]]).mark_point(filled=True).encode(
+    instances = instances[["key", "row", "jitter", "strongest", "name", "lines"]]  # one table for the strip and the name
+    strip = alt.Chart(instances).mark_point(filled=True).encode(
         x=alt.X("strongest:Q", title="strongest Δ log-prob of the label, target removed (nats per token)"),
         y=alt.Y("row:N", sort=rows, title=None), yOffset=alt.YOffset("jitter:Q", scale=alt.Scale(domain=[-0.5, 0.5])),
         color=alt.condition(pick, alt.value("#d62728"), alt.value("#4c78a8")),
         size=alt.condition(pick, alt.value(160), alt.value(30)),
         tooltip=["name", alt.Tooltip("strongest:Q", format="+.3f")],
     ).add_params(pick).properties(name=PICK, width=480, height=24 * len(rows))
-    picked = alt.Chart(instances[["key", "lines"]]).mark_text(align="left", baseline="top", fontSize=12,
-                                                               fontWeight="bold", lineBreak="\n")
-    picked = picked.encode(x=alt.value(0), y=alt.value(0), text="lines:N").transform_filter(pick)
-    picked = picked.properties(name=PICKED, width=480, height=30, view=alt.ViewBackground(stroke=None))
+    picked = alt.Chart(instances).mark_text(align="left", baseline="top", fontSize=12, fontWeight="bold",
+                                            lineBreak="\n").encode(x=alt.value(0), y=alt.value(0), text="lines:N")
+    picked = picked.transform_filter(pick).properties(name=PICKED, width=480, height=30,
+                                                      view=alt.ViewBackground(stroke=None))
     # every instance on the same legends: they keep their entries and width when another is picked
     line, dash = alt.Legend(symbolType="stroke"), alt.Legend(symbolType="stroke", symbolStrokeColor="black")
-    ranks = alt.Chart(readout, title="readout: rank per layer").encode(
+    ranks = alt.Chart().encode(
         x=alt.X("layer name:O", sort=layers, title="layer"),
         y=alt.Y("rank:Q", scale=alt.Scale(type="symlog", reverse=True), title="rank (0 = top)"),
         color=alt.Color("token:N", scale=alt.Scale(domain=tokens), title="readout of", legend=line),
-        tooltip=["layer name:N", "place", "token:N", "rank:Q", alt.Tooltip("top1", title="top-1 token")],
+        tooltip=["layer name:N", "place:N", "token:N", "rank:Q", alt.Tooltip("top1:N", title="top-1 token")],
     ).transform_filter(pick).transform_fold(tokens, as_=["token", "rank"]).transform_filter("isValid(datum.rank)")
     ranks = ranks.transform_calculate(**{"layer name": "datum.layer < 0 ? 'embed' : '' + datum.layer"})
-    ranks = ranks.mark_line().encode(strokeDash=alt.StrokeDash(
-        "place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash)) + ranks.mark_point(filled=True)
-    removals = alt.Chart(effects, title="removal: Δ log-prob of the label per layer").encode(
+    ranks = alt.layer(ranks.mark_line().encode(strokeDash=alt.StrokeDash(
+        "place:N", scale=alt.Scale(domain=places), title="answer place", legend=dash)), ranks.mark_point(filled=True),
+        data=csv_data(readout), title="readout: rank per layer")
+    removals = alt.Chart().encode(
         x=alt.X("layer:O"), y=alt.Y("delta_logp:Q", title="Δ log-prob (nats per token)"),
         color=alt.Color("what:N", scale=alt.Scale(domain=removed), title="removed", legend=line),
-        tooltip=["method", "what", "layer", alt.Tooltip("delta_logp:Q", format="+.3f"),
-                 alt.Tooltip("mem_after:N", title="label still the answer")],
-    ).transform_filter(pick)
-    removals = removals.mark_line().encode(strokeDash=alt.StrokeDash(
-        "method:N", scale=alt.Scale(domain=methods), title="method", legend=dash)) + removals.mark_point(filled=True)
-    hollow = alt.Chart(effects).mark_point(filled=False, size=90, color="black").encode(
+        tooltip=["method:N", "what:N", "layer:O", alt.Tooltip("delta_logp:Q", format="+.3f"),
+                 alt.Tooltip("still:N", title="label still the answer")],
+    ).transform_filter(pick).transform_calculate(still="datum.mem_after ? 'yes' : 'no'")
+    hollow = alt.Chart().mark_point(filled=False, size=90, color="black").encode(
         x="layer:O", y="delta_logp:Q").transform_filter(pick).transform_filter("!datum.mem_after")
-    panels = [ranks.properties(width=400, height=150), (removals + hollow).properties(width=400, height=150)]
+    removals = alt.layer(removals.mark_line().encode(strokeDash=alt.StrokeDash(
+        "method:N", scale=alt.Scale(domain=methods), title="method", legend=dash)), removals.mark_point(filled=True),
+        hollow, data=csv_data(effects), title="removal: Δ log-prob of the label per layer")
+    panels = [ranks.properties(width=400, height=150), removals.properties(width=400, height=150)]
     return alt.vconcat(strip, picked, *panels, title=lines(title), spacing=14).resolve_scale(
         color="independent", strokeDash="independent")
 
