@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from rote import claims, stats
+from rote.book import verdicts
 from rote.config import make_config
 from rote.interp import instances
 from rote.observations import observation0, observation1, observation2
@@ -43,11 +44,11 @@ def test_records_round_trip_and_render(tmp_path):
     claims.save([claims.Claim(**{**c.__dict__, "verdict": "does not hold"})], tmp_path, 1, task="thr")
     again = claims.load(tmp_path, 1)
     assert {x.task: x.verdict for x in again} == {"fda": "cannot be tested", "thr": "does not hold"}
-    table = claims.claims_table([c])
-    assert table.loc[0, "value [95% CI]"] == "40.0% [35.0%, 45.0%]" and table.loc[0, "verdict"] == "holds"
-    text = claims.sentence([c, d], 1, "what")
-    assert "holds in this THR run" in text and "40.0% [35.0%, 45.0%] against 20.0%" in text
-    assert "cannot be tested in this FDA run" in text and "why" in text
+    table = verdicts.claims_table([c]).html
+    assert "40.0% [35.0%, 45.0%]" in table and ">holds<" in table
+    text, box = verdicts.sentence([c, d], 1, "what"), verdicts.result_box([c, d], 1, "what").html
+    assert "**THR**: Observation 1 (what) holds in this run" in text and "40.0% [35.0%, 45.0%], against 20.0%" in box
+    assert "**FDA**: Observation 1 (what) cannot be tested in this run" in text and "why" in box
 
 
 # ---- Observation 1: the label-prior base rate ----
@@ -256,7 +257,7 @@ def test_dynamics_claims_on_a_tiny_run_report_the_definition_and_the_chance_rate
         before = said if onset is None else said[steps < onset]
         hits, evals = hits + before.sum(), evals + len(before)
     assert f"chance rate: the noisy label said at {hits / evals:.1%} of evaluations" in c.note
-    text = claims.sentence([c], 0, "generalization before memorization")
+    text = verdicts.claims_table([c]).html  # the note is on the page, under the claim
     assert "chance rate" in text and "by the first single evaluation" in text
     # the margin is a parameter: one above any possible difference fails the claim
     assert observation0.dynamics_claims(run, margin=1.0)[0].verdict == "does not hold"

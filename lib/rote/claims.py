@@ -8,8 +8,8 @@ checker can pass another one and see the verdict flip.
 
 Records are saved beside the run, one flat JSON file per observation
 (`<run dir>/claims/observation<N>.json`), each record carrying the run's config hash, so that a
-scorecard can collect them over a grid of runs. `claims_table` and `sentence` render a chapter's
-table and its sentence from the records alone.
+scorecard can collect them over a grid of runs. `rote.book.verdicts` renders a chapter's result
+box, claims chart and table from the records alone.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from rote.config import OneLineError, config_hash
 from rote.stats import Comparison
@@ -184,42 +183,3 @@ def _with_ci(x, lo, hi, percent: bool) -> str:
 def is_share(c: Claim) -> bool:
     """Whether the claim's statistic is a share (shown in percent) rather than a mean (nats, |z|)."""
     return "share" in c.statistic or c.statistic.startswith("%")
-
-
-def claims_table(claims: list[Claim]) -> pd.DataFrame:
-    """A chapter's claim table: per claim, the number with its interval beside the control's, the
-    difference, the rule and the verdict."""
-    rows = []
-    for c in claims:
-        p = is_share(c)
-        rows.append({"task": c.task.upper(), "claim": c.claim, "statistic": c.statistic,
-                     "value [95% CI]": _with_ci(c.value, c.lo, c.hi, p), "control": c.control,
-                     "control [95% CI]": _with_ci(c.control_value, c.control_lo, c.control_hi, p),
-                     "difference [95% CI]": _with_ci(c.difference, c.difference_lo, c.difference_hi, p),
-                     "rule": c.rule, "verdict": c.verdict})
-    return pd.DataFrame(rows, columns=["task", "claim", "statistic", "value [95% CI]", "control",
-                                       "control [95% CI]", "difference [95% CI]", "rule", "verdict"])
-
-
-def sentence(claims: list[Claim], observation: int, what: str) -> str:
-    """The chapter's sentence, computed from the records: the observation's verdict per task, and
-    per claim the number against its control and the verdict."""
-    parts = []
-    for task in dict.fromkeys(c.task for c in claims):
-        mine = [c for c in claims if c.task == task]
-        v = overall(mine)
-        head = {"holds": f"Observation {observation} ({what}) holds in this {task.upper()} run",
-                "holds in part": f"Observation {observation} ({what}) holds only in part in this {task.upper()} run",
-                "does not hold": f"Observation {observation} ({what}) does not hold in this {task.upper()} run",
-                "cannot be tested": f"Observation {observation} ({what}) cannot be tested in this {task.upper()} run"}[v]
-        details = []
-        for c in mine:
-            p, name = is_share(c), f"{c.claim[:1].upper()}{c.claim[1:]}"
-            if c.value != c.value:
-                details.append(f"{name}: {c.verdict}" + (f" ({c.note})" if c.note else ""))
-                continue
-            details.append(f"{name}: {c.verdict} ({c.statistic} {_with_ci(c.value, c.lo, c.hi, p)} against "
-                           f"{_with_ci(c.control_value, c.control_lo, c.control_hi, p)} for {c.control}"
-                           + (f"; {c.note}" if c.note else "") + ")")
-        parts.append(head + ". " + "; ".join(details) + ".")
-    return "\n\n".join(parts) if parts else f"Observation {observation}: no claim could be tested."
