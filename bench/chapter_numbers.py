@@ -9,7 +9,7 @@ the package can be compared file by file (a refactor must leave them byte-identi
 
 Writes claims.json (every observation's claim records, both tasks) and the tables each chapter
 shows (readout, removal effects and contrasts, heuristic types, Observation 3's summary and rescue
-curve, Observation 4's survival and dependence), one CSV each, and prints the seconds each
+curve, Observation 4's survival and dependence, the circuits' curves and edges), one CSV each, and prints the seconds each
 observation's analysis took (one torch thread).
 """
 from __future__ import annotations
@@ -22,7 +22,16 @@ import torch
 
 import rote
 from rote import claims, parameters
-from rote.observations import OBSERVATIONS, heuristics, observation0, observation1, observation2, observation3, observation4
+from rote.observations import (
+    OBSERVATIONS,
+    circuits,
+    heuristics,
+    observation0,
+    observation1,
+    observation2,
+    observation3,
+    observation4,
+)
 
 
 def main():
@@ -71,6 +80,9 @@ def main():
         r4 = analyse(4)
         save(f"{task}_survival", observation4.survival_table(r4))
         save(f"{task}_dependence", observation4.dependence_table(r4))
+        r5 = analyse(5)
+        save(f"{task}_circuit_curves", r5.curves)
+        save(f"{task}_circuit_edges", circuits.circuit_table(r5))
         print(task, "seconds per observation:", ", ".join(f"{n}: {s:.1f}" for n, s in seconds.items()), flush=True)
     (args.out / "claims.json").write_text(claims.to_json(records))
     if args.check:

@@ -4,6 +4,7 @@ plain-torch twin (inside `rote.interp.edits.plain_hooks()`).
     python bench/eap_speed.py                          # cpu profile, both tasks, 2 threads
     python bench/eap_speed.py --profile tiny --threads 1 --repeats 7
     python bench/eap_speed.py --untrained --threads 1      # the cpu profile's shape, untrained
+    python bench/eap_speed.py --analysis               # also the circuits chapter's whole analysis per task
 
 Each model comes from `rote.get_or_train` (trained first if no finished run exists: with the cpu
 profile that takes many minutes); with `--untrained`, a freshly initialized model of the profile's
@@ -13,16 +14,25 @@ on the corrupted input and a forward and backward pass on the clean one. Measure
 one process, median of `--repeats` runs after one warm-up each; "model fwd+bwd" is the HF model's
 own forward on both inputs and backward on the clean one, the floor of any implementation. The two
 paths are checked to agree before timing. Target: nnsight within 1.2x of the twin.
+
+With `--analysis`, then the circuits chapter's analysis of each task's trained model, as the
+chapter runs it (`rote.observations.circuits.shared_circuits` and `circuit_claims`: the instances,
+Observation 1's readout for the override layer, three EAP passes, the faithfulness curves by real
+patching, the random circuits and 1,000 bootstrap resamples), median of `--analysis-repeats` runs,
+against the chapter's budget of 2 minutes per task.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 import torch
 
 import rote
 from readout_speed import median_ms  # interleaved medians, as the readout benchmark times them
+from rote import parameters
 from rote.interp import eap
 from rote.interp.edits import plain_hooks
 from rote.interp.instances import questions
@@ -30,6 +40,7 @@ from rote.runs.model import build_model, build_tokenizer
 from rote.runs.train import is_finished
 
 TARGET = 1.2
+BUDGET = 120.0  # seconds: the circuits chapter's analysis of one task, cpu profile, 2 cores
 
 
 def twin_scores(model, pairs, **kwargs):
@@ -82,10 +93,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the book's CPU)")
     parser.add_argument("--untrained", action="store_true", help="a fresh model of the profile's shape")
+    parser.add_argument("--analysis", action="store_true", help="also time the circuits chapter's analysis per task")
+    parser.add_argument("--analysis-repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [measure(t, args.profile, args.rows, args.repeats, args.overrides, args.untrained)
-            for t in rote.config.chapter_tasks(args.task)]
+            for t in parameters.chapter_tasks(args.task)]
     which = "untrained" if args.untrained else "trained"
     print(f"\none EAP pass, {args.profile} profile ({which}), {args.threads} thread(s), median of {args.repeats} (ms)\n")
     head = (f"{'task':<5} {'model':<9} {'rows':>5} {'edges':>6} | {'nnsight':>8} {'twin':>8} {'ratio':>6} | "
@@ -97,6 +110,28 @@ def main(argv=None) -> None:
               f"{r['nnsight'] / r['twin']:>5.2f}x | {r['fwd_bwd']:>13.1f} | {r['worst']:>13.1e}")
     worst = max(r["nnsight"] / r["twin"] for r in rows)
     print(f"\nnnsight / twin: at most {worst:.2f}x ({'within' if worst <= TARGET else 'OVER'} the {TARGET}x target)")
+    if args.analysis:
+        analysis_table(args)
+
+
+def analysis_table(args) -> None:
+    """The circuits chapter's analysis per task (trained models only), median seconds against BUDGET."""
+    from rote.observations import circuits
+
+    print(f"\nthe circuits chapter's analysis, {args.profile} profile, {args.threads} thread(s), "
+          f"median of {args.analysis_repeats} (s)\n")
+    print(f"{'task':<5} {'k':>5} {'edges':>6} | {'seconds':>8} {'of budget':>10}")
+    for task in parameters.chapter_tasks(args.task):
+        config = rote.make_config(task, args.profile, **args.overrides)
+        rote.get_or_train(config, device="cpu", progress=False)
+        times = []
+        for _ in range(args.analysis_repeats):
+            t = time.perf_counter()
+            result = circuits.shared_circuits(config, progress=False)
+            circuits.circuit_claims(result)
+            times.append(time.perf_counter() - t)
+        seconds = statistics.median(times)
+        print(f"{task:<5} {result.size:>5} {len(result.edges):>6} | {seconds:>8.1f} {seconds / BUDGET:>9.2f}x")
 
 
 if __name__ == "__main__":

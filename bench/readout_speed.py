@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import rote
+from rote import parameters
 from rote.interp.edits import plain_hooks
 from rote.interp.instances import questions
 from rote.interp.lens import lens_states, logit_lens, readout_batch
@@ -103,7 +104,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [bench_task(t, args.profile, args.noise, args.seed, args.overrides, args.repeats)
-            for t in rote.config.chapter_tasks(args.task)]
+            for t in parameters.chapter_tasks(args.task)]
     print(f"\nlogit lens over every noisy training instance, {args.profile} profile, {args.threads} thread(s), "
           f"median of {args.repeats} (ms)\n")
     head = (f"{'task':<5} {'model':<7} {'noisy':>6} {'readouts':>9} | {'table nnsight':>13} {'table hooks':>11} "

@@ -15,6 +15,7 @@ from rote.book import build
 from rote.book import check as bookcheck
 from rote.config import ConfigError
 from rote.grid import scorecard
+from rote.observations import of_chapter
 from rote.store import REPO_ROOT
 
 
@@ -76,7 +77,7 @@ def test_pages_open_with_their_result_and_cut_no_table(built):
         assert not [c for c in cells if c in ("...", "…") or c.endswith(("...", "…"))], page.name
         assert "NaN" not in cells and "nan" not in cells, page.name
         assert 'class="dataframe' not in html, page.name  # every table goes through rote.book.tables
-        if page.stem.startswith("observation"):
+        if of_chapter(page.stem) is not None:  # an observation's page, the circuits' too
             title = html.rfind("<h1")  # the article's title (the theme repeats it, and has a "Contents" heading, above)
             box, first_section = html.find('class="rote-result"', title), html.find("<h2", title)
             assert 0 < title < box < first_section, page.name

@@ -9,7 +9,8 @@ import pytest
 import vl_convert
 
 from rote.book import charts, vega
-from rote.observations import observation2, observation4
+from rote.interp import eap
+from rote.observations import circuits, observation2, observation4
 
 LAYERS = range(-1, 8)
 RNG = np.random.default_rng(0)
@@ -90,7 +91,7 @@ def every_chart():
     curve = pd.DataFrame({"k": [1, 5, 10, 50], "rescue_driving": 0.5, "driving_lo": 0.4, "driving_hi": 0.6,
                           "rescue_control": 0.1, "control_lo": 0.0, "control_hi": 0.2})
     scorecard = pd.DataFrame([dict(observation=o, task=t, noise=n, summary="holds in most runs", counts="2 of 3",
-                                   claim="a claim", runs="seed 0 holds") for o in range(5) for t in ("FDA", "THR")
+                                   claim="a claim", runs="seed 0 holds") for o in range(6) for t in ("FDA", "THR")
                               for n in ("2%", "5%", "10%")])
     counts = pd.DataFrame([dict(task=t, split=s, kind=k, noise=n, instances=1000) for t in ("FDA", "THR")
                            for s in ("train", "test") for k in ("fact", "two-hop") for n in ("clean", "noisy")])
@@ -115,6 +116,24 @@ def every_chart():
     yield "rescue curve", charts.rescue_curve_chart(curve)
     yield "shift", charts.shift_chart(pd.DataFrame({"z": RNG.normal(1, 2, 600)}), pd.DataFrame({"z": RNG.normal(0, 1, 600)}))
     yield "scorecard", charts.scorecard_chart(scorecard, "Verdicts over seeds")
+    for name, (layers, heads) in (("paper", (8, 8)), ("cpu", (4, 8))):
+        edges = circuit_edges(layers, heads)
+        yield f"circuit graph {name}", charts.circuit_graph_chart(edges, layers, heads, LONG)
+        yield f"faithfulness {name}", charts.faithfulness_chart(faithfulness_curves(len(edges)), 700, 0.8, LONG)
+
+
+def circuit_edges(n_layer, n_head):
+    """Every edge of the paper profile's graph with random scores; the circuits hold about a third each."""
+    edges = circuits.edge_layers(eap.Graph(n_layer, n_head))
+    for name in ("clean A", "noisy"):
+        edges[f"score {name}"] = RNG.normal(0, 1, len(edges))
+        edges[f"in {name}"] = RNG.random(len(edges)) < 0.35
+    return edges
+
+
+def faithfulness_curves(n_edges):
+    return pd.DataFrame([dict(circuit=c, on=o, n=n, metric=RNG.random(), share=RNG.random())
+                         for c, o in charts.CURVES for n in circuits.sizes_for(n_edges)])
 
 
 @pytest.mark.parametrize("chart", [pytest.param(chart, id=name) for name, chart in every_chart()])

@@ -398,3 +398,14 @@ def test_a_precomputed_source_is_the_corrupted_run():
     assert torch.allclose(eap.patched_metric(model, pairs, edges, batch_size=5, source=source), expected, atol=1e-6)
     with pytest.raises(ValueError, match="rows"):
         eap.patched_metric(model, pairs, edges, source=source[:, :3])
+
+
+def test_per_row_scores_average_to_the_scores_and_each_row_is_its_own_pass():
+    model, _, _ = trained("fda")
+    pairs = clean_pairs("fda", 12)
+    rows = eap.edge_scores(model, pairs, per_row=True, batch_size=5)
+    assert rows.shape == (12, len(eap.graph_of(model).edges))
+    assert torch.allclose(rows.mean(0), eap.edge_scores(model, pairs), rtol=1e-5, atol=1e-7)
+    one = next(pairs.batches(1))  # the first row alone
+    assert torch.allclose(rows[0], eap.edge_scores(model, one), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(rows[0], rows[1])

@@ -2,6 +2,7 @@
 a corrupt or hostile state.pt, bad grid input; and rote.grid.scorecard's counting on known records."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -20,6 +21,7 @@ import rote
 from rote.claims import Claim
 from rote.config import ConfigError
 from rote.grid import scorecard, sweep
+from rote.observations import OBSERVATIONS
 from rote.runs.train import RunError, run_dir
 from rote.store import locked
 
@@ -249,6 +251,45 @@ def test_grid_on_a_local_cluster_with_a_killed_worker_matches_cells_run_one_by_o
     assert list(again["finished"]) == list(frame["finished"])
 
 
+def _drop_observation(records: Path, cell, number: int) -> None:
+    path = sweep.cell_dir(cell, records) / "claims.json"
+    kept = [r for r in json.loads(path.read_text()) if r["observation"] != number]
+    path.write_text(json.dumps(kept))
+
+
+def test_a_cell_without_a_newer_observation_is_completed_from_the_same_run(tmp_path):
+    """Records made before an observation joined the registry: the sweep trains the run again, checks
+    its evaluation table against the recorded one and adds only the missing analysis."""
+    cell = sweep.grid(["thr"], [0.1], [0], "tiny")[0]
+    whole, records = tmp_path / "whole", tmp_path / "records"
+    sweep.run_cell(cell, str(tmp_path / "home-a"), str(whole))
+    sweep.run_cell(cell, str(tmp_path / "home-b"), str(records))
+    newest = max(OBSERVATIONS)
+    _drop_observation(records, cell, newest)
+    assert sweep.missing_observations(cell, records) == [newest] and sweep.is_done(cell, records)
+    before = json.loads((sweep.cell_dir(cell, records) / "cell.json").read_text())
+    config = sweep.cell_dir(cell, records) / "config.json"
+    config.write_text(config.read_text().replace(' "kernels": "deterministic",\n', ""))  # as recorded before that field
+    older = config.read_text()
+    sweep.sweep([cell], None, records, progress=False)  # a fresh ROTE_HOME: the run is trained again
+    assert config.read_text() == older  # the recorded files are kept byte for byte
+    assert sweep.missing_observations(cell, records) == []
+    assert _claims(records, cell) == _claims(whole, cell)  # the same records as a whole run's, in the same order
+    assert "kernels" not in older
+    after = json.loads((sweep.cell_dir(cell, records) / "cell.json").read_text())
+    assert after["finished"] == before["finished"] and after["completed"]["observations"] == [newest]
+    # a run that is not the recorded one is refused, and the records stay as they were
+    _drop_observation(records, cell, newest)
+    table = sweep.cell_dir(cell, records) / "metrics.csv"
+    metrics = pd.read_csv(table)
+    metrics.loc[len(metrics) - 1, "test_acc"] += 0.01
+    metrics.to_csv(table, index=False)
+    kept = _claims(records, cell)
+    with pytest.raises(sweep.SweepError, match="differs from the recorded one .first at step"):
+        sweep.run_cell(cell, str(tmp_path / "home-b"), str(records))
+    assert _claims(records, cell) == kept
+
+
 # ---- the scorecard ---------------------------------------------------------------------------------------------
 
 def _claim(observation: int, task: str, verdict: str, value: float = 0.5) -> Claim:
@@ -262,7 +303,7 @@ def _save(cell, records: Path, verdict: str, metrics: str) -> None:
     (records / "m.csv").write_text(metrics)
     info = {"config_hash": rote.config_hash(cell.config), "train_minutes": 1.0, "analysis_seconds": {"0": 1.0},
             "device": "1 CPU thread(s)"}
-    sweep.save_cell(cell, records, info, cell.config, [_claim(o, cell.task, verdict) for o in range(5)], records / "m.csv")
+    sweep.save_cell(cell, records, info, cell.config, [_claim(o, cell.task, verdict) for o in OBSERVATIONS], records / "m.csv")
 
 
 def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
@@ -302,7 +343,10 @@ def test_scorecard_reads_the_committed_records_then_those_of_your_sweeps():
     mine = scorecard.default_cells("tiny", ("fda",), (0.07,), [0])
     _save(mine[0], sweep.default_records(), "holds", "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.95,0.99\n")
     card = scorecard.scorecard(committed + mine)
-    assert "not run yet" not in set(card.verdicts["claims_verdict"])
+    # "not run yet" exactly where a committed cell lacks an observation's records (none once the grid is complete)
+    missing = {(c.task, c.noise, c.seed, n) for c in committed for n in sweep.missing_observations(c)}
+    not_run = card.verdicts[card.verdicts["claims_verdict"] == "not run yet"]
+    assert set(zip(not_run["task"], not_run["noise"], not_run["seed"], not_run["observation"])) == missing
     assert len(card.timings) == len(committed) + 1
     assert set(card.verdicts[card.verdicts["noise"] == 0.07]["claims_verdict"]) == {"holds"}
 

@@ -6,7 +6,7 @@ list (tests/test_layers.py keeps it so):
     rote/           config, store, stats, claims, parameters: the ground every layer stands on
     rote/runs/      data, model, evaluate, train, reference: datasets and trained models
     rote/interp/    sites, edits, lens, leace, instances, eap: reading and editing a model
-    rote/observations/   the paper's observations 0-4, their building blocks and their registry
+    rote/observations/   the paper's observations 0-4, the shared circuits, their building blocks and registry
     rote/grid/      sweep, scorecard, regimes: many runs at once
     rote/book/      build, check, charts, vega, explorer, sphinxext: the published book
 

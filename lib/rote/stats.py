@@ -137,3 +137,25 @@ def _with_intervals(estimates, level: float) -> "Comparison":
         lo, hi = np.percentile(resampled, [tail, 100 - tail])
         out += [float(value), float(lo), float(hi)]
     return Comparison(*out)
+
+
+def resampled_comparison(value: float, value_resampled, control: float, control_resampled,
+                         level: float = 0.95, centred: bool = False, bounds: tuple | None = None) -> Comparison:
+    """A statistic and its control from one set of resamples (the r-th of each computed on the same
+    resample, so their difference is paired): each with its percentile interval, NaN draws left out.
+    `centred`: the resamples' spread around the value instead (their quantiles shifted by the value
+    minus their median), for a statistic whose resamples sit to one side of it (a selection redone on
+    each resample is noisier than the one made on all rows). `bounds` (lo, hi): the range of the
+    statistic and its control, which their intervals are clipped to."""
+    a, b = np.asarray(value_resampled, dtype=float), np.asarray(control_resampled, dtype=float)
+    tail = (1 - level) / 2 * 100
+    out = []
+    for v, draws in ((value, a), (control, b), (value - control, a - b)):
+        draws = draws[~np.isnan(draws)]
+        lo, hi = np.percentile(draws, [tail, 100 - tail]) if draws.size else (NAN, NAN)
+        if centred and draws.size:
+            lo, hi = lo + v - np.median(draws), hi + v - np.median(draws)
+        if bounds is not None and len(out) < 6:
+            lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+        out += [float(v), float(lo), float(hi)]
+    return Comparison(*out)

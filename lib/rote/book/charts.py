@@ -416,6 +416,89 @@ def shift_chart(neurons: pd.DataFrame, control: pd.DataFrame, title: str = "") -
     ).properties(width=360, height=200, title=lines(title))
 
 
+# ---- Shared circuits ------------------------------------------------------------------------------------
+
+MEMBERSHIP = {"both circuits": "#6a3d9a", "clean circuit only": "#1f78b4", "noisy circuit only": "#e6550d"}
+
+
+def _node_xy(name: str, n_layer: int, n_head: int) -> tuple[float, float]:
+    """Where a node of the circuit graph is drawn: heads of layer l in a row at height 2l + 1, its
+    MLP to their right one row up, the embeddings below and the logits above."""
+    if name == "embed":
+        return (n_head - 1) / 2, 0.0
+    if name == "logits":
+        return (n_head - 1) / 2, 2.0 * n_layer + 1
+    layer, rest = name[1:].split(".") if "." in name else (name[1:], "")
+    if rest:
+        return float(int(rest[1:])), 2.0 * int(layer) + 1
+    return n_head + 0.5, 2.0 * int(layer) + 2
+
+
+def circuit_graph_chart(edges: pd.DataFrame, n_layer: int, n_head: int, title: str = "") -> alt.Chart:
+    """The clean circuit and the noisy circuit on one drawing of the model's graph: every edge of
+    either circuit (columns "in clean A", "in noisy" of `rote.observations.circuits`), coloured by
+    which circuits hold it, its width by its larger |mean score|. An edge into a head's query, key
+    or value input ends left of, under or right of that head. Click a legend entry to highlight it."""
+    e = edges[edges["in clean A"] | edges["in noisy"]].copy()
+    if e.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no circuits"]}), title=title).mark_text().encode(text="text:N")
+    e["circuits"] = np.select([e["in clean A"] & e["in noisy"], e["in clean A"]],
+                              ["both circuits", "clean circuit only"], "noisy circuit only")
+    start = [_node_xy(u, n_layer, n_head) for u in e["upstream"]]
+    ends = []
+    for d in e["downstream"]:
+        owner, _, part = d.partition("<")
+        x, y = _node_xy(owner, n_layer, n_head)
+        ends.append((x + {"q": -0.25, "k": 0.0, "v": 0.25}.get(part[:1], 0.0), y - (0.3 if part else 0.0)))
+    e["x"], e["y"] = [p[0] for p in start], [p[1] for p in start]
+    e["x2"], e["y2"] = [p[0] for p in ends], [p[1] for p in ends]
+    e["|score|"] = e[["score clean A", "score noisy"]].abs().max(axis=1)
+    names = ["embed"] + [f"a{l}.h{j}" for l in range(n_layer) for j in range(n_head)] + [f"m{l}" for l in range(n_layer)]
+    nodes = pd.DataFrame([{"node": n, "x": _node_xy(n, n_layer, n_head)[0], "y": _node_xy(n, n_layer, n_head)[1]}
+                          for n in names + ["logits"]])
+    pick = alt.selection_point(fields=["circuits"], bind="legend")
+    x = alt.X("x:Q", axis=None, scale=alt.Scale(domain=[-0.8, n_head + 1.3]))
+    y = alt.Y("y:Q", axis=None, scale=alt.Scale(domain=[-0.6, 2 * n_layer + 1.6]))
+    lines_ = alt.Chart(e).mark_rule().encode(
+        x=x, y=y, x2="x2:Q", y2="y2:Q",
+        color=alt.Color("circuits:N", title=None, scale=alt.Scale(domain=list(MEMBERSHIP), range=list(MEMBERSHIP.values())),
+                        legend=alt.Legend(orient="top")),
+        strokeWidth=alt.StrokeWidth("|score|:Q", scale=alt.Scale(range=[0.3, 4]), legend=None),
+        opacity=alt.condition(pick, alt.value(0.55), alt.value(0.04)),
+        tooltip=["upstream", "downstream", "circuits", alt.Tooltip("score clean A:Q", format=".4f"),
+                 alt.Tooltip("score noisy:Q", format=".4f")]).add_params(pick)
+    dots = alt.Chart(nodes).mark_circle(size=140, color="#444", opacity=1).encode(x=x, y=y, tooltip=["node"])
+    text = alt.Chart(nodes).mark_text(dy=-11, fontSize=10).encode(x=x, y=y, text="node:N")
+    return (lines_ + dots + text).properties(width=560, height=70 * n_layer + 80, title=lines(title))
+
+
+CURVES = {("clean A", "clean A"): "clean circuit A on its questions", ("clean A", "clean B"): "clean circuit A on clean B",
+          ("clean A", "noisy"): "clean circuit A on the noisy labels", ("noisy", "noisy"): "noisy circuit on its instances",
+          ("noisy", "clean B"): "noisy circuit on clean B"}
+
+
+def faithfulness_chart(curves: pd.DataFrame, size: int, keep: float, title: str = "") -> alt.Chart:
+    """Faithfulness (share of the metric kept with only the circuit's top-n edges clean) against n
+    (symlog axis), per circuit and the questions it is run on; the rule at `keep` and the circuit
+    size `size` chosen with it. Click a legend entry to highlight it."""
+    if curves.empty:
+        return alt.Chart(pd.DataFrame({"text": ["no circuits"]}), title=title).mark_text().encode(text="text:N")
+    c = curves.assign(curve=[CURVES[(a, b)] for a, b in zip(curves["circuit"], curves["on"])])
+    pick = alt.selection_point(fields=["curve"], bind="legend")
+    line = alt.Chart(c).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("n:Q", title="edges kept clean (top n by |score|)", scale=alt.Scale(type="symlog", nice=False),
+                axis=alt.Axis(values=[v for v in (0, 1, 10, 100, 1000, 10000) if v <= c["n"].max()], format="d")),
+        y=alt.Y("share:Q", title="share of the metric kept"),
+        color=alt.Color("curve:N", title=None, sort=list(CURVES.values()), legend=alt.Legend(orient="bottom", columns=2)),
+        opacity=alt.condition(pick, alt.value(1), alt.value(0.15)),
+        tooltip=["curve", "n", alt.Tooltip("share:Q", format=".3f"), alt.Tooltip("metric:Q", format=".3f")]).add_params(pick)
+    marks = pd.DataFrame({"keep": [keep], "k": [size]})
+    rule_y = alt.Chart(marks).mark_rule(color="gray", strokeDash=[4, 4]).encode(y="keep:Q")
+    rule_x = alt.Chart(marks).mark_rule(color="gray", strokeDash=[2, 2]).encode(
+        x="k:Q", tooltip=[alt.Tooltip("k:Q", title="circuit size k")])
+    return (line + rule_y + rule_x).properties(width=520, height=260, title=lines(title))
+
+
 # ---- The scorecard -------------------------------------------------------------------------------------
 
 SUMMARY_COLORS = {"holds in every run": "#1a7f37", "holds in most runs": "#7fbf7b", "holds in some runs": "#f1b6da",

@@ -20,7 +20,7 @@ from rote.claims import _with_ci, from_record, is_share, overall
 from rote.config import ConfigError
 from rote.grid.regimes import REGIMES, regime
 from rote.grid.sweep import NOISES, RECORDS, SEEDS, cell_dir, default_records, grid, is_done, sweep
-from rote.observations import OBSERVATIONS
+from rote.observations import OBSERVATIONS, circuits
 from rote.parameters import chapter_tasks, check_names
 
 PARAMETERS = ("task", "profile", "noises", "seeds", "overrides", "run_sweep")  # the chapter's parameters cell
@@ -190,6 +190,33 @@ def statistic_table(claims: pd.DataFrame) -> pd.DataFrame:
                      "statistic vs control": f"{first.statistic} vs {first.control}", "noise": f"{noise:.0%}",
                      "per seed: value [95% CI] vs control": seeds, "difference: mean [min, max] over seeds": spread,
                      "verdicts": counts(list(group["verdict"]))})
+    return pd.DataFrame(rows)
+
+
+def circuit_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per run with shared-circuit records (`rote.observations.circuits`): the share of the noisy
+    circuit's edges in clean circuit A beside its random floor and its clean-B ceiling, clean circuit
+    A's faithfulness on the noisy labels beside the noisy circuit's own, and the run's verdict."""
+    if not len(claims) or not (claims["observation"] == 5).any():
+        return pd.DataFrame({"note": ["no run has shared-circuit records yet"]})
+    rows = []
+    for (task, noise, seed), group in claims[claims["observation"] == 5].groupby(["task", "noise", "seed"], sort=True):
+        by = group.set_index("claim")
+        if circuits.EDGES_FLOOR not in by.index or by.loc[circuits.EDGES_FLOOR, "verdict"] == "cannot be tested":
+            rows.append({"task": task.upper(), "noise": f"{noise:.0%}", "seed": seed,
+                         "verdict": overall([from_record(r) for r in group.to_dict("records")])})
+            continue
+        floor, ceiling = by.loc[circuits.EDGES_FLOOR], by.loc[circuits.EDGES_CEILING]
+        carries, own = by.loc[circuits.CARRIES], by.loc[circuits.CARRIES_OWN]
+        rows.append({"task": task.upper(), "noise": f"{noise:.0%}", "seed": seed,
+                     "k": floor["note"].split("k = ")[1].split(" ")[0],
+                     "noisy circuit's edges in clean circuit A": _with_ci(floor["value"], floor["lo"], floor["hi"], True),
+                     "random edges (floor)": _with_ci(floor["control_value"], floor["control_lo"], floor["control_hi"], True),
+                     "clean circuit B (ceiling)": _with_ci(ceiling["control_value"], ceiling["control_lo"],
+                                                           ceiling["control_hi"], True),
+                     "clean circuit A on the noisy labels": _with_ci(carries["value"], carries["lo"], carries["hi"], True),
+                     "the noisy circuit's own": _with_ci(own["control_value"], own["control_lo"], own["control_hi"], True),
+                     "verdict": overall([from_record(r) for r in group.to_dict("records")])})
     return pd.DataFrame(rows)
 
 

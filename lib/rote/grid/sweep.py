@@ -16,7 +16,10 @@ observation's analysis on the model, and saves what the scorecard reads (`save_c
         metrics.csv   the run's evaluation table
 
 A cell whose records exist is skipped, so a sweep stopped at any point continues where it was, and
-committed records are never recomputed. A cell whose worker dies is sent to another worker by the
+committed records are never recomputed. A cell whose records lack an observation (one added to
+`OBSERVATIONS` since) is completed: its run is trained again (or loaded), its evaluation table must
+equal the recorded one (the same model, on the same machine), and only the missing analyses run; their
+records are added to the cell's. A cell whose worker dies is sent to another worker by the
 scheduler and resumes from its run's last saved state.
 """
 from __future__ import annotations
@@ -110,15 +113,24 @@ def cell_dir(cell: Cell, records: Path = RECORDS) -> Path:
 
 
 def is_done(cell: Cell, records: Path = RECORDS) -> bool:
+    """Whether the cell has records (some observations may be missing: `missing_observations`)."""
     return (cell_dir(cell, records) / "claims.json").exists()
 
 
-def analyse(config: Config) -> tuple[list, dict]:
-    """Every observation's claims on `config`'s model (trained first if need be), and the seconds
-    each analysis took."""
+def missing_observations(cell: Cell, records: Path = RECORDS) -> list[int]:
+    """The observations of the cell's task that its records lack (every one without records)."""
+    wanted = [n for n, o in OBSERVATIONS.items() if cell.task in o.tasks]
+    path = cell_dir(cell, records) / "claims.json"
+    have = {r["observation"] for r in json.loads(path.read_text())} if path.exists() else set()
+    return [n for n in wanted if n not in have]
+
+
+def analyse(config: Config, only=None) -> tuple[list, dict]:
+    """Every observation's claims on `config`'s model (trained first if need be), or those numbered
+    in `only`, and the seconds each analysis took."""
     records, seconds = [], {}
     for number, observation in OBSERVATIONS.items():
-        if config.task not in observation.tasks:
+        if config.task not in observation.tasks or (only is not None and number not in only):
             continue
         t0 = time.perf_counter()
         records += claims.record(observation.claims(observation.measure(config)), config, number)
@@ -140,18 +152,24 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
     if gpu:  # one worker per GPU: worker i uses GPU i
         from distributed import get_worker
         torch.cuda.set_device(int(get_worker().name) % torch.cuda.device_count())
+    saved = cell_dir(cell, Path(records))
+    only = missing_observations(cell, Path(records)) if is_done(cell, Path(records)) else None
     try:
         config = cell.config
         t0 = time.perf_counter()
         run = train(config, progress=False)
         trained = time.perf_counter() - t0
-        claim_records, seconds = analyse(config)
+        if only is not None:
+            same_run(saved / "metrics.csv", run / "metrics.csv")
+        claim_records, seconds = analyse(config, only)
     finally:  # as it was: run in this process, a cell leaves no trace in its settings
         if before is None:
             del os.environ["ROTE_HOME"]
         else:
             os.environ["ROTE_HOME"] = before
         torch.set_num_threads(threads_before)
+    if only is not None:
+        return complete_cell(cell, Path(records), config, claim_records, seconds, trained, threads)
     metrics = pd.read_csv(run / "metrics.csv")
     info = {**dataclasses.asdict(cell), "overrides": dict(cell.overrides), "config_hash": config_hash(config),
             "train_minutes": round(float(metrics["seconds"].iloc[-1]) / 60, 2),
@@ -162,13 +180,44 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
     return info
 
 
-def save_cell(cell: Cell, records: Path, info: dict, config: Config, claim_records: list, metrics: Path) -> Path:
-    """Write a cell's records in one step (a folder renamed into place): all of them or none."""
+def same_run(recorded: Path, trained: Path) -> None:
+    """Refuse to complete a cell whose run, trained here, is not the recorded one: their evaluation
+    tables must agree on every measure at every step (timings aside)."""
+    a, b = pd.read_csv(recorded), pd.read_csv(trained)
+    columns = [c for c in a.columns if c not in ("seconds", "tokens_per_s")]
+    if list(a.columns) != list(b.columns) or len(a) != len(b) or not a[columns].equals(b[columns]):
+        differ = a[columns].ne(b[columns]).any(axis=1) if len(a) == len(b) and list(a.columns) == list(b.columns) else None
+        where = f"first at step {int(a['step'][differ.idxmax()])}" if differ is not None and differ.any() else "in shape"
+        raise SweepError(f"the run trained here differs from the recorded one ({where}): its model is not the one "
+                         f"the records describe; rerun the whole cell into other records (--records DIR)")
+
+
+def complete_cell(cell: Cell, records: Path, config: Config, added: list, seconds: dict, trained: float,
+                  threads: int) -> dict:
+    """Add the records of the missing observations to a cell's (`save_cell`, its metrics kept)."""
+    import torch
+
+    saved = cell_dir(cell, records)
+    info = json.loads((saved / "cell.json").read_text())
+    info["analysis_seconds"] = {**info["analysis_seconds"], **{str(k): v for k, v in seconds.items()}}
+    info["completed"] = {"observations": sorted(seconds), "device": f"{threads} CPU thread(s)", "host": platform.node(),
+                         "torch": torch.__version__, "train_wall_seconds_here": round(trained, 1),
+                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    kept = [claims.from_record(r) for r in json.loads((saved / "claims.json").read_text())]
+    # the recorded config.json and metrics.csv are kept byte for byte (read before the folder is replaced)
+    save_cell(cell, records, info, config, kept + added, saved / "metrics.csv", (saved / "config.json").read_text())
+    return info
+
+
+def save_cell(cell: Cell, records: Path, info: dict, config: Config, claim_records: list, metrics: Path,
+              config_json: str | None = None) -> Path:
+    """Write a cell's records in one step (a folder renamed into place): all of them or none.
+    `config_json`: the text of config.json, when it is already recorded."""
     from rote.claims import to_json
 
     with atomic_dir(cell_dir(cell, records)) as tmp:
         (tmp / "cell.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(config_json or json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True) + "\n")
         (tmp / "claims.json").write_text(to_json(claim_records))
         (tmp / "metrics.csv").write_bytes(Path(metrics).read_bytes())
     return cell_dir(cell, records)
@@ -259,7 +308,7 @@ def sweep(cells: list[Cell], client=None, records: Path | None = None, threads: 
     from tqdm.auto import tqdm
 
     records = Path(records) if records is not None else default_records()
-    todo = [c for c in cells if not is_done(c, records)]
+    todo = [c for c in cells if missing_observations(c, records)]
     own = client is None and bool(todo)
     if own:
         client = connect(threads=threads, gpu=gpu)
@@ -334,8 +383,11 @@ def main(argv=None) -> None:
         cells = grid(args.tasks, args.noise, seeds, args.profile, overrides)
         slurm = dict(jobs=args.jobs, memory=args.memory, walltime=args.walltime, options=args.slurm_option) \
             if args.slurm else None
-        todo = [c for c in cells if not is_done(c, args.records)]
-        print(f"{len(cells)} cells, {len(cells) - len(todo)} with records already", flush=True)
+        todo = [c for c in cells if missing_observations(c, args.records)]
+        partial = sum(is_done(c, args.records) for c in todo)
+        print(f"{len(cells)} cells, {len(cells) - len(todo)} with every observation's records already"
+              + (f", {partial} to complete (their runs trained again, only the missing analyses run)" if partial else ""),
+              flush=True)
         client = connect(args.scheduler, args.workers, args.threads, args.gpus, slurm) if todo else None
         t0 = time.perf_counter()
         try:

@@ -387,7 +387,7 @@ def _gradient_run(model, ids: torch.Tensor, pairs: Pairs, plain: bool, mix=None)
 
 
 def _batch_scores(model, pairs: Pairs, ig_steps: int, plain: bool) -> torch.Tensor:
-    """Sum over the batch's rows of every edge's score, [n_edges]."""
+    """Every edge's score on each row of the batch, [B, n_edges]."""
     device = hf(model).device
     clean, corrupt = pairs.clean.to(device), pairs.corrupt.to(device)
     with torch.no_grad():
@@ -397,16 +397,17 @@ def _batch_scores(model, pairs: Pairs, ig_steps: int, plain: bool) -> torch.Tens
         acts, grads = runs[-1][0], sum(run[1] for run in runs) / ig_steps
     else:
         acts, grads = _gradient_run(model, clean, pairs, plain)
-    full = grads.flatten(1) @ (source - acts).flatten(1).T  # [n_down, n_up]
-    return full[graph_of(model).allowed.to(full.device)]
+    full = torch.einsum("dbtc,ubtc->bdu", grads, source - acts)  # [B, n_down, n_up]
+    return full[:, graph_of(model).allowed.to(full.device)]
 
 
-def edge_scores(model, pairs: Pairs, ig_steps: int = 0, batch_size: int = 256) -> torch.Tensor:
+def edge_scores(model, pairs: Pairs, ig_steps: int = 0, batch_size: int = 256, per_row: bool = False) -> torch.Tensor:
     """EAP score of every edge (`Graph.edges` order), averaged over the rows of `pairs` (module
-    docstring); with `ig_steps`, EAP-IG. nnsight, or the plain-torch twin inside `plain_hooks()`."""
+    docstring), or with `per_row` each row's own [N, n_edges] (their mean is the average); with
+    `ig_steps`, EAP-IG. nnsight, or the plain-torch twin inside `plain_hooks()`."""
     plain = _HOOKS.get()
-    total = sum(_batch_scores(model, part, ig_steps, plain) for part in pairs.batches(batch_size))
-    return (total / len(pairs)).cpu()
+    rows = torch.cat([_batch_scores(model, part, ig_steps, plain).cpu() for part in pairs.batches(batch_size)])
+    return rows if per_row else rows.mean(0)
 
 
 def score_table(model, scores: torch.Tensor) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The paper's five observations, one module each, and their registry: what each measures, on which
+"""The paper's five observations and the shared circuits, one module each, and their registry: what each measures, on which
 tasks, and the claims it makes. The chapters, the sweep, the scorecard and the benchmarks all read
 `OBSERVATIONS`.
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rote.config import TASKS
-from rote.observations import observation0, observation1, observation2, observation3, observation4
+from rote.observations import circuits, observation0, observation1, observation2, observation3, observation4
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,12 @@ class Observation:
     tasks: tuple  # the tasks it is about
     measure: Callable  # config -> result (the model trained or loaded first)
     claims: Callable  # result -> claim records, each with its control
+    stem: str = ""  # the chapter's notebook stem, when it is not observation<number>
 
     @property
     def chapter(self) -> str:
         """The notebook's stem under book/."""
-        return f"observation{self.number}"
+        return self.stem or f"observation{self.number}"
 
 
 OBSERVATIONS = {o.number: o for o in [
@@ -47,6 +48,9 @@ OBSERVATIONS = {o.number: o for o in [
     Observation(4, "memorization is distributed",
                 "Memorization is distributed: the noisy label needs many inputs, not one key.",
                 TASKS, observation4.distributed_encoding, observation4.distributed_claims),
+    Observation(5, "shared circuits",
+                "Memorization reuses the mechanisms of generalization: noisy labels run on the circuit of clean answers.",
+                TASKS, circuits.shared_circuits, circuits.circuit_claims, stem="circuits"),
 ]}
 
 
