@@ -285,7 +285,7 @@ def test_a_cell_without_a_newer_observation_is_completed_from_the_same_run(tmp_p
     metrics.loc[len(metrics) - 1, "test_acc"] += 0.01
     metrics.to_csv(table, index=False)
     kept = _claims(records, cell)
-    with pytest.raises(sweep.SweepError, match="differs from the recorded one .first at step"):
+    with pytest.raises(sweep.SweepError, match=f"differs from the recorded one .first at step {metrics['step'].iloc[-1]}."):
         sweep.run_cell(cell, str(tmp_path / "home-b"), str(records))
     assert _claims(records, cell) == kept
 

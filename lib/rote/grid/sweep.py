@@ -186,8 +186,11 @@ def same_run(recorded: Path, trained: Path) -> None:
     a, b = pd.read_csv(recorded), pd.read_csv(trained)
     columns = [c for c in a.columns if c not in ("seconds", "tokens_per_s")]
     if list(a.columns) != list(b.columns) or len(a) != len(b) or not a[columns].equals(b[columns]):
-        differ = a[columns].ne(b[columns]).any(axis=1) if len(a) == len(b) and list(a.columns) == list(b.columns) else None
-        where = f"first at step {int(a['step'][differ.idxmax()])}" if differ is not None and differ.any() else "in shape"
+        where = "in shape"
+        if list(a.columns) == list(b.columns) and len(a) == len(b):
+            x, y = a[columns], b[columns]
+            differ = ~((x == y) | (x.isna() & y.isna())).all(axis=1)
+            where = f"first at step {int(a['step'][differ.idxmax()])}"
         raise SweepError(f"the run trained here differs from the recorded one ({where}): its model is not the one "
                          f"the records describe; rerun the whole cell into other records (--records DIR)")
 
