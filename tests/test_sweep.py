@@ -327,6 +327,10 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     assert frame.loc[("0", "10%"), "summary"] == "holds in no run"
     assert "seed 2 holds in part: 50.0% [40.0%, 60.0%]" in frame.loc[("0", "5%"), "runs"]
     assert "seed 1 out of regime (neither; its claims: holds)" in frame.loc[("0", "10%"), "runs"]
+    # each claim counted on its own, over the runs in regime only
+    per_claim = scorecard.claim_counts(card.verdicts, card.claims, 0)
+    assert per_claim.to_dict("records") == [{"claim": "a claim", "task": "FDA",
+                                             "verdicts": "holds in 2 of 4 runs (holds in part 1, does not hold 1)"}]
     stats = scorecard.statistic_table(card.claims)
     assert stats.iloc[0]["difference: mean [min, max] over seeds"] == "40.0% [40.0%, 40.0%]"
     text = scorecard.robustness(card.verdicts)

@@ -220,6 +220,18 @@ def circuit_table(claims: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def claim_counts(verdicts: pd.DataFrame, claims: pd.DataFrame, observation: int) -> pd.DataFrame:
+    """Per claim of `observation` and task, its own verdicts counted over the runs in regime: which
+    parts of an observation hold where its verdict says "in part"."""
+    counted = verdicts[(verdicts["observation"] == observation) & (verdicts["verdict"] != OUT_OF_REGIME)]
+    mine = claims[claims["observation"] == observation] if len(claims) else claims
+    if not len(mine) or counted.empty:
+        return pd.DataFrame({"note": [f"no run in regime has records of observation {observation} yet"]})
+    mine = mine.merge(counted[["task", "noise", "seed"]], on=["task", "noise", "seed"])
+    return pd.DataFrame([{"claim": claim, "task": task.upper(), "verdicts": counts(list(group["verdict"]))}
+                         for (claim, task), group in mine.groupby(["claim", "task"], sort=False)])
+
+
 def heatmap_frame(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
     """One row per observation, task and noise rate: the summary, the counts and, for tooltips,
     each seed's verdict with the observation's first statistic against its control."""
