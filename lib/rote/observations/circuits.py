@@ -260,12 +260,12 @@ def circuit_claims(result: Circuits, margin: float = MARGIN, n_resamples: int = 
         ("the noisy circuit's attribution lies in the clean circuit as much as another clean sample's",
          "share of the noisy circuit's attribution on edges of clean circuit A", "attribution noisy",
          "attribution clean B", "clean circuit B's attribution on edges of A", -margin),
-        (CARRIES, "faithfulness of clean circuit A on memorized noisy instances",
+        (CARRIES, "share of the metric that clean circuit A keeps on memorized noisy instances",
          ("noisy", "circuit A"), ("noisy", "random circuit"), "{k} random edges on the same instances", 0.0),
-        (CARRIES_OWN, "faithfulness of clean circuit A on memorized noisy instances", ("noisy", "circuit A"),
+        (CARRIES_OWN, "share of the metric that clean circuit A keeps on memorized noisy instances", ("noisy", "circuit A"),
          ("noisy", "noisy circuit"), "the noisy circuit on the same instances (chosen on them)", -margin),
         ("the noisy circuit carries clean answers nearly as well as the clean circuit",
-         "faithfulness of the noisy circuit on clean half B", ("clean B", "noisy circuit"),
+         "share of the metric that the noisy circuit keeps on clean half B", ("clean B", "noisy circuit"),
          ("clean B", "circuit A"), "clean circuit A on clean half B", -margin),
     ]
     out = []
