@@ -101,6 +101,19 @@ def test_the_circuit_size_is_bracketed_then_bisected():
     assert k == 137 and len(calls) <= 7 and set(added["n"]) == set(calls)
 
 
+def test_a_resampled_comparison_centres_a_one_sided_spread_and_clips_shares():
+    from rote.stats import resampled_comparison
+
+    draws = np.linspace(0.50, 0.60, 101)  # resamples all below the value 0.7, as a redone selection's are
+    plain = resampled_comparison(0.7, draws, 0.3, draws - 0.4)
+    assert plain.lo < plain.hi < plain.value  # percentile: the value outside its own interval
+    c = resampled_comparison(0.7, draws, 0.3, draws - 0.4, centred=True)
+    assert c.lo < c.value < c.hi and c.hi - c.lo == pytest.approx(plain.hi - plain.lo)
+    assert c.difference_lo == pytest.approx(0.4) and c.difference_hi == pytest.approx(0.4)
+    clipped = resampled_comparison(0.98, np.r_[draws + 0.4, 0.5], 0.3, np.r_[draws - 0.4, np.nan], centred=True, bounds=(0, 1))
+    assert clipped.hi == 1.0 and clipped.lo < 0.98 and clipped.control_lo == pytest.approx(c.control_lo)
+
+
 # ---- the claims flip with their controls ----
 
 def test_a_noisy_circuit_like_the_clean_one_holds_and_a_random_one_does_not():

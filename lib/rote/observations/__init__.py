@@ -1,6 +1,6 @@
-"""The paper's five observations and the shared circuits, one module each, and their registry: what each measures, on which
-tasks, and the claims it makes. The chapters, the sweep, the scorecard and the benchmarks all read
-`OBSERVATIONS`.
+"""The paper's five observations and the shared circuits, one module each, and their registry: what
+each measures, on which tasks, and the claims it makes. The chapters, the sweep, the scorecard and
+the benchmarks all read `OBSERVATIONS`.
 
     from rote.observations import OBSERVATIONS
     o = OBSERVATIONS[1]
