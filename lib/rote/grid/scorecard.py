@@ -201,22 +201,21 @@ def circuit_table(claims: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"note": ["no run has shared-circuit records yet"]})
     rows = []
     for (task, noise, seed), group in claims[claims["observation"] == 5].groupby(["task", "noise", "seed"], sort=True):
-        by = group.set_index("claim")
+        by, run = group.set_index("claim"), {"task": task.upper(), "noise": f"{noise:.0%}", "seed": seed}
+        verdict = overall([from_record(r) for r in group.to_dict("records")])
         if circuits.EDGES_FLOOR not in by.index or by.loc[circuits.EDGES_FLOOR, "verdict"] == "cannot be tested":
-            rows.append({"task": task.upper(), "noise": f"{noise:.0%}", "seed": seed,
-                         "verdict": overall([from_record(r) for r in group.to_dict("records")])})
+            rows.append({**run, "verdict": verdict})
             continue
         floor, ceiling = by.loc[circuits.EDGES_FLOOR], by.loc[circuits.EDGES_CEILING]
         carries, own = by.loc[circuits.CARRIES], by.loc[circuits.CARRIES_OWN]
-        rows.append({"task": task.upper(), "noise": f"{noise:.0%}", "seed": seed,
-                     "k": floor["note"].split("k = ")[1].split(" ")[0],
+        rows.append({**run, "k": floor["note"].split("k = ")[1].split(" ")[0],
                      "noisy circuit's edges in clean circuit A": _with_ci(floor["value"], floor["lo"], floor["hi"], True),
                      "random edges (floor)": _with_ci(floor["control_value"], floor["control_lo"], floor["control_hi"], True),
                      "clean circuit B (ceiling)": _with_ci(ceiling["control_value"], ceiling["control_lo"],
                                                            ceiling["control_hi"], True),
                      "clean circuit A on the noisy labels": _with_ci(carries["value"], carries["lo"], carries["hi"], True),
                      "the noisy circuit's own": _with_ci(own["control_value"], own["control_lo"], own["control_hi"], True),
-                     "verdict": overall([from_record(r) for r in group.to_dict("records")])})
+                     "verdict": verdict})
     return pd.DataFrame(rows)
 
 

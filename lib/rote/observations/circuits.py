@@ -110,6 +110,12 @@ def edge_layers(graph: eap.Graph) -> pd.DataFrame:
     return e.assign(from_layer=[layer(u) for u in e["upstream"]], to_layer=[layer(d) for d in e["downstream"]])
 
 
+def faithfulness(kept, clean, patched):
+    """The share of the metric kept: (kept - patched) / (clean - patched), of mean metrics (numbers
+    or arrays of resampled means)."""
+    return (kept - patched) / (clean - patched)
+
+
 def split_samples(mem: pd.DataFrame, clean: pd.DataFrame, n: int, seed: int) -> dict:
     """The three samples of n rows: memorized noisy instances, clean halves A and B (seeded)."""
     clean = clean.sample(frac=1.0, random_state=seed)
@@ -150,7 +156,7 @@ def circuits_of(model, tokenizer, frame: pd.DataFrame, task: str, n_instances: i
         for size in sizes_for(len(edges)):
             kept = metric(on, top_edges(means[circuit], size)).mean()
             curves.append({"circuit": circuit, "on": on, "n": size, "metric": kept,
-                           "share": (kept - patched_m.mean()) / (clean_m.mean() - patched_m.mean())})
+                           "share": faithfulness(kept, clean_m.mean(), patched_m.mean())})
     curves = pd.DataFrame(curves)
     size, extra = circuit_size(curves, "clean A", lambda n: metric("clean A", top_edges(means["clean A"], n)).mean(),
                                *ends["clean A"])
@@ -185,7 +191,7 @@ def circuit_size(curves: pd.DataFrame, circuit: str, kept_metric, clean_m, patch
     hi = int(hits["n"].iloc[0])
     below = own[own["n"] < hi]
     lo, added = (int(below["n"].iloc[-1]) if len(below) else hi - 1), []
-    share = lambda m: (m - patched_m.mean()) / (clean_m.mean() - patched_m.mean())  # noqa: E731
+    share = lambda m: faithfulness(m, clean_m.mean(), patched_m.mean())  # noqa: E731
     while hi - lo > 1:
         mid = (lo + hi) // 2
         m = kept_metric(mid)
@@ -237,12 +243,6 @@ def _resampled_means(scores: dict, n_resamples: int, rng) -> list[dict]:
               / len(s) for name, s in scores.items()}
     resampled = {name: counts[name] @ s for name, s in scores.items()}
     return [{name: resampled[name][r] for name in scores} for r in range(n_resamples)]
-
-
-def faithfulness_share(rows: pd.DataFrame, column: str) -> float:
-    """(mean(column) - mean(patched)) / (mean(clean) - mean(patched)) over `rows`."""
-    patched = rows["patched"].mean()
-    return (rows[column].mean() - patched) / (rows["clean"].mean() - patched)
 
 
 def circuit_claims(result: Circuits, margin: float = MARGIN, n_resamples: int = 1000, seed: int = 0) -> list:
@@ -301,7 +301,7 @@ def _faithfulness_comparison(result: Circuits, stat: tuple, ctrl: tuple, n_resam
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(rows), size=(n_resamples, len(rows)))
     values = rows[["clean", "patched", stat[1], ctrl[1]]].to_numpy(float)[idx].mean(1)  # [R, 4] means
-    share = lambda m, j: (m[..., j] - m[..., 1]) / (m[..., 0] - m[..., 1])  # noqa: E731
+    share = lambda m, j: faithfulness(m[..., j], m[..., 0], m[..., 1])  # noqa: E731
     full = rows[["clean", "patched", stat[1], ctrl[1]]].to_numpy(float).mean(0)
     return resampled_comparison(share(full, 2), share(values, 2), share(full, 3), share(values, 3))
 
