@@ -10,6 +10,7 @@ import sys
 import papermill
 import pytest
 
+import rote
 from rote import parameters
 from rote.book import build
 from rote.book import check as bookcheck
@@ -98,11 +99,24 @@ def test_observation0_with_other_parameters(tmp_path, task, noise, seed):
 def test_pages_hide_parameter_and_install_cells_and_say_how_they_were_run(built):
     page = (built[1] / "book" / "observation0.html").read_text()
     assert "How this page was run" in page and "profile <code" in page and "trained in" in page
+    assert "analysed model at step " in page and "Mem-Noisy" in page  # the checkpoint the analyses load, judged
     assert "google.colab" not in page and "any rote.Config field" not in page
     executed = json.loads((built[0] / "_build" / "src" / "book" / "observation0.ipynb").read_text())
     hidden = [c for c in executed["cells"] if "remove-cell" in c["metadata"].get("tags", [])]
     # install, parameters, the parameter check, papermill's injected parameters: still in the notebook
     assert len(hidden) == 4
+
+
+def test_provenance_gives_the_analysed_models_step_scores_and_regime(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROTE_HOME", str(tmp_path))
+    trained, untrained = rote.make_config("fda", "tiny"), rote.make_config("thr", "tiny")
+    run = rote.store.run_dir(trained)
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,60,0.95,0.5\n200,120,0.88,0.99\n")
+    line = build.provenance([trained, untrained], {"task": "both", "profile": "tiny"})
+    assert (f"FDA run `{rote.config_hash(trained)}` (trained in 2.0 min; analysed model at step 200: test accuracy "
+            "88.0%, Mem-Noisy 99.0%, out of regime (memorize only))") in line
+    assert f"THR run `{rote.config_hash(untrained)}` (not trained)" in line
 
 
 def needs_chromium():

@@ -41,6 +41,32 @@ def test_regime_threshold_edges():
     assert regimes.regime(curves([0.0, regimes.COMPOSED - 0.01], [0.0, regimes.MEMORIZED])) == "memorize only"
 
 
+@pytest.mark.parametrize("test,mem,expected", [
+    # each threshold reached, but at different evaluations: the analysed (last) model lost its test accuracy
+    ([0.0, 0.95, 0.88], [0.0, 0.2, 0.99], "memorize only"),
+    # ... or forgot its noise
+    ([0.0, 0.3, 0.95], [0.0, 0.95, 0.85], "generalize only"),
+    ([0.0, 0.95, 0.85], [0.0, 0.95, 0.85], "neither"),
+    # both at the last evaluation: the order over the run, as `regime` reads it
+    ([0.0, 0.6, 0.95, 0.96], [0.0, 0.1, 0.5, 0.99], "generalize, then memorize"),
+    ([0.0, 0.3, 0.92], [0.0, 0.95, 1.0], "memorize, then generalize"),
+])
+def test_analysed_regime_is_that_of_the_last_evaluation(test, mem, expected):
+    m = curves(test, mem)
+    assert regimes.analysed_regime(m) == expected
+    assert regimes.in_regime(m) == (expected in regimes.REGIMES[:2])
+    last = m.iloc[-1]
+    said = regimes.analysed_model(m)
+    assert said.startswith(f"step {int(last['step'])}: test accuracy {last['test_acc']:.1%}, Mem-Noisy {last['mem_noisy']:.1%}, ")
+    assert said.endswith(f"{'in regime' if regimes.in_regime(m) else 'out of regime'} ({expected})")
+
+
+def test_analysed_regime_thresholds_are_inclusive():
+    assert regimes.in_regime(curves([0.0, regimes.COMPOSED], [0.0, regimes.MEMORIZED]))
+    assert not regimes.in_regime(curves([0.0, regimes.COMPOSED], [0.0, regimes.MEMORIZED - 1e-9]))
+    assert not regimes.in_regime(curves([0.0, regimes.COMPOSED - 1e-9], [0.0, regimes.MEMORIZED]))
+
+
 @pytest.mark.parametrize("repeats", [1, 3])
 def test_training_rows_repeat_facts(repeats):
     config = rote.make_config("thr", "tiny", fact_repeats=repeats)

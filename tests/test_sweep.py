@@ -312,32 +312,38 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
                 (0.1, 1): "holds"}
     in_regime = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.95,0.2\n200,2,0.96,0.99\n"
     neither = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.12,0.1\n200,2,0.15,0.16\n"
+    # test accuracy reached 90% at step 100 and Mem-Noisy at step 200, where test accuracy is down to 88%
+    apart = "step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,1,0.95,0.2\n200,2,0.88,0.99\n"
+    metrics = {(0.1, 1): neither, (0.05, 2): apart}
     for cell in cells:
         if (cell.noise, cell.seed) in verdicts:
-            _save(cell, tmp_path, verdicts[cell.noise, cell.seed], neither if (cell.noise, cell.seed) == (0.1, 1) else in_regime)
+            _save(cell, tmp_path, verdicts[cell.noise, cell.seed], metrics.get((cell.noise, cell.seed), in_regime))
     card = scorecard.scorecard(cells, tmp_path)
     table = scorecard.verdict_table(card.verdicts).set_index("observation")
-    assert table.loc[0, "noise 5%"] == "holds in 2 of 3 runs (holds in part 1)"
-    # the model of (10%, seed 1) neither generalized nor memorized: its "holds" is shown, not counted
+    # the analysed model of (5%, seed 2) no longer generalizes, that of (10%, seed 1) did neither:
+    # their verdicts are shown, not counted
+    assert table.loc[0, "noise 5%"] == "holds in 2 of 2 runs; out of regime in 1"
     assert table.loc[0, "noise 10%"] == "holds in 0 of 1 runs (does not hold 1); out of regime in 1; not run yet in 1"
-    assert table.loc[0, "all runs"] == ("holds in 2 of 4 runs (holds in part 1, does not hold 1); out of regime in 1; "
-                                        "not run yet in 1")
+    assert table.loc[0, "all runs"] == "holds in 2 of 3 runs (does not hold 1); out of regime in 2; not run yet in 1"
     frame = scorecard.heatmap_frame(card.verdicts, card.claims).set_index(["observation", "noise"])
-    assert frame.loc[("0", "5%"), "summary"] == "holds in most runs"
+    assert frame.loc[("0", "5%"), "summary"] == "holds in every run"
     assert frame.loc[("0", "10%"), "summary"] == "holds in no run"
-    assert "seed 2 holds in part: 50.0% [40.0%, 60.0%]" in frame.loc[("0", "5%"), "runs"]
+    assert "seed 2 out of regime (memorize only; its claims: holds in part)" in frame.loc[("0", "5%"), "runs"]
     assert "seed 1 out of regime (neither; its claims: holds)" in frame.loc[("0", "10%"), "runs"]
     # each claim counted on its own, over the runs in regime only
     per_claim = scorecard.claim_counts(card.verdicts, card.claims, 0)
     assert per_claim.to_dict("records") == [{"claim": "a claim", "task": "FDA",
-                                             "verdicts": "holds in 2 of 4 runs (holds in part 1, does not hold 1)"}]
+                                             "verdicts": "holds in 2 of 3 runs (does not hold 1)"}]
     stats = scorecard.statistic_table(card.claims)
     assert stats.iloc[0]["difference: mean [min, max] over seeds"] == "40.0% [40.0%, 40.0%]"
     text = scorecard.robustness(card.verdicts)
-    assert "Holding in some runs only: Observation 0 in FDA (holds in 2 of 4 runs" in text
-    assert text.endswith("out of the paper's regime): FDA 10% seed 1 (neither).")
+    assert "Holding in most runs but not all: Observation 0 in FDA (holds in 2 of 3 runs" in text
+    assert text.endswith("out of the paper's regime): FDA 5% seed 2 (memorize only); FDA 10% seed 1 (neither).")
     assert len(card.timings) == 5
-    assert list(card.timings["regime"]) == ["generalize, then memorize"] * 4 + ["neither"]
+    assert list(card.timings["regime"]) == ["generalize, then memorize"] * 2 + ["memorize only", "generalize, then memorize",
+                                                                                "neither"]
+    assert list(card.timings["analysed step"]) == [200] * 5
+    assert card.timings["test accuracy"].iloc[2] == "88.0%"
     assert card.timings["Mem-Noisy"].iloc[-1] == "16.0%"
 
 

@@ -150,17 +150,23 @@ def run_chapter(notebook: Path, out: Path, parameters: dict, progress: bool = Fa
 
 
 def provenance(configs: list, parameters: dict) -> str:
-    """One line saying how a page was run: parameters, config hashes, training minutes, machine."""
+    """One line saying how a page was run: parameters, config hashes, training minutes, the analysed
+    model's step, scores and regime (`rote.grid.regimes.analysed_model`), machine."""
     import pandas as pd
     import torch
 
+    from rote.grid.regimes import analysed_model
     from rote.runs.train import default_device, run_dir
 
     runs = []
     for c in configs:
-        metrics = run_dir(c) / "metrics.csv"
-        minutes = pd.read_csv(metrics)["seconds"].iloc[-1] / 60 if metrics.exists() else float("nan")
-        runs.append(f"{c.task.upper()} run `{config_hash(c)}` (trained in {minutes:.1f} min)")
+        path = run_dir(c) / "metrics.csv"
+        if path.exists():
+            metrics = pd.read_csv(path)
+            runs.append(f"{c.task.upper()} run `{config_hash(c)}` (trained in {metrics['seconds'].iloc[-1] / 60:.1f} min; "
+                        f"analysed model at {analysed_model(metrics)})")
+        else:
+            runs.append(f"{c.task.upper()} run `{config_hash(c)}` (not trained)")
     said = ", ".join(f"{k} `{v}`" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{k} {v:g}"
                      for k, v in parameters.items() if k != "overrides" or v)
     device = default_device()

@@ -48,6 +48,35 @@ def regime(metrics: pd.DataFrame) -> str:
     return REGIMES[3] if memorized is not None else REGIMES[4]
 
 
+def analysed_regime(metrics: pd.DataFrame) -> str:
+    """The regime of the model that the analyses load. `final/` holds the weights of the last
+    evaluation, so that row decides whether the model generalizes (test accuracy >= COMPOSED) and
+    has memorized its noise (Mem-Noisy >= MEMORIZED); if it does both, `regime` says which came first.
+    A run that did both at an earlier evaluation but not at its last is judged by its last."""
+    last = metrics.iloc[-1]
+    generalizes, memorized = last["test_acc"] >= COMPOSED, last["mem_noisy"] >= MEMORIZED
+    if generalizes and memorized:
+        return regime(metrics)
+    if generalizes:
+        return REGIMES[2]
+    return REGIMES[3] if memorized else REGIMES[4]
+
+
+def in_regime(metrics: pd.DataFrame) -> bool:
+    """Whether the analysed model both generalizes and has memorized its noise (`analysed_regime`):
+    the model the paper's observations are about."""
+    return analysed_regime(metrics) in REGIMES[:2]
+
+
+def analysed_model(metrics: pd.DataFrame) -> str:
+    """"step 7,400: test accuracy 96.0%, Mem-Noisy 100.0%, in regime (generalize, then memorize)": the
+    analysed model's evaluation and regime, as the pages and the scorecard say it."""
+    last = metrics.iloc[-1]
+    judged = "in regime" if in_regime(metrics) else "out of regime"
+    return (f"step {int(last['step']):,}: test accuracy {last['test_acc']:.1%}, Mem-Noisy {last['mem_noisy']:.1%}, "
+            f"{judged} ({analysed_regime(metrics)})")
+
+
 def composes_first_with_margin(metrics: pd.DataFrame) -> bool:
     """The robustness check's order: an evaluation with held-out accuracy >= COMPOSED and Mem-Noisy
     <= MARGIN, and a later one with Mem-Noisy >= FITTED and held-out accuracy still >= COMPOSED."""

@@ -4,9 +4,9 @@ It reads the cell records written by `rote.grid.sweep` (one folder per trained c
 records and metrics) and counts, per observation, task and noise rate, in how many runs the
 observation held. A run's verdict on an observation is `claims.overall` of its claims, so the
 scorecard applies exactly the rules and base rates of the chapters. The observations are about a
-model that both generalizes and memorizes its noisy labels: a run whose model never did both by
-its last step (`rote.grid.regimes.regime`) is out of the paper's regime, and its verdicts are shown but
-not counted.
+model that both generalizes and memorizes its noisy labels: a run whose analysed model (its last
+evaluation's weights, `final/`) does not do both (`rote.grid.regimes.analysed_regime`) is out of the
+paper's regime, and its verdicts are shown but not counted.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from rote.claims import _with_ci, from_record, is_share, overall
 from rote.config import ConfigError
-from rote.grid.regimes import REGIMES, regime
+from rote.grid.regimes import REGIMES, analysed_regime
 from rote.grid.sweep import NOISES, RECORDS, SEEDS, cell_dir, default_records, grid, is_done, sweep
 from rote.observations import OBSERVATIONS, circuits
 from rote.parameters import chapter_tasks, check_names
@@ -28,8 +28,8 @@ PARAMETERS = ("task", "profile", "noises", "seeds", "overrides", "run_sweep")  #
 # What a cell of the table shows for the runs of one observation, task and noise rate.
 SUMMARIES = ("holds in every run", "holds in most runs", "holds in some runs", "holds in no run", "cannot be tested",
              "not run yet")
-IN_REGIME = REGIMES[:2]  # the model generalized and memorized the noise (in either order: Observation 0 tells which)
-OUT_OF_REGIME = "out of regime"  # a run's verdict when its model did not do both: shown, not counted
+IN_REGIME = REGIMES[:2]  # the analysed model generalizes and has memorized the noise (the order: Observation 0)
+OUT_OF_REGIME = "out of regime"  # a run's verdict when its analysed model does not do both: shown, not counted
 
 
 def default_cells(profile: str = "cpu", tasks=("fda", "thr"), noises=NOISES, seeds=None, overrides=None) -> list:
@@ -78,20 +78,20 @@ def scorecard(cells: list, records: Path | None = None, run_sweep: bool = False)
                             "config": info["config_hash"], **run_regime(cell, records),
                             "training minutes": info["train_minutes"],
                             "analysis seconds": sum(info["analysis_seconds"].values()), "trained on": info["device"]})
-    columns = ["task", "noise", "seed", "config", "regime", "last step", "test accuracy", "Mem-Noisy",
+    columns = ["task", "noise", "seed", "config", "regime", "analysed step", "test accuracy", "Mem-Noisy",
                "training minutes", "analysis seconds", "trained on"]
     return Scorecard(cells, run_verdicts(cells, records), claim_records(cells, records), pd.DataFrame(timings, columns=columns))
 
 
 def run_regime(cell, records: Path | None = None) -> dict:
-    """The regime of a cell's run (`rote.grid.regimes.regime` of its metrics), with its last evaluation's
-    step, test accuracy and Mem-Noisy (as percentages); {} when the cell has no metrics."""
+    """The regime of a cell's analysed model (`rote.grid.regimes.analysed_regime`), with the step, test
+    accuracy and Mem-Noisy (as percentages) of its evaluation, the last; {} when the cell has no metrics."""
     path = record_dir(cell, records) / "metrics.csv"
     if not path.exists():
         return {}
     metrics = pd.read_csv(path)
     last = metrics.iloc[-1]
-    return {"regime": regime(metrics), "last step": int(last["step"]), "test accuracy": f"{last['test_acc']:.1%}",
+    return {"regime": analysed_regime(metrics), "analysed step": int(last["step"]), "test accuracy": f"{last['test_acc']:.1%}",
             "Mem-Noisy": f"{last['mem_noisy']:.1%}"}
 
 
@@ -108,7 +108,7 @@ def claim_records(cells: list, records: Path | None = None) -> pd.DataFrame:
 
 def run_verdicts(cells: list, records: Path | None = None) -> pd.DataFrame:
     """Per cell and observation: the run's verdict (`claims.overall`), "out of regime" when the run's
-    model did not both generalize and memorize (its own verdict is kept in "claims_verdict"), or
+    analysed model does not both generalize and memorize (its own verdict is kept in "claims_verdict"), or
     "not run yet"."""
     claims = claim_records(cells, records)
     rows = []
@@ -270,6 +270,6 @@ def robustness(verdicts: pd.DataFrame) -> str:
     out = verdicts[verdicts["verdict"] == OUT_OF_REGIME].drop_duplicates(["task", "noise", "seed"])
     if len(out):
         runs = "; ".join(f"{r.task.upper()} {r.noise:.0%} seed {r.seed} ({r.regime})" for r in out.itertuples())
-        parts.append(f"Not counted, because the model did not both generalize and memorize its noisy labels by its "
-                     f"last step (out of the paper's regime): {runs}.")
+        parts.append(f"Not counted, because the analysed model (the last evaluation's) does not both generalize and "
+                     f"memorize its noisy labels (out of the paper's regime): {runs}.")
     return " ".join(parts) if parts else "No cell of the grid has records yet."
