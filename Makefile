@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test book check-book reference sweep bench golden clean
+.PHONY: install chromium test book check-book reference sweep paper bench golden clean
 
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -45,6 +45,12 @@ reference: install
 # SWEEP="--seeds 0 1" etc. passes options; without --records the sweep writes under ROTE_HOME).
 sweep: install
 	$(BIN)/python -m rote.grid.sweep --profile $(PROFILE) --records lib/rote/resources/scorecard $(if $(ALLOW_CPU),--allow-cpu) $(SWEEP)
+
+# The paper profiles on a GPU machine (rote.book.paper): both tasks trained, analysed into the scorecard's records
+# (lib/rote/resources/scorecard/paper/), published as reference runs (data/reference/<task>-paper/) and the book
+# built on them; then commit what it wrote. PAPER=--dry-run takes the same path on the CPU at tiny sizes (minutes).
+paper: install
+	$(BIN)/python -m rote.book.paper $(if $(ALLOW_CPU),--allow-cpu) $(PAPER)
 
 check-book: install
 	$(BIN)/python -m rote.book.check _build/html

@@ -1,4 +1,4 @@
-"""The published reference runs are runs of today's cpu profiles with every file a chapter reads,
+"""The published reference runs are runs of today's profiles with every file a chapter reads,
 and `rote.runs.reference.install` makes them finished runs that `get_or_train` loads; where the
 package has no checkout, they are downloaded (here from a local URL) and checked against the
 packaged manifest first."""
@@ -17,11 +17,13 @@ from rote.runs.train import is_finished
 from rote.store import REPO_ROOT
 
 
-def test_reference_runs_are_the_cpu_profiles_with_every_file():
+def test_reference_runs_are_the_current_profiles_with_every_file(monkeypatch):
+    monkeypatch.setenv("ROTE_ALLOW_CPU", "1")  # a paper run's config is made here without a GPU
     runs = reference.reference_runs()
-    assert sorted(c.task for c in runs.values()) == ["fda", "thr"]
+    assert {"fda-cpu", "thr-cpu"} <= {p.name for p in runs}
     for path, config in runs.items():
-        assert config == rote.make_config(config.task, "cpu"), f"{path.name} is not the current cpu profile"
+        task, _, profile = path.name.partition("-")  # <task>-<profile>, as `make paper` publishes them
+        assert config == rote.make_config(task, profile), f"{path.name} is not the current {profile} profile"
         for name in ("final/model.safetensors", "final/tokenizer.json", "metrics.csv", "noisy_predictions.csv"):
             assert (path / name).exists(), f"{path.name} lacks {name}"
         metrics = pd.read_csv(path / "metrics.csv")

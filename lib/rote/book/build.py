@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -82,6 +83,30 @@ def check_device(profile: str, allow_cpu: bool) -> None:
         config_check_device(profile)
     except DeviceError as err:
         raise SystemExit(str(err)) from None
+
+
+def chapters_named(only: list[str] | None) -> list[Path]:
+    """The chapters named in `only` (file stems; every chapter when None), or a one-line error naming
+    the allowed ones."""
+    unknown = sorted(set(only or ()) - {n.stem for n in chapters()})
+    if unknown:
+        raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(n.stem for n in chapters())}")
+    return [n for n in chapters() if not only or n.stem in only]
+
+
+@contextlib.contextmanager
+def device_checked(profile: str, allow_cpu: bool):
+    """`check_device` first; inside, ROTE_ALLOW_CPU=1 where `allow_cpu` (for the chapters' kernels
+    too), and as it was after: --allow-cpu holds for one build only."""
+    before = os.environ.get(ALLOW_CPU)
+    try:
+        check_device(profile, allow_cpu)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_CPU, None)
+        else:
+            os.environ[ALLOW_CPU] = before
 
 
 def train_all(configs: list) -> None:
@@ -197,23 +222,13 @@ def build(profile: str = "cpu", parameters: dict | None = None, only: list[str] 
     cache key is unchanged) and render the book into `root`/_build/html."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
-    before = os.environ.get(ALLOW_CPU)
-    try:
-        check_device(profile, allow_cpu)
+    with device_checked(profile, allow_cpu):
         parameters = {"profile": profile, **(parameters or {})}
-        unknown = sorted(set(only or ()) - {n.stem for n in chapters()})
-        if unknown:
-            raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(n.stem for n in chapters())}")
-        notebooks = [n for n in chapters() if not only or n.stem in only]
+        notebooks = chapters_named(only)
         configs = {n: chapter_configs(n, parameters) for n in notebooks}  # checks every parameter first
         home()  # a relative ROTE_HOME made absolute before any chapter runs in book/
         with locked(Path(root) / "_build"):  # a second build waits for this one
             return _build(parameters, configs, root)
-    finally:  # --allow-cpu holds for this build only
-        if before is None:
-            os.environ.pop(ALLOW_CPU, None)
-        else:
-            os.environ[ALLOW_CPU] = before
 
 
 def _build(parameters: dict, configs: dict, root: Path) -> Path:

@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -79,9 +80,34 @@ def manifest_text(obj: dict) -> str:
     return json.dumps(obj, indent=1, sort_keys=True) + "\n"
 
 
-def write_manifest() -> Path:
-    write_text(MANIFEST, manifest_text(manifest()))
-    return MANIFEST
+def write_manifest(root: Path = REFERENCE_DIR, path: Path = MANIFEST) -> Path:
+    """The manifest of the reference runs under `root`, written to `path` (the package's)."""
+    write_text(path, manifest_text(manifest(root)))
+    return path
+
+
+PUBLISHED = ("config.json", "metrics.csv", "noisy_predictions.csv", "final")  # what a chapter reads of a run
+
+
+def publish(config: Config, name: str, root: Path = REFERENCE_DIR) -> Path:
+    """The finished run of `config` as reference run `name` under `root`: the files a chapter reads
+    (`PUBLISHED`), copied into a fresh folder that replaces `root`/`name` in one rename; links
+    are copied as links, never followed."""
+    run = run_dir(config)
+    if not (run / "final" / "model.safetensors").exists():
+        raise ReferenceRunError(f"{run} is not a finished run (no final/model.safetensors); train it first")
+    verify(run / "final")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with atomic_dir(Path(root) / name) as tmp:
+        for part in PUBLISHED:
+            source = run / part
+            if source.is_symlink():
+                raise ReferenceRunError(f"{source} is a link; a reference run holds files only")
+            if source.is_dir():
+                shutil.copytree(source, tmp / part, symlinks=True)
+            elif source.exists():
+                shutil.copy2(source, tmp / part)
+    return Path(root) / name
 
 
 def packaged() -> dict:
