@@ -271,3 +271,42 @@ def test_grid_share_ci_covers_the_grid_draw():
     assert m == pytest.approx(0.2) and lo == pytest.approx(0.1) and hi == pytest.approx(0.3)
     assert stats.independent_share_ci(a[0], b[0])[1] == pytest.approx(0.1)  # one grid: no spread at all
     assert dlo == pytest.approx(0.1) and dhi == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("n", [20, 200])
+def test_a_share_of_zero_or_one_gets_a_score_interval_with_width(n):
+    ones, zeros = np.ones(n), np.zeros(n)
+    value, lo, hi = stats.bootstrap_ci(ones)
+    assert (value, hi) == (1.0, 1.0) and lo == pytest.approx(stats.wilson_interval(1.0, n)[0]) and lo < 1.0
+    c = stats.paired_share_ci(ones, zeros)
+    assert (c.lo, c.hi) == pytest.approx(stats.wilson_interval(1.0, n))
+    assert (c.control_lo, c.control_hi) == pytest.approx(stats.wilson_interval(0.0, n))
+    assert c.control_lo == 0.0 and c.control_hi > 0.0 and 0.0 < c.difference_lo < 1.0 == c.difference_hi
+    # both at 1: the difference's interval straddles 0, so "exceeds its control" cannot hold
+    same = stats.paired_share_ci(ones, ones)
+    assert same.difference_lo < 0.0 < same.difference_hi
+    assert claims.above(same.difference, same.difference_lo) == "does not hold"
+    # fewer instances, a wider interval
+    assert stats.wilson_interval(1.0, 20)[0] < stats.wilson_interval(1.0, 200)[0]
+
+
+def test_a_share_strictly_between_zero_and_one_keeps_its_bootstrap_interval():
+    x = np.r_[np.ones(30), np.zeros(70)]
+    rng = np.random.default_rng(0)
+    means = x[rng.integers(0, x.size, size=(1000, x.size))].mean(1)
+    assert stats.bootstrap_ci(x)[1:] == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    # not 0s and 1s (a mean of nats): no score interval, even at zero width
+    assert stats.bootstrap_ci(np.full(10, 0.5)) == (0.5, 0.5, 0.5)
+
+
+def test_the_interval_over_seeds_resamples_seeds_then_instances():
+    # one run: its own interval back (the inner draw is normal with the interval's spread)
+    value, lo, hi = stats.seeds_then_instances([0.4], [0.3], [0.5], n_resamples=20000)
+    assert value == 0.4 and lo == pytest.approx(0.3, abs=0.01) and hi == pytest.approx(0.5, abs=0.01)
+    # runs that disagree, each measured exactly: the seeds' spread is the interval
+    value, lo, hi = stats.seeds_then_instances([0.0, 1.0], [0.0, 1.0], [0.0, 1.0])
+    assert (value, lo, hi) == (0.5, 0.0, 1.0)
+    # many agreeing seeds: narrower than one run's; a run without a number is left out
+    value, lo, hi = stats.seeds_then_instances([0.4] * 9 + [float("nan")], [0.3] * 10, [0.5] * 10)
+    assert value == pytest.approx(0.4) and 0.3 < lo < 0.4 < hi < 0.5
+    assert all(x != x for x in stats.seeds_then_instances([float("nan")], [0.0], [1.0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -331,11 +332,19 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     assert "seed 2 out of regime (memorize only; its claims: holds in part)" in frame.loc[("0", "5%"), "runs"]
     assert "seed 1 out of regime (neither; its claims: holds)" in frame.loc[("0", "10%"), "runs"]
     # each claim counted on its own, over the runs in regime only
-    per_claim = scorecard.claim_counts(card.verdicts, card.claims, 0)
-    assert per_claim.to_dict("records") == [{"claim": "a claim", "task": "FDA",
-                                             "verdicts": "holds in 2 of 3 runs (does not hold 1)"}]
-    stats = scorecard.statistic_table(card.claims)
-    assert stats.iloc[0]["difference: mean [min, max] over seeds"] == "40.0% [40.0%, 40.0%]"
+    per_claim = scorecard.claim_table(card.verdicts, card.claims, [0])
+    assert per_claim.to_dict("records") == [{"observation": 0, "task": "FDA", "claim": "a claim",
+                                             "noise 5%": "holds in 2 of 2 runs",
+                                             "noise 10%": "holds in 0 of 1 runs (does not hold 1)",
+                                             "all runs": "holds in 2 of 3 runs (does not hold 1)"}]
+    assert len(scorecard.claim_table(card.verdicts, card.claims)) == len(OBSERVATIONS)
+    stats = scorecard.statistic_table(card.claims, card.verdicts).iloc[0]
+    assert "seed 2 (out of regime): 50.0% [40.0%, 60.0%] vs 10.0% [5.0%, 15.0%]" in stats["per seed: value [95% CI] vs control"]
+    assert stats["difference: mean [min, max] over those seeds"] == "40.0% [40.0%, 40.0%]"
+    over = stats["difference over the seeds in regime: mean [95% CI, seeds then instances]"]
+    lo, hi = (float(x) / 100 for x in re.fullmatch(r"40\.0% \[(.*)%, (.*)%\]", over).groups())
+    assert 0.3 < lo < 0.39 and 0.41 < hi < 0.5  # two seeds of 40% [30%, 50%]: narrower than one, not a point
+    assert stats["verdicts"] == "holds in 2 of 2 runs"
     text = scorecard.robustness(card.verdicts)
     assert "Holding in most runs but not all: Observation 0 in FDA (holds in 2 of 3 runs" in text
     assert text.endswith("out of the paper's regime): FDA 5% seed 2 (memorize only); FDA 10% seed 1 (neither).")

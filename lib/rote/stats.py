@@ -2,7 +2,9 @@
 a statistic with its matched control that every claim reads.
 
 All bootstrap intervals are percentile intervals of seeded resamples of instances (1,000 by
-default); `Comparison` holds a statistic, its control and their difference, each with its interval.
+default), except for a share of 0 or 1, which no resample changes: it gets the Wilson interval
+(Newcombe's for a difference of shares) instead of one without width. `Comparison` holds a
+statistic, its control and their difference, each with its interval.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 
     means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(1)
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
+    if lo == hi and _binary(x):  # a share of 0 or 1: no resample differs, the Wilson interval does
+        lo, hi = wilson_interval(x.mean(), x.size)
     return float(x.mean()), float(lo), float(hi)
 
 
@@ -87,7 +91,53 @@ def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float
         return NAN, NAN
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * ((share * (1 - share) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def newcombe_interval(a: float, n_a: int, b: float, n_b: int) -> tuple[float, float]:
+    """The 95% interval of the difference a - b of two shares from their Wilson intervals
+    (Newcombe's hybrid score interval): it has width where a bootstrap of shares at 0 or 1 has none."""
+    a_lo, a_hi = wilson_interval(a, n_a)
+    b_lo, b_hi = wilson_interval(b, n_b)
+    return a - b - ((a - a_lo) ** 2 + (b_hi - b) ** 2) ** 0.5, a - b + ((a_hi - a) ** 2 + (b - b_lo) ** 2) ** 0.5
+
+
+def _binary(x: np.ndarray) -> bool:
+    return bool(x.size) and bool(np.isin(x, (0.0, 1.0)).all())
+
+
+def _at_zero_or_one(c: "Comparison", a: np.ndarray, b: np.ndarray) -> "Comparison":
+    """`c` of two samples of 0s and 1s, with every interval that has no width (a share of 0 or 1,
+    which no resample changes) replaced by a score interval: Wilson's for a share, Newcombe's for
+    the difference (as for independent samples: wider than a paired one would be)."""
+    if not (_binary(a) and _binary(b)):
+        return c
+    v = list(c)
+    for i, interval in ((1, wilson_interval(a.mean(), a.size)), (4, wilson_interval(b.mean(), b.size)),
+                        (7, newcombe_interval(a.mean(), a.size, b.mean(), b.size))):
+        if v[i] == v[i + 1]:
+            v[i], v[i + 1] = map(float, interval)
+    return Comparison(*v)
+
+
+def seeds_then_instances(values, los, his, n_resamples: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of a statistic over runs (seeds) and its two-level bootstrap interval: the seeds
+    resampled with replacement, then each drawn seed's value drawn again within its run. A run's
+    record keeps its 95% interval, not its instances, so that inner draw is normal with the spread
+    the interval implies (its width / 3.92). Runs without a number are left out."""
+    v = np.asarray(values, dtype=float)
+    spread = (np.asarray(his, dtype=float) - np.asarray(los, dtype=float)) / (2 * 1.959964)
+    keep = ~np.isnan(v)
+    v, spread = v[keep], np.nan_to_num(spread[keep])
+    if v.size == 0:
+        return NAN, NAN, NAN
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_resamples, v.size))
+    means = rng.normal(v[idx], spread[idx]).mean(1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(v.mean()), float(lo), float(hi)
 
 
 # ---- a statistic against its control --------------------------------------------------------------
@@ -100,7 +150,7 @@ def paired_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float =
         return Comparison.missing()
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(n_resamples, a.size))
-    return _with_intervals([(x.mean(), x[idx].mean(1)) for x in (a, b, a - b)], level)
+    return _at_zero_or_one(_with_intervals([(x.mean(), x[idx].mean(1)) for x in (a, b, a - b)], level), a, b)
 
 
 def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
@@ -111,7 +161,8 @@ def independent_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: fl
     rng = np.random.default_rng(seed)
     ma = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(1)
     mb = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(1)
-    return _with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level)
+    return _at_zero_or_one(_with_intervals([(a.mean(), ma), (b.mean(), mb), (a.mean() - b.mean(), ma - mb)], level),
+                           a, b)
 
 
 def grid_share_ci(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):

@@ -22,6 +22,7 @@ from rote.grid.regimes import REGIMES, analysed_regime
 from rote.grid.sweep import NOISES, RECORDS, SEEDS, cell_dir, default_records, grid, is_done, sweep
 from rote.observations import OBSERVATIONS, circuits
 from rote.parameters import chapter_tasks, check_names
+from rote.stats import seeds_then_instances
 
 PARAMETERS = ("task", "profile", "noises", "seeds", "overrides", "run_sweep")  # the chapter's parameters cell
 
@@ -172,24 +173,40 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def statistic_table(claims: pd.DataFrame) -> pd.DataFrame:
-    """Per claim and noise rate: each seed's statistic with its interval against its control, the
-    spread of the difference over seeds, and the verdict counts."""
+def counted_claims(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
+    """The claim records of the runs whose verdicts count: in regime, with records."""
+    if not len(claims):
+        return claims
+    counted = verdicts[verdicts["verdict"] != OUT_OF_REGIME][["observation", "task", "noise", "seed"]]
+    return claims.merge(counted, on=["observation", "task", "noise", "seed"])
+
+
+def statistic_table(claims: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and noise rate: each seed's statistic with its interval against its control (out of
+    regime runs marked so), the difference over the seeds in regime as their mean with a two-level
+    interval (`rote.stats.seeds_then_instances`) and its range, and the verdict counts of those runs."""
     rows = []
     if not len(claims):
         return pd.DataFrame(rows)
+    counted = counted_claims(verdicts, claims)
     for (observation, task, claim, noise), group in claims.groupby(["observation", "task", "claim", "noise"], sort=True):
         first = from_record(group.iloc[0].to_dict())
         p = is_share(first)
-        seeds = "; ".join(f"seed {r.seed}: {_with_ci(r.value, r.lo, r.hi, p)} "
-                          f"vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
+        mine = counted[(counted["observation"] == observation) & (counted["task"] == task)
+                       & (counted["claim"] == claim) & (counted["noise"] == noise)]
+        seeds = "; ".join(f"seed {r.seed}{'' if r.seed in set(mine['seed']) else ' (out of regime)'}: "
+                          f"{_with_ci(r.value, r.lo, r.hi, p)} vs {_with_ci(r.control_value, r.control_lo, r.control_hi, p)}"
                           for r in group.sort_values("seed").itertuples())
-        d = group["difference"].dropna()
-        spread = f"{_with_ci(d.mean(), d.min(), d.max(), p)}" if len(d) else "n/a"
+        d = mine.dropna(subset=["difference"])
+        over = _with_ci(*seeds_then_instances(d["difference"], d["difference_lo"], d["difference_hi"]), p) \
+            if len(d) else "no run in regime"
+        span = _with_ci(d["difference"].mean(), d["difference"].min(), d["difference"].max(), p) if len(d) else "n/a"
         rows.append({"observation": observation, "task": task.upper(), "claim": claim,
                      "statistic vs control": f"{first.statistic} vs {first.control}", "noise": f"{noise:.0%}",
-                     "per seed: value [95% CI] vs control": seeds, "difference: mean [min, max] over seeds": spread,
-                     "verdicts": counts(list(group["verdict"]))})
+                     "per seed: value [95% CI] vs control": seeds,
+                     "difference over the seeds in regime: mean [95% CI, seeds then instances]": over,
+                     "difference: mean [min, max] over those seeds": span,
+                     "verdicts": counts(list(mine["verdict"])) if len(mine) else "no run in regime"})
     return pd.DataFrame(rows)
 
 
@@ -219,16 +236,24 @@ def circuit_table(claims: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def claim_counts(verdicts: pd.DataFrame, claims: pd.DataFrame, observation: int) -> pd.DataFrame:
-    """Per claim of `observation` and task, its own verdicts counted over the runs in regime: which
-    parts of an observation hold where its verdict says "in part"."""
-    counted = verdicts[(verdicts["observation"] == observation) & (verdicts["verdict"] != OUT_OF_REGIME)]
-    mine = claims[claims["observation"] == observation] if len(claims) else claims
-    if not len(mine) or counted.empty:
-        return pd.DataFrame({"note": [f"no run in regime has records of observation {observation} yet"]})
-    mine = mine.merge(counted[["task", "noise", "seed"]], on=["task", "noise", "seed"])
-    return pd.DataFrame([{"claim": claim, "task": task.upper(), "verdicts": counts(list(group["verdict"]))}
-                         for (claim, task), group in mine.groupby(["claim", "task"], sort=False)])
+def claim_table(verdicts: pd.DataFrame, claims: pd.DataFrame, observations=None) -> pd.DataFrame:
+    """Per observation, task and claim (of `observations`, every one by default), the claim's own
+    verdicts counted over the runs in regime, per noise rate and over all: which parts of an
+    observation hold where its run verdicts say "in part"."""
+    mine = counted_claims(verdicts, claims)
+    if len(mine) and observations is not None:
+        mine = mine[mine["observation"].isin(list(observations))]
+    if not len(mine):
+        return pd.DataFrame({"note": ["no run in regime has claim records of these observations yet"]})
+    rows = []
+    for (observation, task, claim), group in mine.groupby(["observation", "task", "claim"], sort=False):
+        row = {"observation": observation, "task": task.upper(), "claim": claim}
+        for noise, runs in group.groupby("noise"):
+            row[f"noise {noise:.0%}"] = counts(list(runs["verdict"]))
+        row["all runs"] = counts(list(group["verdict"]))
+        rows.append(row)
+    columns = ["observation", "task", "claim", *[f"noise {n:.0%}" for n in sorted(mine["noise"].unique())], "all runs"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["observation", "task"], kind="stable").fillna("no run in regime")
 
 
 def heatmap_frame(verdicts: pd.DataFrame, claims: pd.DataFrame) -> pd.DataFrame:
