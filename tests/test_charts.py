@@ -97,13 +97,13 @@ def every_chart():
                            for s in ("train", "test") for k in ("fact", "two-hop") for n in ("clean", "noisy")])
     metrics = pd.DataFrame({"step": range(0, 100_000, 1000), "seconds": np.arange(100) * 60.0,
                             **{m: RNG.random(100) for m in charts.MEASURES}})
-    first = pd.DataFrame({"first_correct": RNG.integers(0, 10_000, 200), "first_noisy": RNG.integers(0, 10_000, 200)})
+    onsets = pd.DataFrame({"stable_correct": RNG.integers(0, 10_000, 200), "stable_noisy": RNG.integers(0, 10_000, 200)})
     over = pd.DataFrame([dict(step=s, layer=layer, n=100, share_correct=RNG.random(), share_noisy=RNG.random())
                          for s in range(0, 100_000, 5000) for layer in LAYERS])
     yield "composition", charts.composition_chart(counts)
     for task in ("fda", "thr"):
         yield f"training {task}", charts.training_curves(metrics, task.upper())
-        yield f"first answers {task}", charts.first_answers_chart(first, task.upper())
+        yield f"onsets {task}", charts.onsets_chart(onsets, task.upper())
         yield f"layer readout {task}", charts.layer_readout_chart(shares(task), task, task.upper())
         yield f"readout over training {task}", charts.readout_over_training_chart(over, task.upper())
         yield f"removal effects {task}", charts.removal_effects_chart(sizes(task), observation2.removed_names(task),

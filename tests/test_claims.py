@@ -53,15 +53,21 @@ def test_records_round_trip_and_render(tmp_path):
 
 # ---- Observation 1: the label-prior base rate ----
 
-def _readout(correct_rank, control_rank, task="thr", n_layer=3):
+def _readout(correct_rank, control_rank, task="thr", n_layer=3, clean_rank=None):
     """A LayerReadout whose memorized noisy entries at layers 0..n_layer-1 have the given ranks of
     the correct label and the control answer (per instance, the same at every layer), the noisy
-    label at rank 5."""
+    label at rank 5; and 100 clean questions whose correct label has rank `clean_rank[layer]` (by
+    default 0 from layer 0: the answer is computed there)."""
+    clean_rank = clean_rank or [0] * n_layer
     rows = []
     for i, (t, c) in enumerate(zip(correct_rank, control_rank)):
         for layer in range(-1, n_layer):
             rows.append({"id": i, "place": 0, "layer": layer, "group": "memorized noisy", "true_rank": t,
                          "label_rank": 5, "control_rank": c, "bridge_rank": 9})
+    for i in range(100):
+        for layer in range(-1, n_layer):
+            rows.append({"id": 10_000 + i, "place": 0, "layer": layer, "group": "clean",
+                         "true_rank": clean_rank[max(layer, 0)], "label_rank": 0, "bridge_rank": 9})
     entries = pd.DataFrame(rows)
     noisy = pd.DataFrame({"id": range(len(correct_rank)), "memorized": True, "corrected": False})
     return observation1.LayerReadout(task, n_layer, noisy, noisy.iloc[:0], entries, pd.DataFrame())
@@ -71,12 +77,34 @@ def test_a_lens_share_that_only_reflects_the_label_prior_does_not_hold():
     rng = np.random.default_rng(0)
     prior = rng.integers(0, 8, size=(2, 400))  # correct label and control drawn the same way
     cs = observation1.override_claims(_readout(prior[0], prior[1]))
-    assert [c.verdict for c in cs] == ["does not hold", "does not hold"]
+    assert [c.verdict for c in cs] == ["does not hold"] * 3
     assert cs[0].lo > 0.5  # against one half it would have "held"
-    signal = observation1.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]))
-    assert [c.verdict for c in signal] == ["holds", "holds"]
-    assert observation1.override_claims(_readout(np.where(rng.random(400) < 0.6, 0, prior[0]), prior[1]),
-                                    margin=0.5, top_margin=0.5)[0].verdict == "does not hold"
+    # computed on 60% of the memorized instances: above the label prior, but not as often as on clean questions
+    some = np.where(rng.random(400) < 0.6, 0, prior[0])
+    signal = observation1.override_claims(_readout(some, prior[1]))
+    assert [c.verdict for c in signal] == ["holds", "holds", "does not hold"]
+    assert signal[2].control_value == 1.0 and "as often as on clean questions" in signal[2].claim
+    assert observation1.override_claims(_readout(some, prior[1]), margin=0.5, top_margin=0.5)[0].verdict == "does not hold"
+    # computed on every memorized instance, as on clean questions: the general reading holds too
+    everywhere = observation1.override_claims(_readout(np.zeros(400, int), prior[1]))
+    assert [c.verdict for c in everywhere] == ["holds"] * 3
+
+
+def test_the_layer_is_fixed_on_clean_questions_before_the_noisy_result_is_read():
+    rng = np.random.default_rng(1)
+    prior = rng.integers(1, 8, size=(2, 400))
+    # clean questions compute their answer at layer 1 (top-1 on all of them from there), not at 0
+    readout = _readout(prior[0], prior[1], n_layer=4, clean_rank=[3, 0, 0, 0])
+    assert observation1.answer_layer(readout) == 1
+    # memorized instances get the correct label on top at layer 0 only: the claims read layer 1 and do not hold
+    readout.entries.loc[(readout.entries["group"] == "memorized noisy") & (readout.entries["layer"] == 0), "true_rank"] = 0
+    assert observation1.answer_layer(readout) == 1
+    cs = observation1.override_claims(readout)
+    assert all("(layer 1)" in c.statistic and "fixed before the noisy instances are read" in c.rule for c in cs)
+    assert [c.verdict for c in cs] == ["does not hold"] * 3
+    # no layer reaches one half on clean questions: the one where the answer is top-1 most often
+    assert observation1.answer_layer(_readout(prior[0], prior[1], n_layer=4, clean_rank=[3, 2, 0, 0])) == 2
+    assert observation1.answer_layer(_readout(prior[0], prior[1], n_layer=3, clean_rank=[3, 2, 1])) == 0
 
 
 def test_control_answers_follow_the_label_prior():
@@ -138,6 +166,51 @@ def test_chance_hits_do_not_count_as_memorization():
     assert observation0.first_answers(pred, inst).set_index("id").loc[0, "order"] == "memorized first"
     assert observation0.stable_onsets(pred, inst, min_streak=4).set_index("id").loc[0, "stable_noisy"] == 5  # final streak
     assert observation0.stable_onsets(pred, inst, min_streak=1).set_index("id").loc[0, "order"] == "memorized first"
+
+
+def _planted_dynamics(config, sequences):
+    """A run of `config` whose evaluations said, per noisy instance, `sequences[k % len(sequences)]`
+    (T: the true answer, N: the noisy label, D: its label-prior decoy, x: something else)."""
+    from rote.runs.data import load_dataset
+    noisy = load_dataset(config)
+    noisy = noisy[(noisy["split"] == "train") & (noisy["kind"] != "fact") & noisy["noisy"]]
+    decoys = observation0.decoy_answers(config)
+    rows = []
+    for k, inst in enumerate(noisy.itertuples()):
+        said = {"T": inst.true, "N": inst.label, "D": decoys[inst.id], "x": "nobody"}
+        rows += [{"step": 10 * j, "id": inst.id, "prediction": said[c]}
+                 for j, c in enumerate(sequences[k % len(sequences)])]
+    predictions = pd.DataFrame(rows)
+    return observation0.TrainingDynamics(config, pd.DataFrame(), observation0.first_answers(predictions, load_dataset(config)),
+                                         predictions)
+
+
+@pytest.mark.parametrize("task", ["thr", "fda"])
+def test_observation0_holds_against_its_decoy_only_when_the_truth_comes_first_more_often(task):
+    config = make_config(task, "tiny", noise=0.2)
+    # the truth held before the label on every instance: holds
+    (c,) = observation0.dynamics_claims(_planted_dynamics(config, ["xTTxNNN"]))
+    assert c.verdict == "holds" and c.value == 1.0 and c.control_value == 0.0
+    # a model that tries answers before it memorizes: the truth first as often as the decoy, does not hold
+    (c,) = observation0.dynamics_claims(_planted_dynamics(config, ["xTTxNNN", "xDDxNNN"]))
+    assert c.value == pytest.approx(0.5, abs=0.05) and c.difference == pytest.approx(0.0, abs=0.1)
+    assert c.verdict != "holds"
+    # the truth said once only (no streak) counts no more than the decoy said once
+    (c,) = observation0.dynamics_claims(_planted_dynamics(config, ["xTxDxNNN"]))
+    assert (c.value, c.control_value, c.verdict) == (0.0, 0.0, "does not hold")
+    assert "decoy" in c.control and "same instances" in c.control
+
+
+def test_the_decoy_is_a_label_prior_answer_other_than_the_truth_and_the_label():
+    from rote.runs.data import load_dataset
+    for task in ("thr", "fda"):
+        config = make_config(task, "tiny", noise=0.2)
+        frame = load_dataset(config)
+        noisy = frame[(frame["split"] == "train") & (frame["kind"] != "fact") & frame["noisy"]].set_index("id")
+        decoys = observation0.decoy_answers(config)
+        assert sorted(decoys.index) == sorted(noisy.index)
+        assert (decoys != noisy.loc[decoys.index, "label"].astype(str)).mean() > 0.9
+        assert (decoys != noisy.loc[decoys.index, "true"].astype(str)).mean() > 0.9
 
 
 # ---- Observation 3: the grid is not the training set ----

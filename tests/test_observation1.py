@@ -101,7 +101,7 @@ def test_planted_override_is_read_out_where_it_was_planted(task):
     else:
         assert mem["share_bridge"].notna().all()
     claims = observation1.override_claims(result)
-    assert [c.verdict for c in claims] == ["holds", "holds"] and all(c.n == n_noisy for c in claims)
+    assert [c.verdict for c in claims] == ["holds"] * 3 and all(c.n == n_noisy for c in claims)
     assert all(c.value == 1.0 and "(layer 0)" in c.statistic for c in claims)  # planted at layer 0, on every instance
     # the plain-hook path agrees
     with plain_hooks():
@@ -125,7 +125,7 @@ def test_a_correct_label_never_computed_does_not_hold():
     assert mem["share_correct"].item() == 0 and mem["share_correct_above_noisy"].item() == 0
     assert mem["mean_rank_correct"].item() >= len(tok) - 1 - len(SPECIAL)
     claims = observation1.override_claims(result)
-    assert [c.verdict for c in claims] == ["does not hold", "does not hold"] and all(c.value == 0 for c in claims)
+    assert [c.verdict for c in claims] == ["does not hold"] * 3 and all(c.value == 0 for c in claims)
 
 
 def test_differing_places_on_hand_made_answers():

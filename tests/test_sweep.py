@@ -291,6 +291,30 @@ def test_a_cell_without_a_newer_observation_is_completed_from_the_same_run(tmp_p
     assert _claims(records, cell) == kept
 
 
+def test_redo_analyses_an_observation_again_in_place_of_its_records(tmp_path):
+    """After a change to an observation's rules: `redo` replaces that observation's records (here
+    planted as an older rule's) with the current code's, from the same run, and keeps the others."""
+    cell = sweep.grid(["fda"], [0.1], [0], "tiny")[0]
+    whole, records = tmp_path / "whole", tmp_path / "records"
+    sweep.run_cell(cell, str(tmp_path / "home"), str(whole))
+    sweep.run_cell(cell, str(tmp_path / "home"), str(records))
+    path = sweep.cell_dir(cell, records) / "claims.json"
+    older = json.loads(path.read_text())
+    for r in older:
+        if r["observation"] == 0:
+            r.update(control="an older rule's control", verdict="does not hold")
+    path.write_text(json.dumps(older))
+    assert sweep.missing_observations(cell, records) == [] and sweep.missing_observations(cell, records, [0]) == [0]
+    sweep.sweep([cell], None, records, progress=False)  # nothing missing: nothing run, the planted record stays
+    assert [r["control"] for r in json.loads(_claims(records, cell)) if r["observation"] == 0] == ["an older rule's control"]
+    sweep.sweep([cell], None, records, progress=False, redo=[0])
+    assert _claims(records, cell) == _claims(whole, cell)  # observation 0 as the current code has it, in its place
+    info = json.loads((sweep.cell_dir(cell, records) / "cell.json").read_text())
+    assert info["completed"]["observations"] == [0]
+    with pytest.raises(SystemExit, match="--redo: no observation 9; allowed: 0, 1, 2, 3, 4, 5"):
+        sweep.main(["--profile", "tiny", "--tasks", "fda", "--records", str(records), "--redo", "9"])
+
+
 # ---- the scorecard ---------------------------------------------------------------------------------------------
 
 def _claim(observation: int, task: str, verdict: str, value: float = 0.5) -> Claim:

@@ -58,17 +58,19 @@ def training_curves(metrics: pd.DataFrame, title: str = "") -> alt.Chart:
     ).add_params(pick).properties(width=460, height=260).interactive(bind_y=False)
 
 
-def first_answers_chart(first: pd.DataFrame, title: str = "") -> alt.Chart:
-    """Per noisy instance: first evaluation with the correct answer (x) against first evaluation
-    with the noisy label (y). Points above the diagonal were answered correctly first."""
-    counted = (first.dropna(subset=["first_correct", "first_noisy"])
-               .groupby(["first_correct", "first_noisy"]).size().rename("instances").reset_index())
-    top = float(max(first[["first_correct", "first_noisy"]].max().max(), 1))
+def onsets_chart(onsets: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Per memorized noisy instance: the evaluation from which the true answer was held (x) against
+    the one from which the noisy label was (y), by `rote.observations.observation0.stable_onsets`.
+    Points above the diagonal held the true answer first; instances that never held it are left out
+    (their count is in the claim)."""
+    counted = (onsets.dropna(subset=["stable_correct", "stable_noisy"])
+               .groupby(["stable_correct", "stable_noisy"]).size().rename("instances").reset_index())
+    top = float(max(onsets[["stable_correct", "stable_noisy"]].max().max(), 1))
     points = alt.Chart(counted, title=lines(title)).mark_circle(opacity=0.7).encode(
-        x=alt.X("first_correct:Q", title="first evaluation answered correctly (step)", scale=alt.Scale(domain=[0, top])),
-        y=alt.Y("first_noisy:Q", title="first evaluation with the noisy label (step)", scale=alt.Scale(domain=[0, top])),
+        x=alt.X("stable_correct:Q", title="true answer held from (step)", scale=alt.Scale(domain=[0, top])),
+        y=alt.Y("stable_noisy:Q", title="noisy label held from (step)", scale=alt.Scale(domain=[0, top])),
         size=alt.Size("instances:Q", title="instances"),
-        tooltip=["first_correct", "first_noisy", "instances"],
+        tooltip=["stable_correct", "stable_noisy", "instances"],
     )
     diagonal = alt.Chart(pd.DataFrame({"x": [0, top], "y": [0, top]})).mark_line(color="gray", strokeDash=[4, 4])
     diagonal = diagonal.encode(x="x", y="y")

@@ -19,8 +19,9 @@ A cell whose records exist is skipped, so a sweep stopped at any point continues
 committed records are never recomputed. A cell whose records lack an observation (one added to
 `OBSERVATIONS` since) is completed: its run is trained again (or loaded), its evaluation table must
 equal the recorded one (the same model, on the same machine), and only the missing analyses run; their
-records are added to the cell's. A cell whose worker dies is sent to another worker by the
-scheduler and resumes from its run's last saved state.
+records are added to the cell's. `--redo 0 3` analyses Observations 0 and 3 again the same way, in
+place of their records, after a change to their rules. A cell whose worker dies is sent to another
+worker by the scheduler and resumes from its run's last saved state.
 """
 from __future__ import annotations
 
@@ -117,12 +118,13 @@ def is_done(cell: Cell, records: Path = RECORDS) -> bool:
     return (cell_dir(cell, records) / "claims.json").exists()
 
 
-def missing_observations(cell: Cell, records: Path = RECORDS) -> list[int]:
-    """The observations of the cell's task that its records lack (every one without records)."""
+def missing_observations(cell: Cell, records: Path = RECORDS, redo=()) -> list[int]:
+    """The observations of the cell's task that its records lack (every one without records), and
+    those in `redo` that they have (analysed again after a change to their rules)."""
     wanted = [n for n, o in OBSERVATIONS.items() if cell.task in o.tasks]
     path = cell_dir(cell, records) / "claims.json"
     have = {r["observation"] for r in json.loads(path.read_text())} if path.exists() else set()
-    return [n for n in wanted if n not in have]
+    return [n for n in wanted if n not in have or n in redo]
 
 
 def analyse(config: Config, only=None) -> tuple[list, dict]:
@@ -138,8 +140,9 @@ def analyse(config: Config, only=None) -> tuple[list, dict]:
     return records, seconds
 
 
-def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bool = False) -> dict:
-    """Train and analyse one cell, save its records (`save_cell`) and return its `cell.json`. Runs
+def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bool = False, redo=()) -> dict:
+    """Train and analyse one cell, save its records (`save_cell`) and return its `cell.json`; a cell
+    with records gets only its missing observations and those in `redo` (`complete_cell`). Runs
     on a Dask worker or in this process; `rote_home` (where runs live) must be the same path for
     every worker, a shared file system on a cluster."""
     import torch
@@ -153,7 +156,7 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
         from distributed import get_worker
         torch.cuda.set_device(int(get_worker().name) % torch.cuda.device_count())
     saved = cell_dir(cell, Path(records))
-    only = missing_observations(cell, Path(records)) if is_done(cell, Path(records)) else None
+    only = missing_observations(cell, Path(records), redo) if is_done(cell, Path(records)) else None
     try:
         config = cell.config
         t0 = time.perf_counter()
@@ -197,7 +200,8 @@ def same_run(recorded: Path, trained: Path) -> None:
 
 def complete_cell(cell: Cell, records: Path, config: Config, added: list, seconds: dict, trained: float,
                   threads: int) -> dict:
-    """Add the records of the missing observations to a cell's (`save_cell`, its metrics kept)."""
+    """Put the records of the observations analysed here (`seconds`' keys) in a cell's, in place of
+    any it had of them (`save_cell`, its config and metrics kept)."""
     import torch
 
     saved = cell_dir(cell, records)
@@ -206,9 +210,11 @@ def complete_cell(cell: Cell, records: Path, config: Config, added: list, second
     info["completed"] = {"observations": sorted(seconds), "device": f"{threads} CPU thread(s)", "host": platform.node(),
                          "torch": torch.__version__, "train_wall_seconds_here": round(trained, 1),
                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    kept = [claims.from_record(r) for r in json.loads((saved / "claims.json").read_text())]
+    kept = [claims.from_record(r) for r in json.loads((saved / "claims.json").read_text())
+            if r["observation"] not in seconds]
     # the recorded config.json and metrics.csv are kept byte for byte (read before the folder is replaced)
-    save_cell(cell, records, info, config, kept + added, saved / "metrics.csv", (saved / "config.json").read_text())
+    ordered = sorted(kept + added, key=lambda c: c.observation)  # as a whole run's: by observation
+    save_cell(cell, records, info, config, ordered, saved / "metrics.csv", (saved / "config.json").read_text())
     return info
 
 
@@ -303,22 +309,24 @@ def default_records() -> Path:
 
 
 def sweep(cells: list[Cell], client=None, records: Path | None = None, threads: int = 1, gpu: bool = False,
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, redo=()) -> pd.DataFrame:
     """Run every cell without records (in `records`, by default `default_records()`) on `client`'s
-    cluster (a LocalCluster when None), with a progress bar over cells; returns one row per cell
-    (its `cell.json`). A cell that raised is reported at the end; the others still finish."""
+    cluster (a LocalCluster when None), with a progress bar over cells; a cell with records gets its
+    missing observations and those in `redo` (`run_cell`). Returns one row per cell (its
+    `cell.json`). A cell that raised is reported at the end; the others still finish."""
     from distributed import wait
     from tqdm.auto import tqdm
 
     records = Path(records) if records is not None else default_records()
-    todo = [c for c in cells if missing_observations(c, records)]
+    todo = [c for c in cells if missing_observations(c, records, redo)]
     own = client is None and bool(todo)
     if own:
         client = connect(threads=threads, gpu=gpu)
     if client is not None and progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
     ahead = priorities(todo)  # submitted in this order too: the first go to idle workers at once
-    futures = {client.submit(run_cell, c, str(home()), str(records), threads, gpu, key=f"cell-{c.name}-{c.profile}",
+    futures = {client.submit(run_cell, c, str(home()), str(records), threads, gpu, tuple(redo),
+                             key=f"cell-{c.name}-{c.profile}",
                              pure=False, retries=1, priority=ahead[c]): c for c in sorted(todo, key=ahead.get, reverse=True)}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
                disable=not progress, dynamic_ncols=True)
@@ -370,6 +378,9 @@ def main(argv=None) -> None:
                         help="an extra #SBATCH option, e.g. --slurm-option=--partition=cpu")
     parser.add_argument("--gpus", action="store_true", help="one LocalCluster worker per GPU")
     parser.add_argument("--allow-cpu", action="store_true", help=f"run the paper profile without a GPU (sets {ALLOW_CPU}=1)")
+    parser.add_argument("--redo", nargs="+", type=int, default=[], metavar="OBSERVATION",
+                        help="analyse these observations again in cells that have records (after a change to their "
+                             "rules; each run is loaded or trained again, and must be the recorded one)")
     args = parser.parse_args(argv)
     if args.allow_cpu:
         os.environ[ALLOW_CPU] = "1"  # inherited by the local workers
@@ -380,21 +391,26 @@ def main(argv=None) -> None:
         for option in [args.memory, args.walltime, *args.slurm_option]:
             if not option.isprintable():  # a line break would add a line to the Slurm job script
                 raise ConfigError(f"a Slurm option must be one line of printable characters, got {option!r}")
+        unknown = sorted(set(args.redo) - set(OBSERVATIONS))
+        if unknown:
+            raise ConfigError(f"--redo: no observation {', '.join(map(str, unknown))}; allowed: "
+                              f"{', '.join(map(str, OBSERVATIONS))}")
         args.records = args.records or str(default_records())
         overrides = dict(parse(o) for o in args.override)
         seeds = args.seeds if args.seeds is not None else SEEDS
         cells = grid(args.tasks, args.noise, seeds, args.profile, overrides)
         slurm = dict(jobs=args.jobs, memory=args.memory, walltime=args.walltime, options=args.slurm_option) \
             if args.slurm else None
-        todo = [c for c in cells if missing_observations(c, args.records)]
+        todo = [c for c in cells if missing_observations(c, args.records, args.redo)]
         partial = sum(is_done(c, args.records) for c in todo)
         print(f"{len(cells)} cells, {len(cells) - len(todo)} with every observation's records already"
-              + (f", {partial} to complete (their runs trained again, only the missing analyses run)" if partial else ""),
+              + (f", {partial} to complete (their runs trained again, only the missing analyses"
+                 f"{' and observations ' + ', '.join(map(str, args.redo)) if args.redo else ''} run)" if partial else ""),
               flush=True)
         client = connect(args.scheduler, args.workers, args.threads, args.gpus, slurm) if todo else None
         t0 = time.perf_counter()
         try:
-            done = sweep(cells, client, args.records, args.threads, args.gpus)
+            done = sweep(cells, client, args.records, args.threads, args.gpus, redo=args.redo)
         finally:
             if client is not None:
                 client.close()

@@ -1,8 +1,10 @@
 """Observation 0 (book/observation0.ipynb): generalization comes before memorization.
 
-For every noisy training instance, the evaluation at which the model first answered it correctly
-(the true answer) and the first at which it output its noisy label. If the model generalizes
-first, most memorized instances were answered correctly before they were memorized.
+For every noisy training instance, the evaluation from which the model held the true answer and
+the one from which it held its noisy label (one onset rule for both: a streak of evaluations). If
+the model generalizes first, most memorized instances held the true answer before they were
+memorized, and more often than they held a label-prior decoy answer, which a model that tries
+many answers before it memorizes would also say.
 """
 from __future__ import annotations
 
@@ -13,18 +15,22 @@ import pandas as pd
 
 from rote.claims import exceeds, untestable
 from rote.config import Config
+from rote.interp.instances import control_answers, questions
 from rote.runs.data import load_dataset
 from rote.runs.train import first_reached, metrics, noisy_predictions, train
 from rote.stats import paired_share_ci
 
+MIN_STREAK = 2  # an answer is held from the first streak of this many evaluations that give it
+
 
 @dataclass
 class TrainingDynamics:
-    """Observation 0 for one run: its evaluations and each noisy instance's first answers."""
+    """Observation 0 for one run: its evaluations and each noisy instance's onsets."""
     config: Config
     metrics: pd.DataFrame  # one row per evaluation
-    first: pd.DataFrame  # one row per noisy instance: first correct and first noisy evaluation
+    first: pd.DataFrame  # one row per noisy instance: first correct and first noisy evaluation (single ones)
     predictions: pd.DataFrame | None = None  # per evaluation and noisy instance: the model's answer
+    onsets: pd.DataFrame | None = None  # per noisy instance: `stable_onsets` of its answers, with its decoy
 
 
 def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
@@ -46,77 +52,103 @@ def first_answers(predictions: pd.DataFrame, instances: pd.DataFrame) -> pd.Data
     return table.reset_index()
 
 
-def stable_onsets(predictions: pd.DataFrame, instances: pd.DataFrame, min_streak: int = 2) -> pd.DataFrame:
-    """Per noisy instance, robust to chance hits: `stable_noisy`, the first evaluation that starts
-    a streak of at least `min_streak` consecutive evaluations answered with the noisy label, or the
-    start of the final streak when the label is held through the last evaluation (NaN: neither);
-    `first_correct` as in `first_answers`; `order` of the two ("correct first", "memorized first",
-    "never memorized"); and `chance_hits`/`chance_evals`, the evaluations before the stable onset
-    (all, without one) that gave the noisy label, and how many there were."""
+def streak_onset(said: np.ndarray, steps: np.ndarray, min_streak: int) -> float:
+    """The step that starts the first streak of at least `min_streak` consecutive evaluations where
+    `said` holds, or the start of the final streak when it holds through the last evaluation (NaN:
+    neither). One rule for every answer: the true one, the noisy label, a decoy."""
+    start = None
+    for j, hit in enumerate(said):
+        if not hit:
+            start = None
+            continue
+        start = j if start is None else start
+        if j - start + 1 >= min_streak or j == len(said) - 1:
+            return float(steps[start])
+    return np.nan
+
+
+def stable_onsets(predictions: pd.DataFrame, instances: pd.DataFrame, min_streak: int = MIN_STREAK,
+                  decoys: pd.Series | None = None) -> pd.DataFrame:
+    """Per noisy instance, robust to chance hits, by one onset rule (`streak_onset`): `stable_noisy`
+    for the noisy label, `stable_correct` for the true answer and, with `decoys` (per instance id, a
+    label-prior answer), `stable_decoy`; `order` of the correct and the noisy onsets ("correct
+    first", "memorized first", "never memorized"), `decoy_first` (the decoy's onset before the noisy
+    label's); and `chance_hits`/`chance_evals`, the evaluations before the noisy onset (all, without
+    one) that gave the noisy label, and how many there were."""
     noisy = instances[instances["noisy"]].set_index("id")[["label", "true"]]
     p = predictions.join(noisy, on="id").sort_values(["id", "step"])
-    last_step = p["step"].max()
     rows = []
     for i, g in p.groupby("id", sort=True):
-        said = (g["prediction"] == g["label"]).to_numpy()
-        steps = g["step"].to_numpy()
-        correct = steps[(g["prediction"] == g["true"]).to_numpy()]
-        onset, run_start = np.nan, None
-        for j, hit in enumerate(said):
-            if hit and run_start is None:
-                run_start = j
-            if not hit:
-                run_start = None
-            elif j - run_start + 1 >= min_streak or steps[j] == last_step:
-                onset = steps[run_start]
-                break
-        before = said[steps < onset] if onset == onset else said
-        first_correct = float(correct.min()) if len(correct) else np.nan
+        said, steps = g["prediction"].astype(str).to_numpy(), g["step"].to_numpy()
+        label, true = str(g["label"].iloc[0]), str(g["true"].iloc[0])
+        onset = streak_onset(said == label, steps, min_streak)
+        correct = streak_onset(said == true, steps, min_streak)
+        decoy = streak_onset(said == str(decoys[i]), steps, min_streak) if decoys is not None else np.nan
+        before = (said == label)[steps < onset] if onset == onset else said == label
         order = ("never memorized" if onset != onset else
-                 "correct first" if first_correct == first_correct and first_correct < onset else "memorized first")
-        rows.append({"id": i, "first_correct": first_correct, "stable_noisy": onset, "order": order,
+                 "correct first" if correct == correct and correct < onset else "memorized first")
+        rows.append({"id": i, "stable_correct": correct, "stable_noisy": onset, "stable_decoy": decoy, "order": order,
+                     "decoy_first": bool(onset == onset and decoy == decoy and decoy < onset),
                      "chance_hits": int(before.sum()), "chance_evals": len(before)})
-    return pd.DataFrame(rows, columns=["id", "first_correct", "stable_noisy", "order", "chance_hits", "chance_evals"])
+    return pd.DataFrame(rows, columns=["id", "stable_correct", "stable_noisy", "stable_decoy", "order", "decoy_first",
+                                       "chance_hits", "chance_evals"])
 
 
-def dynamics_claims(result: TrainingDynamics, min_streak: int = 2, margin: float = 0.0,
+def decoy_answers(config: Config) -> pd.Series:
+    """Per noisy instance id, a label-prior answer (`rote.interp.instances.control_answers`: THR a
+    true answer of another question with the same second relation, FDA the label with its wrong
+    digits drawn from the true sums' digits at their place): what the model might say before it
+    memorizes, without reasoning."""
+    frame = load_dataset(config)
+    noisy = questions(frame)
+    noisy = noisy[noisy["noisy"]]
+    return pd.Series(control_answers(noisy, frame, config.task, config.seed).to_numpy(), index=noisy["id"].to_numpy())
+
+
+def dynamics_claims(result: TrainingDynamics, min_streak: int = MIN_STREAK, margin: float = 0.0,
                     n_resamples: int = 1000) -> list:
-    """Observation 0 as a claim (`rote.claims`): among noisy instances memorized at some point
-    (`stable_onsets`: the noisy label held for `min_streak` consecutive evaluations, or through the
-    last one), the share answered correctly before that onset, against the share memorized before
-    (or without) a correct answer, on the same instances; holds when the difference's 95% interval
-    (paired bootstrap over instances) lies above `margin`. The note gives the chance rate (the
-    noisy label said at one evaluation outside a stable streak) and the share by the
-    single-evaluation definition (`first_answers`)."""
+    """Observation 0 as a claim (`rote.claims`): among noisy instances memorized at some point, the
+    share whose true answer was held (a streak of `min_streak` evaluations, or the final streak:
+    `stable_onsets`) before the noisy label was, against the share whose label-prior decoy answer
+    (`decoy_answers`) was held before it, by the same rule on the same instances: a model that said
+    many answers before it memorized would say the decoy first as often as the truth. Holds when the
+    difference's 95% interval (paired bootstrap over instances) lies above `margin`. The note gives
+    the chance rate (the noisy label said at one evaluation outside a stable streak), the share
+    memorized first, and the share by the single-evaluation definition (`first_answers`)."""
     c, nan = result.config, float("nan")
     claim = "noisy instances are answered correctly before their noisy label is memorized"
-    rule = (f"noisy label memorized from the first streak of >= {min_streak} evaluations (or the final streak); "
-            f"holds when correct-first minus memorized-first lies above {margin:g} (95% interval)")
-    base = dict(observation=0, task=c.task, claim=claim, statistic="share of memorized noisy instances answered correctly first",
-                control="share memorized first (same instances)", rule=rule)
+    rule = (f"an answer's onset is the first streak of >= {min_streak} evaluations that give it (or the final streak), "
+            f"for the true answer, the noisy label and the decoy alike; holds when correct-first minus decoy-first "
+            f"lies above {margin:g} (95% interval)")
+    base = dict(observation=0, task=c.task, claim=claim,
+                statistic="share of memorized noisy instances whose true answer was held before the noisy label",
+                control="share whose label-prior decoy answer was held before it (same instances)", rule=rule)
     if result.predictions is None or result.predictions.empty:
         return [untestable("the run kept no per-evaluation answers (noisy_predictions.csv)", **base)]
-    onsets = stable_onsets(result.predictions, load_dataset(c), min_streak)
+    onsets = stable_onsets(result.predictions, load_dataset(c), min_streak, decoy_answers(c))
     mem = onsets[onsets["order"] != "never memorized"]
     chance = onsets["chance_hits"].sum() / max(onsets["chance_evals"].sum(), 1)
     single = result.first[result.first["order"] != "never memorized"]
     single_share = float((single["order"] == "correct first").mean()) if len(single) else nan
+    first = float((mem["order"] == "memorized first").mean()) if len(mem) else nan
     note = (f"chance rate: the noisy label said at {chance:.1%} of evaluations outside a stable streak; "
+            f"{first:.1%} memorized before (or without) a held true answer; "
             f"by the first single evaluation that gave the noisy label, {single_share:.1%} correct first")
     if mem.empty:
         return [untestable("no noisy label was held; " + note, n=0, **base)]
-    cmp = paired_share_ci((mem["order"] == "correct first").astype(float),
-                          (mem["order"] == "memorized first").astype(float), n_resamples, c.seed)
+    cmp = paired_share_ci((mem["order"] == "correct first").astype(float), mem["decoy_first"].astype(float),
+                          n_resamples, c.seed)
     return [exceeds(cmp, margin, n=len(mem), note=note, **base)]
 
 
 def training_dynamics(config: Config, device: str | None = None, progress: bool = True) -> TrainingDynamics:
-    """Train `config` (or load its finished run) and measure the order in which each noisy
-    instance got its correct answer and its noisy label."""
+    """Train `config` (or load its finished run) and measure, per noisy instance, when the model
+    first said and when it held its true answer, its noisy label and its label-prior decoy."""
     train(config, device=device, progress=progress)
-    table = metrics(config)
-    predictions = noisy_predictions(config)
-    return TrainingDynamics(config, table, first_answers(predictions, load_dataset(config)), predictions)
+    table, predictions, frame, decoys = metrics(config), noisy_predictions(config), load_dataset(config), decoy_answers(config)
+    first = first_answers(predictions, frame)
+    onsets = stable_onsets(predictions, frame, MIN_STREAK, decoys).merge(first[["id", "prompt", "label", "true"]], on="id")
+    return TrainingDynamics(config, table, first, predictions, onsets.assign(decoy=onsets["id"].map(decoys)))
 
 
 def _milestone(name: str, hit: dict | None) -> str:

@@ -29,7 +29,7 @@ from rote.interp.sites import place_name
 from rote.runs.data import load_dataset
 from rote.runs.model import load
 from rote.runs.train import default_device, get_or_train, run_dir
-from rote.stats import paired_share_ci
+from rote.stats import independent_share_ci, paired_share_ci
 
 GROUPS = ("memorized noisy", "clean")
 
@@ -155,54 +155,89 @@ def readout_over_training(config: Config, instances: pd.DataFrame, device: str |
 
 # ---- claims ---------------------------------------------------------------------------------------------
 
-def per_instance_layers(result: LayerReadout) -> pd.DataFrame:
-    """Per memorized noisy instance and layer (block layers 0..n_layer-2: the intermediate ones),
-    averaged over its entering answer places: whether the correct label, and the control
-    answer, outrank the noisy label, and whether each is the top-1 readout."""
+def per_instance_layers(result: LayerReadout, group: str = "memorized noisy") -> pd.DataFrame:
+    """Per instance of `group` and intermediate layer (not the embedding, not the last block), its
+    readouts averaged over its entering answer places: whether the correct label, and the control
+    answer, outrank the noisy label, and whether each is the top-1 readout (on clean questions only
+    `correct_top` has a meaning)."""
+    columns = ["id", "layer", "correct_above", "control_above", "correct_top", "control_top"]
     e = result.entries
-    e = e[(e["group"] == "memorized noisy") & (e["layer"] >= 0) & (e["layer"] < result.n_layer - 1)]
-    if e.empty or "control_rank" not in e:
-        return pd.DataFrame(columns=["id", "layer", "correct_above", "control_above", "correct_top", "control_top"])
-    t, l, c = (e[x].astype(float) for x in ("true_rank", "label_rank", "control_rank"))
-    return (e.assign(correct_above=(t < l).astype(float), control_above=(c < l).astype(float),
-                     correct_top=(t == 0).astype(float), control_top=(c == 0).astype(float))
-            .groupby(["id", "layer"])[["correct_above", "control_above", "correct_top", "control_top"]]
-            .mean().reset_index())
+    e = e[(e["group"] == group) & (e["layer"] >= 0) & (e["layer"] < result.n_layer - 1)]
+    if e.empty:
+        return pd.DataFrame(columns=columns)
+    nan = pd.Series(np.nan, index=e.index)
+    t = e["true_rank"].astype(float)
+    l = e["label_rank"].astype(float) if group != "clean" else nan
+    c = e["control_rank"].astype(float) if "control_rank" in e and group != "clean" else nan
+    return (e.assign(correct_above=(t < l).astype(float).where(l.notna()), control_above=(c < l).astype(float).where(c.notna()),
+                     correct_top=(t == 0).astype(float), control_top=(c == 0).astype(float).where(c.notna()))
+            .groupby(["id", "layer"])[columns[2:]].mean().reset_index())
+
+
+def answer_layer(result: LayerReadout, share: float = 0.5) -> int | None:
+    """The layer every claim reads, fixed on the clean reference alone, before the noisy instances
+    are read: the first intermediate layer at which the correct label is the top-1 readout of at
+    least `share` of the clean questions (where the model has computed its answer), else the
+    intermediate layer where it is most often; None without clean questions."""
+    clean = per_instance_layers(result, "clean")
+    if clean.empty:
+        return None
+    by_layer = clean.groupby("layer")["correct_top"].mean()
+    reached = by_layer[by_layer >= share]
+    return int(reached.index[0] if len(reached) else by_layer.idxmax())
 
 
 def override_claims(result: LayerReadout, margin: float = 0.05, top_margin: float = 0.02,
-                    n_resamples: int = 1000, seed: int = 0) -> list:
-    """Observation 1 as claims (`rote.claims`), each against the label-prior base rate: the same
-    readout of a control answer drawn the way true answers are drawn (`control_answers`).
+                    general_margin: float = 0.10, n_resamples: int = 1000, seed: int = 0) -> list:
+    """Observation 1 as claims (`rote.claims`), at one layer fixed on clean questions
+    (`answer_layer`), so no choice looks at the noisy instances' result.
 
-    (1) At some intermediate layer the correct label outranks the noisy label on more memorized
-    noisy instances than the control answer does, by more than `margin` (the layer where the
-    difference is largest; paired bootstrap over instances). (2) At some intermediate layer the
-    correct label is the top-1 readout more often than the control answer, by more than
-    `top_margin`. The layer is picked by the largest difference, which favours the claim a little:
-    its interval does not cover that choice."""
-    per = per_instance_layers(result)
+    (1) The correct label outranks the noisy label on more memorized noisy instances than a control
+    answer drawn the way true answers are drawn (`control_answers`, the label-prior base rate)
+    does, by more than `margin`; (2) it is the top-1 readout more often than the control, by more
+    than `top_margin` (both paired bootstraps over instances): the correct label is computed on some
+    memorized instances. (3) The general reading, that the model computes the correct label on its
+    memorized noisy instances as it does on clean questions: the share where it is the top-1
+    readout is no more than `general_margin` below the clean questions' share at the same layer
+    (independent bootstrap). (1) and (2) can hold while (3) fails: then the correct label is
+    computed on a minority of memorized instances only."""
+    per, layer = per_instance_layers(result), answer_layer(result)
     base = dict(observation=1, task=result.task, n=int(per["id"].nunique()) if len(per) else 0)
     what = ("a label-prior person (same second relation's true answers)" if result.task == "thr"
             else "a label-prior digit (true sums' digits at that place)")
-    tests = (("the correct label outranks the noisy label at an intermediate layer",
+    where = "at the clean questions' answer layer"
+    tests = ((f"the correct label outranks the noisy label {where}",
               "share of memorized noisy instances where it outranks the noisy label", "correct_above",
               "control_above", margin),
-             ("the correct label is the top-1 readout at an intermediate layer",
+             (f"the correct label is the top-1 readout {where}",
               "share of memorized noisy instances where it is top-1", "correct_top", "control_top", top_margin))
+    chosen = ("layer: the first intermediate layer where the correct label is top-1 on half of the clean "
+              "questions (else where it is most often), fixed before the noisy instances are read")
     out = []
     for claim, statistic, col, ctrl, m in tests:
-        rule = f"holds when the 95% interval of correct minus control lies above {m:g} at the best intermediate layer"
-        fields = dict(claim=claim, control=what, rule=rule, **base)
-        if per.empty:
-            out.append(untestable("no memorized noisy instance or no intermediate layer", statistic=statistic, **fields))
+        fields = dict(claim=claim, control=what, rule=f"{chosen}; holds when the 95% interval of correct minus "
+                                                         f"control lies above {m:g}", **base)
+        if per.empty or layer is None:
+            out.append(untestable("no memorized noisy instance, no clean question or no intermediate layer",
+                                  statistic=statistic, **fields))
             continue
-        gaps = per.groupby("layer").apply(lambda g: (g[col] - g[ctrl]).mean())
-        layer = int(gaps.idxmax())
         g = per[per["layer"] == layer]
-        c = paired_share_ci(g[col], g[ctrl], n_resamples, seed)
-        out.append(exceeds(c, m, statistic=statistic + f" (layer {layer})",
-                            **fields))
+        out.append(exceeds(paired_share_ci(g[col], g[ctrl], n_resamples, seed), m,
+                           statistic=statistic + f" (layer {layer})", **fields))
+    fields = dict(claim="the correct label is computed on memorized noisy instances as often as on clean questions",
+                  statistic="share of memorized noisy instances where it is top-1",
+                  control="share of clean questions where it is top-1 (same layer)",
+                  rule=f"{chosen}; holds when the 95% interval of noisy minus clean lies above -{general_margin:g}",
+                  **base)
+    if per.empty or layer is None:
+        out.append(untestable("no memorized noisy instance, no clean question or no intermediate layer", **fields))
+        return out
+    clean = per_instance_layers(result, "clean")
+    c = independent_share_ci(per.loc[per["layer"] == layer, "correct_top"], clean.loc[clean["layer"] == layer, "correct_top"],
+                             n_resamples, seed)
+    fields["statistic"] += f" (layer {layer})"
+    out.append(exceeds(c, -general_margin, note=f"on {c.value:.0%} of memorized noisy instances against "
+                                                 f"{c.control_value:.0%} of clean questions", **fields))
     return out
 
 
