@@ -322,12 +322,34 @@ def test_outlier_claims_flip_at_their_thresholds():
     clean = r0.neurons.assign(z=r0.neurons["z"] / 2)
     r = dataclasses.replace(r0, clean_neurons=clean, clean_patch=patch,
                             grids={s: (n, n) for s, (n, _) in r0.grids.items()})
-    assert "cannot be tested" not in [c.verdict for c in outlier_claims(r, n_resamples=200)]
-    assert outlier_claims(r, dedicated_margin=1.01, n_resamples=200)[0].verdict == "holds"
-    assert outlier_claims(r, dedicated_margin=-1.01, n_resamples=200)[0].verdict == "does not hold"
+    claims = outlier_claims(r, n_resamples=200)
+    assert "cannot be tested" not in [c.verdict for c in claims]
+    assert [c.claim for c in claims] == [
+        "noisy labels are not fitted by dedicated look-up neurons (1% cut)",
+        "noisy labels are not fitted by dedicated look-up neurons (5% cut)",
+        "noisy labels' driving neurons are heuristics as often as clean answers'",
+        "driving neurons are shifted against their clean neighbours", "undoing the shift gives back the true digit"]
+    for cut in (0, 1):  # the same drivers on both sides: dedicated equally often, within any positive margin
+        assert outlier_claims(r, dedicated_margin=1.01, n_resamples=200)[cut].verdict == "holds"
+        assert outlier_claims(r, dedicated_margin=-1.01, n_resamples=200)[cut].verdict == "does not hold"
+    assert outlier_claims(r, heuristic_margin=1.01, n_resamples=200)[2].verdict == "holds"
+    assert outlier_claims(r, heuristic_margin=-1.01, n_resamples=200)[2].verdict == "does not hold"
     big = 1e6
-    assert outlier_claims(r, shift_margin=-big, n_resamples=200)[1].verdict == "holds"
-    assert outlier_claims(r, shift_margin=big, n_resamples=200)[1].verdict == "does not hold"
-    assert outlier_claims(r, rescue_margin=-1.01, n_resamples=200)[2].verdict == "holds"
-    assert outlier_claims(r, rescue_margin=1.01, n_resamples=200)[2].verdict == "does not hold"
-    assert "4 grids" in outlier_claims(r, n_resamples=200)[0].note
+    assert outlier_claims(r, shift_margin=-big, n_resamples=200)[3].verdict == "holds"
+    assert outlier_claims(r, shift_margin=big, n_resamples=200)[3].verdict == "does not hold"
+    assert outlier_claims(r, rescue_margin=-1.01, n_resamples=200)[4].verdict == "holds"
+    assert outlier_claims(r, rescue_margin=1.01, n_resamples=200)[4].verdict == "does not hold"
+    assert f"top {r.k} drivers" in claims[4].statistic and "not tested" in claims[4].note
+    assert "4 grids" in claims[0].note and "4 grids" in claims[2].note
+    # planted: clean drivers all heuristic, noisy ones never (on every grid): the heuristic claim fails;
+    # noisy drivers as heuristic as the clean ones: it holds
+    other = np.full(len(r.neurons), "other", dtype=object)
+    heuristic = np.full(len(r.neurons), "heuristic", dtype=object)
+    never = dataclasses.replace(r, grids={s: (other, heuristic) for s in r.grids})
+    assert outlier_claims(never, n_resamples=200)[2].verdict == "does not hold"
+    same = dataclasses.replace(r, grids={s: (heuristic, heuristic) for s in r.grids})
+    assert outlier_claims(same, n_resamples=200)[2].verdict == "holds"
+    # planted: every noisy driver dedicated at the 1% cut, no clean one: "not dedicated" fails
+    dedicated = np.full(len(r.neurons), "dedicated", dtype=object)
+    looked_up = dataclasses.replace(r, grids={s: (dedicated, other) for s in r.grids})
+    assert outlier_claims(looked_up, n_resamples=200)[0].verdict == "does not hold"
