@@ -128,18 +128,33 @@ def test_control_answers_follow_the_label_prior():
 # ---- Observation 2: a removal counts only where it removes something from the clean reference ----
 
 def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
+    """A Reliance whose contrasts at each layer are `clean_contrast[layer]` and `noisy_contrast[layer]`
+    (a number: one layer)."""
+    clean_contrast, noisy_contrast = np.atleast_1d(clean_contrast), np.atleast_1d(noisy_contrast)
     rows, sizes = [], []
     for method in observation2.METHODS[task]:
-        for group, d in (("memorized noisy", noisy_contrast), ("clean", clean_contrast)):
-            rows.append({"method": method, "layer": 0, "comparison": "target - control", "group": group, "n": 100,
-                         "delta_logp": d, "lo": d - width, "hi": d + width, "acc": 0.0, "acc_lo": 0.0, "acc_hi": 0.0})
-            for removed, v in (("target", d), ("control", 0.0)):
-                sizes.append({"method": method, "layer": 0, "group": group, "removed": removed, "n": 100,
-                              "acc_before": 1.0, "acc_after": 1.0, "acc_change": 0.0, "acc_change_lo": 0.0,
-                              "acc_change_hi": 0.0, "delta_logp": v, "delta_logp_lo": v - width,
-                              "delta_logp_hi": v + width})
+        for layer in range(len(clean_contrast)):
+            for group, d in (("memorized noisy", noisy_contrast[layer]), ("clean", clean_contrast[layer])):
+                rows.append({"method": method, "layer": layer, "comparison": "target - control", "group": group,
+                             "n": 100, "delta_logp": d, "lo": d - width, "hi": d + width, "acc": 0.0, "acc_lo": 0.0,
+                             "acc_hi": 0.0})
+                for removed, v in (("target", d), ("control", 0.0)):
+                    sizes.append({"method": method, "layer": layer, "group": group, "removed": removed, "n": 100,
+                                  "acc_before": 1.0, "acc_after": 1.0, "acc_change": 0.0, "acc_change_lo": 0.0,
+                                  "acc_change_hi": 0.0, "delta_logp": v, "delta_logp_lo": v - width,
+                                  "delta_logp_hi": v + width})
     noisy = pd.DataFrame({"id": range(100), "memorized": True})
-    return observation2.Reliance(task, 1, noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes), pd.DataFrame(rows))
+    return observation2.Reliance(task, len(clean_contrast), noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes),
+                                 pd.DataFrame(rows))
+
+
+def test_the_removal_layer_is_fixed_on_the_clean_reference_not_on_the_noisy_result():
+    # layer 1 takes most from clean answers; the noisy label is harmed at layer 0 only: the claim reads layer 1
+    cs = observation2.reliance_claims(_reliance([-0.5, -1.0], [-0.8, 0.01]))
+    assert all("layer 1" in c.statistic and c.verdict == "does not hold" for c in cs)
+    assert all("layer 0: -0.80" in c.note and "not tested" in c.note for c in cs)
+    # the same at the layer chosen on clean answers: holds
+    assert {c.verdict for c in observation2.reliance_claims(_reliance([-0.5, -1.0], [0.01, -0.8]))} == {"holds"}
 
 
 def test_a_removal_with_no_effect_on_the_clean_reference_is_uninformative():

@@ -276,18 +276,21 @@ def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: flo
     """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at layers
     where it removes something from the clean reference: there its paired contrast (target minus
     control) on the correct answer's log-prob lies below -`min_clean_effect` nats (95% interval).
-    At the informative layer where it is strongest on memorized noisy instances, the claim holds
-    when the noisy label's paired contrast lies below -`margin` (95% interval), holds in part when
-    only its mean does, and does not hold otherwise; with no informative layer the removal is
-    uninformative and the claim cannot be tested."""
+    The layer read is fixed on the clean reference alone, before the noisy instances are: the
+    informative layer where the removal takes most from clean answers. There the claim holds when
+    the noisy label's paired contrast lies below -`margin` (95% interval), holds in part when only
+    its mean does, and does not hold otherwise; with no informative layer the removal is
+    uninformative and the claim cannot be tested. The note gives the noisy contrast at the other
+    informative layers (described, not tested)."""
     c = result.contrasts
     paired = c[c["comparison"] == "target - control"] if len(c) else c
     out = []
     for method in METHODS[result.task]:
         target, control = REMOVED[(result.task, method)]
         claim = f"removing the {target} ({method}) harms the memorized noisy label"
-        rule = (f"counts at layers where the clean reference's contrast lies below -{min_clean_effect:g} nats; "
-                f"holds when the noisy label's contrast there lies below {0 - margin:g} (95% interval)")
+        rule = (f"counts at layers where the clean reference's contrast lies below -{min_clean_effect:g} nats; read at "
+                f"the one where it is strongest on clean answers (chosen before the noisy instances are read); holds "
+                f"when the noisy label's contrast there lies below {0 - margin:g} (95% interval)")
         base = dict(observation=2, task=result.task, claim=claim, control=f"removing a {control}", rule=rule)
         m = paired[paired["method"] == method] if len(paired) else paired
         clean = m[m["group"] == "clean"].set_index("layer") if len(m) else m
@@ -301,7 +304,8 @@ def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: flo
             out.append(untestable(why, statistic="noisy label's log-prob change (nats per token)", n=len(result.memorized),
                                   **base))
             continue
-        layer = min(usable, key=lambda layer: noisy.loc[layer, "delta_logp"])
+        layer = min(usable, key=lambda layer: clean.loc[layer, "delta_logp"])
+        others = "; ".join(f"layer {x}: {noisy.loc[x, 'delta_logp']:+.2f}" for x in usable if x != layer)
         s = result.sizes.set_index(["method", "layer", "group", "removed"])
         t, k = s.loc[(method, layer, "memorized noisy", "target")], s.loc[(method, layer, "memorized noisy", "control")]
         row, cl = noisy.loc[layer], clean.loc[layer]
@@ -311,7 +315,8 @@ def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: flo
                             statistic=f"noisy label's log-prob change (nats per token, layer {layer})", n=int(row["n"]),
                          note=(f"memorization accuracy {t['acc_before']:.0%} to {t['acc_after']:.0%} "
                                f"({control}: {k['acc_after']:.0%}); clean contrast there {cl['delta_logp']:+.2f} "
-                               f"[{cl['lo']:+.2f}, {cl['hi']:+.2f}]; informative at {len(usable)} of {len(clean)} layers"),
+                               f"[{cl['lo']:+.2f}, {cl['hi']:+.2f}]; informative at {len(usable)} of {len(clean)} layers"
+                               + (f" (noisy contrast at the others, not tested: {others})" if others else "")),
                          **base))
     return out
 
