@@ -208,6 +208,35 @@ def test_intermediate_dependence_needs_the_control_unharmed():
     assert set(table["intermediate"]) == {"bridge"}
 
 
+def test_an_intermediate_result_is_read_from_one_test_fixed_on_clean_answers():
+    # clean contrasts: projection takes most from clean answers at layer 1, LEACE at layer 0 (less)
+    contrasts = pd.DataFrame([{"method": m, "layer": layer, "comparison": "target - control", "group": "clean",
+                               "delta_logp": d, "lo": d - 0.05, "hi": d + 0.05}
+                              for m, ds in (("projection", (-0.3, -1.0)), ("LEACE", (-0.5, -0.02))) for layer, d in
+                              enumerate(ds)])
+    assert observation4.fixed_tests(contrasts, "thr") == {"bridge": ("projection", 1)}
+    assert observation4.fixed_tests(contrasts.assign(delta_logp=-0.01, lo=-0.02, hi=0.0), "thr") == {}
+    # instance 0 is harmed by projection at layer 1 (the fixed test); instance 1 only by LEACE at layer 0 and
+    # by projection at layer 0: any-of-four would count both, the fixed test counts instance 0 only
+    rows = []
+    for i, hits in enumerate([{("projection", 1)}, {("LEACE", 0), ("projection", 0)}]):
+        for method in ("projection", "LEACE"):
+            for layer in (0, 1):
+                for removed in ("target", "control"):
+                    hit = removed == "target" and (method, layer) in hits
+                    rows.append({"method": method, "layer": layer, "group": "memorized noisy", "removed": removed,
+                                 "id": i, "delta_logp": -2.0 if hit else 0.0, "mem_before": True, "mem_after": True})
+    removals = pd.DataFrame(rows)
+    anywhere = observation4.intermediate_dependence(removals, "thr").set_index("id")
+    assert anywhere["depends"].tolist() == [True, True]
+    fixed = observation4.intermediate_dependence(removals, "thr", tests=observation4.fixed_tests(contrasts, "thr"))
+    fixed = fixed.set_index("id")
+    assert fixed["depends"].tolist() == [True, False] and fixed["n_layers"].tolist() == [1, 1]
+    # no informative test: no instance depends on the result
+    none = observation4.intermediate_dependence(removals, "thr", tests={})
+    assert not none["depends"].any()
+
+
 # ---- one call and the verdict ----
 
 @lru_cache

@@ -272,7 +272,28 @@ def reliance(config: Config, n_clean: int = 200, n_fit: int = 2000, device: str 
 
 # ---- claims ---------------------------------------------------------------------------------------------
 
-def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: float = 0.0) -> list:
+MIN_CLEAN_EFFECT = 0.1  # nats: a removal informs only where it takes at least this much from clean answers
+
+
+def informative_layers(contrasts: pd.DataFrame, method: str, min_clean_effect: float = MIN_CLEAN_EFFECT) -> pd.Series:
+    """Per layer where removal `method` takes something from the clean reference (its paired
+    contrast's 95% interval below -`min_clean_effect` nats), that clean contrast."""
+    c = contrasts
+    if not len(c):
+        return pd.Series(dtype=float)
+    clean = c[(c["comparison"] == "target - control") & (c["method"] == method) & (c["group"] == "clean")]
+    clean = clean.set_index("layer")
+    return clean.loc[clean["hi"] < -min_clean_effect, "delta_logp"]
+
+
+def clean_layer(contrasts: pd.DataFrame, method: str, min_clean_effect: float = MIN_CLEAN_EFFECT) -> int | None:
+    """The layer where removal `method` takes most from clean answers (`informative_layers`), chosen
+    on the clean reference alone; None where it takes nothing."""
+    layers = informative_layers(contrasts, method, min_clean_effect)
+    return int(layers.idxmin()) if len(layers) else None
+
+
+def reliance_claims(result: Reliance, min_clean_effect: float = MIN_CLEAN_EFFECT, margin: float = 0.0) -> list:
     """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at layers
     where it removes something from the clean reference: there its paired contrast (target minus
     control) on the correct answer's log-prob lies below -`min_clean_effect` nats (95% interval).
@@ -295,7 +316,7 @@ def reliance_claims(result: Reliance, min_clean_effect: float = 0.1, margin: flo
         m = paired[paired["method"] == method] if len(paired) else paired
         clean = m[m["group"] == "clean"].set_index("layer") if len(m) else m
         noisy = m[m["group"] == "memorized noisy"].set_index("layer") if len(m) else m
-        informative = clean[clean["hi"] < -min_clean_effect].index if len(clean) else []
+        informative = informative_layers(c, method, min_clean_effect).index
         usable = [layer for layer in informative if layer in noisy.index]
         if not usable:
             why = ("no memorized noisy instance" if len(noisy) == 0 else

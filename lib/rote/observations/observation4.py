@@ -22,7 +22,8 @@ teacher-forced on the label).
 scored token. The label depends on an input when at least half of that input's replacements harm
 it; on an intermediate result when the Observation 2 removal of it (`rote.observations.observation2`: THR the
 bridge by projection or LEACE; FDA the correct digits by projection, the carries by LEACE) harms
-it at some layer while the control removal there does not.
+it while the control removal does not, in one test per intermediate result fixed on the clean
+reference (`fixed_tests`: the method and layer that take most from clean answers).
 
 Two explicit look-ups give the reference, computed on the same changes by `lookup_effects`:
 (i) keyed on the whole input: every change loses the label, the changed question is answered
@@ -52,7 +53,7 @@ from rote.observations.changes import (
     single_input_changes,
     two_input_effects,
 )
-from rote.observations.observation2 import Reliance, reliance_of
+from rote.observations.observation2 import Reliance, informative_layers, reliance_of
 from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
 from rote.stats import bootstrap_ci, independent_share_ci, wilson_interval
@@ -83,10 +84,30 @@ def input_dependence(effects: pd.DataFrame, threshold: float = 1.0) -> pd.DataFr
     return out[columns]
 
 
-def intermediate_dependence(removals: pd.DataFrame, task: str, threshold: float = 1.0) -> pd.DataFrame:
+def fixed_tests(contrasts: pd.DataFrame, task: str) -> dict:
+    """Per intermediate result, the one removal test its dependence is read from, fixed on the clean
+    reference before any noisy instance is read: of the methods that remove it, at the layers where
+    they take something from clean answers (`rote.observations.observation2.informative_layers`),
+    the (method, layer) that takes most. An intermediate result with no informative removal has no
+    test."""
+    best = {}
+    for (t, method), result in METHOD_RESULT.items():
+        if t != task:
+            continue
+        layers = informative_layers(contrasts, method)
+        if len(layers) and (result not in best or layers.min() < best[result][2]):
+            best[result] = (method, int(layers.idxmin()), float(layers.min()))
+    return {result: (method, layer) for result, (method, layer, _) in best.items()}
+
+
+def intermediate_dependence(removals: pd.DataFrame, task: str, threshold: float = 1.0, tests: dict | None = None
+                            ) -> pd.DataFrame:
     """Per (group, id, intermediate result) from Observation 2's removal table
-    (`Reliance.effects`): whether at some layer the target removal harms the label and the control
-    removal there does not (`depends`), and at how many layers."""
+    (`Reliance.effects`): whether the target removal harms the label and the control removal does
+    not (`depends`), read from one test per intermediate result (`tests`: result -> (method,
+    layer), `fixed_tests`), so an instance gets no more chances to depend than it has intermediate
+    results; `n_layers`: at how many layers of any method it would (described only). Without
+    `tests`, any layer and method counts."""
     columns = ["group", "id", "intermediate", "n_layers", "depends"]
     if removals.empty:
         return pd.DataFrame(columns=columns)
@@ -96,9 +117,16 @@ def intermediate_dependence(removals: pd.DataFrame, task: str, threshold: float 
                          aggfunc="max").reset_index()
     wide["hit"] = wide["target"].astype(bool) & ~wide["control"].astype(bool)
     wide["intermediate"] = [METHOD_RESULT[(task, m)] for m in wide["method"]]
-    per_layer = wide.groupby(["group", "id", "intermediate", "layer"]).agg(hit=("hit", "max")).reset_index()
-    out = per_layer.groupby(["group", "id", "intermediate"]).agg(n_layers=("hit", "sum")).reset_index()
-    out["depends"] = out["n_layers"] > 0
+    if tests is not None:
+        wide["fixed"] = [tests.get(i) == (m, int(layer))
+                         for i, m, layer in zip(wide["intermediate"], wide["method"], wide["layer"])]
+    else:
+        wide["fixed"] = True
+    wide["fixed_hit"] = wide["hit"] & wide["fixed"]
+    per_layer = wide.groupby(["group", "id", "intermediate", "layer"]).agg(hit=("hit", "max"), fixed=("fixed_hit", "max"))
+    out = per_layer.reset_index().groupby(["group", "id", "intermediate"]).agg(
+        n_layers=("hit", "sum"), depends=("fixed", "max")).reset_index()
+    out["depends"] = out["depends"].astype(bool)
     return out[columns]
 
 
@@ -238,7 +266,7 @@ def distributed_encoding_of(model, tokenizer, frame: pd.DataFrame, task: str, n_
     lookups = [lookup_effects(noisy_changes, task, key) for key in LOOKUP_KEYS[task]]
     measured_all = pd.concat([measured, *lookups], ignore_index=True)
     inputs = input_dependence(measured_all, threshold)
-    intermediates = intermediate_dependence(rel.effects, task, threshold)
+    intermediates = intermediate_dependence(rel.effects, task, threshold, fixed_tests(rel.contrasts, task))
     counts = dependence_counts(inputs, intermediates, task)
     two = pd.concat([two_input_effects(model, tokenizer, rows, frame, task, group, n_replacements, seed)
                      for group, rows in (("memorized noisy", rel.memorized), ("clean", rel.clean))], ignore_index=True)
