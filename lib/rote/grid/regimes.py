@@ -71,10 +71,10 @@ def in_regime(metrics: pd.DataFrame) -> bool:
 def analysed_model(metrics: pd.DataFrame) -> str:
     """"step 7,400: test accuracy 96.0%, Mem-Noisy 100.0%, in regime (generalize, then memorize)": the
     analysed model's evaluation and regime, as the pages and the scorecard say it."""
-    last = metrics.iloc[-1]
-    judged = "in regime" if in_regime(metrics) else "out of regime"
+    last, regime_ = metrics.iloc[-1], analysed_regime(metrics)
+    judged = "in regime" if regime_ in REGIMES[:2] else "out of regime"
     return (f"step {int(last['step']):,}: test accuracy {last['test_acc']:.1%}, Mem-Noisy {last['mem_noisy']:.1%}, "
-            f"{judged} ({analysed_regime(metrics)})")
+            f"{judged} ({regime_})")
 
 
 def composes_first_with_margin(metrics: pd.DataFrame) -> bool:

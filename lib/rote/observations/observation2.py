@@ -286,13 +286,6 @@ def informative_layers(contrasts: pd.DataFrame, method: str, min_clean_effect: f
     return clean.loc[clean["hi"] < -min_clean_effect, "delta_logp"]
 
 
-def clean_layer(contrasts: pd.DataFrame, method: str, min_clean_effect: float = MIN_CLEAN_EFFECT) -> int | None:
-    """The layer where removal `method` takes most from clean answers (`informative_layers`), chosen
-    on the clean reference alone; None where it takes nothing."""
-    layers = informative_layers(contrasts, method, min_clean_effect)
-    return int(layers.idxmin()) if len(layers) else None
-
-
 def reliance_claims(result: Reliance, min_clean_effect: float = MIN_CLEAN_EFFECT, margin: float = 0.0) -> list:
     """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at layers
     where it removes something from the clean reference: there its paired contrast (target minus
