@@ -131,11 +131,11 @@ def dynamics_claims(result: TrainingDynamics, min_streak: int = MIN_STREAK, marg
     single = result.first[result.first["order"] != "never memorized"]
     single_share = float((single["order"] == "correct first").mean()) if len(single) else nan
     first = float((mem["order"] == "memorized first").mean()) if len(mem) else nan
-    note = (f"chance rate: the noisy label said at {chance:.1%} of evaluations outside a stable streak; "
-            f"{first:.1%} memorized before (or without) a held true answer; "
-            f"by the first single evaluation that gave the noisy label, {single_share:.1%} correct first")
-    if mem.empty:
+    note = f"chance rate: the noisy label said at {chance:.1%} of evaluations outside a stable streak"
+    if mem.empty:  # no share to give: "nan%" would be all it could say
         return [untestable("no noisy label was held; " + note, n=0, **base)]
+    note += (f"; {first:.1%} memorized before (or without) a held true answer; "
+             f"by the first single evaluation that gave the noisy label, {single_share:.1%} correct first")
     cmp = paired_share_ci((mem["order"] == "correct first").astype(float), mem["decoy_first"].astype(float),
                           n_resamples, c.seed)
     return [exceeds(cmp, margin, n=len(mem), note=note, **base)]
