@@ -2,6 +2,7 @@
 intervention does what it says (projections remove, LEACE erases, set_at sets the neurons it names)."""
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 
 import numpy as np
@@ -10,11 +11,21 @@ import pytest
 import torch
 
 from rote.config import make_config
-from rote.interp.edits import apply_removal, erasure, neurons_set, plain_hooks, projection, resids_at, run, set_at
-from rote.interp.instances import control_entities, scored_places
+from rote.interp.edits import (
+    apply_removal,
+    erasure,
+    neurons_set,
+    plain_hooks,
+    projection,
+    redirected,
+    resids_at,
+    run,
+    set_at,
+)
+from rote.interp.instances import knowledge_graph_of, matched_partition, scored_places
 from rote.interp.leace import fit_leace, relabel
 from rote.interp.lens import read_out
-from rote.interp.sites import entity_basis, orthonormal
+from rote.interp.sites import entity_basis, orthonormal, random_orthogonal
 from rote.runs.data import generate
 from rote.runs.model import build_model, build_tokenizer, encode
 
@@ -131,15 +142,32 @@ def test_entity_basis_is_orthonormal_and_spans_both_rows():
         entity_basis(model, tok, ["Nobody-at-all"])
 
 
-def test_control_entities_avoid_the_instance_and_are_seeded():
-    rows = training_questions(setup("thr")[4])  # every two-hop training question
-    pool = sorted(set(rows["true"]))
-    picked = control_entities(rows, pool, seed=3)
-    assert len(picked) == len(rows) and set(picked) <= set(pool)
-    for entity, (_, row) in zip(picked, rows.iterrows()):
-        assert entity not in {row["label"], row["true"], row["bridge"], row["subject"]}
-    assert picked == control_entities(rows, pool, seed=3)
-    assert picked != control_entities(rows, pool, seed=4)
+def test_matched_partition_keeps_the_bridge_classes_sizes_and_is_seeded():
+    frame = setup("thr")[4]
+    graph = knowledge_graph_of(frame)
+    part = matched_partition(frame, seed=3)
+    assert set(part) == set(graph)  # every (subject, relation) key, each in one class
+    assert Counter(part.values()) == Counter(graph.values())  # the classes have the bridge classes' sizes
+    assert sum(part[k] == graph[k] for k in graph) < 0.5 * len(graph)  # not the bridge classes themselves
+    assert part == matched_partition(frame, seed=3) and part != matched_partition(frame, seed=4)
+
+
+def test_redirected_removes_the_projections_norm_along_another_direction():
+    n, d, T = 3, 16, 7
+    g = torch.Generator().manual_seed(0)
+    basis = torch.nn.functional.normalize(torch.randn(n, d, 1, generator=g), dim=1)
+    other = random_orthogonal(basis, seed=2)
+    assert torch.allclose(other.transpose(1, 2) @ other, torch.eye(1).expand(n, 1, 1), atol=1e-5)
+    assert (basis.transpose(1, 2) @ other).abs().max() < 1e-5
+    assert torch.equal(other, random_orthogonal(basis, seed=2)) and not torch.equal(other, random_orthogonal(basis, 3))
+    h = torch.randn(n, T, d, generator=g)
+    where, plen = torch.ones(n, 1, dtype=torch.bool), torch.full((n,), 4)
+    target = projection(basis[:, None], where, True).edit(torch.arange(n), plen, "cpu", torch.float32)(h)
+    control = redirected(basis[:, None], other[:, None], where, True).edit(torch.arange(n), plen, "cpu", torch.float32)(h)
+    torch.testing.assert_close((h - control).norm(dim=-1), (h - target).norm(dim=-1))  # the same amount, every pos
+    along = torch.einsum("btd,bdk->btk", h, basis)
+    torch.testing.assert_close(torch.einsum("btd,bdk->btk", control, basis), along)  # the bridge's component stays
+    torch.testing.assert_close(h - control, torch.einsum("btk,bdk->btd", along, other))
 
 
 @pytest.mark.parametrize("task", ["fda", "thr"])

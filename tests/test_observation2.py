@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rote.book import charts, explorer
-from rote.interp.edits import apply_removal, plain_hooks, projection, resids_at
-from rote.interp.instances import carries, scored_places
+from rote.interp.edits import apply_removal, plain_hooks, projection, redirected, resids_at
+from rote.interp.instances import carries, matched_partition, scored_places
 from rote.interp.leace import binary_leace, fit_leace
-from rote.interp.sites import entity_basis
+from rote.interp.sites import entity_basis, random_orthogonal
 from rote.observations import observation2
 from rote.runs.evaluate import greedy_answers
 from rote.runs.model import build_model, encode
@@ -135,7 +135,7 @@ def test_fda_scores_only_the_differing_digits():
 def test_removal_effects_nnsight_agree_with_hooks(task):
     config, model, tok, rows, frame = setup(task)
     fit = frame[(frame["kind"] != "fact") & (frame["split"] == "train") & ~frame["noisy"]]
-    fits = observation2.fit_erasers(model, tok, fit, task, [0, 1])
+    fits = observation2.fit_erasers(model, tok, fit, task, [0, 1], partition=matched_partition(frame))
     groups = {"memorized noisy": rows[rows["noisy"]], "clean": rows[~rows["noisy"]]}
     a = observation2.removal_effects(model, tok, groups, task, [0, 1], fits, batch_size=5)
     with plain_hooks():
@@ -234,3 +234,93 @@ def test_nothing_memorized_cannot_be_tested():
                                                                pd.DataFrame(), pd.DataFrame(), pd.DataFrame()))
     charts.removal_effects_chart(pd.DataFrame()).to_dict()
     charts.explorer_chart(pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).to_dict()
+
+
+# ---- the THR controls can make the claim fail: planted representations ----
+
+def planted_world(seed: int = 0, n_key: int = 40, n_people: int = 24, alpha: float = 2.0):
+    """A stand-in for one block's output at the answer's readout pos: per (subject, relation) key
+    k, x_k = e_k + alpha * u_b, with e_k a random unit key vector (first `n_key` dimensions) and u_b
+    the unit direction of its bridge b (one of the last `n_people` dimensions): the bridge is
+    represented, and so is the key. Clean answers are read from the bridge."""
+    g = torch.Generator().manual_seed(seed)
+    people = [f"P{i}" for i in range(n_people)]
+    facts = pd.DataFrame([(f"S{s}", f"r{r}") for s in range(40) for r in range(3)], columns=["subject", "r1"])
+    facts["true"] = [people[i] for i in torch.randint(n_people, (len(facts),), generator=g)]
+    facts["kind"] = "fact"
+    u = torch.cat([torch.zeros(n_people, n_key), torch.eye(n_people)], 1)
+    e = torch.cat([torch.nn.functional.normalize(torch.randn(len(facts), n_key, generator=g), dim=1),
+                   torch.zeros(len(facts), n_people)], 1)
+    bridge = torch.tensor([people.index(b) for b in facts["true"]])
+    x = e + alpha * u[bridge]
+    rows = facts.rename(columns={"true": "bridge"}).assign(id=range(len(facts)))
+    return people, facts, rows, u, e, bridge, x
+
+
+def planted_claim(readouts: dict, removals: dict, rows) -> str:
+    """The LEACE or projection claim's verdict (`reliance_claims`) when each group's label is read
+    by `readouts[group]` (x [N, d] -> logits [N, V] and the label ids) from the planted stream,
+    before and after the target and control `removals[method]` (edit fns on [N, 1, d])."""
+    parts = []
+    for group, (read, label) in readouts.items():
+        for method, pair in removals.items():
+            for removed, fn in zip(("target", "control"), pair):
+                x = planted_world()[-1]
+                before, after = (read(v).log_softmax(-1) for v in (x, fn(x[:, None])[:, 0]))
+                pick = lambda lp: lp.gather(1, label[:, None]).squeeze(1)  # noqa: E731
+                parts.append(pd.DataFrame({"method": method, "layer": 0, "group": group, "removed": removed,
+                                           "id": rows["id"], "logp_before": pick(before).numpy(),
+                                           "logp_after": pick(after).numpy(), "mem_before": before.argmax(1) == label,
+                                           "mem_after": after.argmax(1) == label}))
+    effects = pd.concat(parts, ignore_index=True).assign(delta_logp=lambda t: t["logp_after"] - t["logp_before"])
+    noisy = rows.assign(memorized=True)
+    result = observation2.Reliance("thr", 1, noisy, rows, effects, observation2.effect_sizes(effects, 300),
+                                   observation2.contrasts(effects, 300))
+    (claim,) = [c for c in observation2.reliance_claims(result) if c.verdict != "cannot be tested"]
+    return claim.verdict
+
+
+def test_the_matched_key_class_control_fails_a_label_looked_up_by_its_key():
+    """Noisy labels looked up linearly from the key vector e_k (blind to the bridge): the bridge's
+    eraser takes part of e_k with it (the bridge is a function of the key), so against another
+    person's eraser the claim "holds"; against the eraser of a same-size random class of keys that
+    holds the question's key it does not."""
+    people, facts, rows, u, e, bridge, x = planted_world()
+    where, d = torch.ones(len(rows), 1, dtype=torch.bool), x.shape[1]
+    fit_x = x.repeat(3, 1) + 0.05 * torch.randn(3 * len(x), d, generator=torch.Generator().manual_seed(1))
+    fit_bridge = np.tile(facts["true"].to_numpy(), 3)
+    partition = matched_partition(facts, seed=0)
+    keyed = np.tile(np.array([partition[k] for k in zip(facts["subject"], facts["r1"])], dtype=object), 3)
+    names = sorted(set(keyed))
+    edit = lambda removal: removal.edit(torch.arange(len(rows)), torch.ones(len(rows), dtype=torch.long), "cpu",  # noqa: E731
+                                        torch.float32)
+    target = edit(observation2.class_erasure(binary_leace(fit_x, fit_bridge, people), list(facts["true"]), people, where, d))
+    others = [people[(i + 1 + j) % len(people)] for i, j in zip(bridge.tolist(), np.random.default_rng(0).integers(
+        0, len(people) - 1, len(rows)))]
+    person = edit(observation2.class_erasure(binary_leace(fit_x, fit_bridge, people), others, people, where, d))
+    own_class = [partition[k] for k in zip(facts["subject"], facts["r1"])]
+    matched = edit(observation2.class_erasure(binary_leace(fit_x, keyed, names), own_class, names, where, d))
+    readouts = {"clean": (lambda v: 8 * v @ u.T, bridge), "memorized noisy": (lambda v: 8 * v @ e.T, torch.arange(len(rows)))}
+    assert planted_claim(readouts, {"LEACE": (target, person)}, rows) == "holds"
+    assert planted_claim(readouts, {"LEACE": (target, matched)}, rows) in ("does not hold", "holds in part")
+
+
+def test_the_same_norm_control_fails_a_label_that_any_large_removal_harms():
+    """Noisy labels given by a random network of the whole stream (it knows nothing of the bridge,
+    but a large change anywhere moves it): projecting out the loud bridge direction harms them more
+    than projecting out another person's direction, so against that control the claim "holds";
+    against as much removed along a random direction it does not."""
+    people, facts, rows, u, e, bridge, x = planted_world()
+    g = torch.Generator().manual_seed(2)
+    V, W = torch.randn(x.shape[1], 256, generator=g), torch.randn(256, 50, generator=g) / 4
+    net = lambda v: torch.relu(v @ V) @ W  # noqa: E731
+    where = torch.ones(len(rows), 1, dtype=torch.bool)
+    edit = lambda removal: removal.edit(torch.arange(len(rows)), torch.ones(len(rows), dtype=torch.long), "cpu",  # noqa: E731
+                                        torch.float32)
+    basis = u[bridge][:, None, :, None]
+    other = u[(bridge + 1 + torch.randint(len(people) - 1, bridge.shape, generator=g)) % len(people)][:, None, :, None]
+    target, person = edit(projection(basis, where, True)), edit(projection(other, where, True))
+    same_norm = edit(redirected(basis, random_orthogonal(basis[:, 0], seed=0)[:, None], where, True))
+    readouts = {"clean": (lambda v: 8 * v @ u.T, bridge), "memorized noisy": (net, net(x).argmax(1))}
+    assert planted_claim(readouts, {"projection": (target, person)}, rows) == "holds"
+    assert planted_claim(readouts, {"projection": (target, same_norm)}, rows) in ("does not hold", "holds in part")

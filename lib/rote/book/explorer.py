@@ -148,8 +148,7 @@ def explorer(models: dict):
         row = table[table["id"] == instance_box.value]
         group = "memorized noisy" if bool(row["noisy"].iloc[0]) else "clean"
         layer = layer_box.value
-        effects = removal_effects(model, tok, {group: row}, result.task, [layer], result.fits,
-                                  pool=result.pool, seed=0)
+        effects = removal_effects(model, tok, {group: row}, result.task, [layer], result.fits, seed=0)
         effects["removed"] = [REMOVED[(result.task, m)][0 if r == "target" else 1]
                               for m, r in zip(effects["method"], effects["removed"])]
         out.clear_output(wait=True)

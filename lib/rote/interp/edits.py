@@ -8,8 +8,8 @@ with, switched in one place rather than through every signature.
 
 The edits the chapters use:
 - `Removal`: x <- x - A B^T (x - mu) of a block output at chosen answer places (or everywhere):
-  projecting out directions (`projection`, A = B = an orthonormal basis, mu = 0) and LEACE
-  erasure (`erasure`: the eraser's factors);
+  projecting out directions (`projection`, A = B = an orthonormal basis, mu = 0), removing as
+  much along other directions (`redirected`) and LEACE erasure (`erasure`: the eraser's factors);
 - `set_at`: given neurons set to given values at one pos per row (patching to a mean);
 - skipped blocks (`run`'s `skip`): a block not run, its output given (a neuron's mean ablation
   is a known change of its block's output, so only the blocks after it need to run).
@@ -226,6 +226,13 @@ class Removal:
 def projection(basis: torch.Tensor, where: torch.Tensor, every_pos: bool = False) -> Removal:
     """Projecting out orthonormal `basis` [N, K, d, r]: A = B = basis, mu = 0."""
     return Removal(basis, basis, torch.zeros(basis.shape[:-1]), where, every_pos)
+
+
+def redirected(basis: torch.Tensor, directions: torch.Tensor, where: torch.Tensor, every_pos: bool = False) -> Removal:
+    """Removing, along `directions` [N, K, d, r], as much as projecting out `basis` removes:
+    x <- x - D B^T x (A = directions, B = basis, mu = 0). With orthonormal directions orthogonal to the
+    basis the removed vector has the projection's norm at every pos, but not its direction."""
+    return Removal(directions, basis, torch.zeros(basis.shape[:-1]), where, every_pos)
 
 
 def erasure(factors: list, n: int, where: torch.Tensor) -> Removal:

@@ -8,7 +8,8 @@ places it scores, FDA's digits, operands and carries, and the matched controls.
   sum (there the correct and the noisy readout are different tokens); a clean one at all four;
   a THR instance at its one answer token (`differing_places`, `scored_places`).
 - Controls are drawn the way the thing they stand for is drawn (`control_answers`,
-  `control_entities`, `control_digits`), seeded.
+  `control_digits`), or matched on what a look-up would also lose
+  (`matched_partition`), seeded.
 """
 from __future__ import annotations
 
@@ -225,21 +226,6 @@ def control_answers(instances: pd.DataFrame, frame: pd.DataFrame, task: str, see
     return pd.Series(out, index=instances.index, dtype=object)
 
 
-def control_entities(instances: pd.DataFrame, entities=None, seed: int = 0) -> list[str]:
-    """Per instance, a random entity (seeded) that is none of its label, true answer, bridge or
-    subject: the control for removing the bridge. `entities`: the pool (default: every entity
-    named in `instances`)."""
-    cols = [c for c in ("label", "true", "bridge", "subject") if c in instances]
-    names = entities if entities is not None else instances[cols].to_numpy().ravel()
-    pool = np.array(sorted({e for e in names if isinstance(e, str)}))
-    rng = np.random.default_rng(seed)
-    picked = []
-    for excluded in instances[cols].itertuples(index=False):
-        allowed = pool[~np.isin(pool, [e for e in excluded if isinstance(e, str)])]
-        picked.append(str(rng.choice(allowed)))
-    return picked
-
-
 def control_digits(instances: pd.DataFrame, seed: int = 0) -> np.ndarray:
     """FDA: per instance and answer place, a random digit (seeded) that is neither the true
     nor the label digit there, [N, 4] of single-character strings."""
@@ -248,3 +234,17 @@ def control_digits(instances: pd.DataFrame, seed: int = 0) -> np.ndarray:
     for true, label in zip(instances["true"], instances["label"]):
         out.append([str(rng.choice([c for c in DIGITS if c not in (t, lab)])) for t, lab in zip(str(true), str(label))])
     return np.array(out, dtype=object).reshape(len(instances), 4)
+
+
+def matched_partition(frame: pd.DataFrame, seed: int = 0) -> dict:
+    """THR: a random partition of the (subject, first relation) keys with the bridge classes' sizes,
+    {(subject, relation): class}. The bridge is a function of that key, so erasing "the bridge is b"
+    also erases which keys a question may have; erasing a random class of keys of the same size that
+    holds the question's own key takes away as much of the input, but not the bridge. The classes
+    are the bridges permuted across keys (seeded): each keeps its name and its number of keys."""
+    graph = knowledge_graph_of(frame)
+    keys = sorted(graph)
+    classes = np.array([graph[k] for k in keys], dtype=object)
+    shuffled = classes[np.random.default_rng(seed).permutation(len(keys))]
+    return dict(zip(keys, shuffled))
+

@@ -82,3 +82,14 @@ def entity_basis(model, tokenizer, entities) -> torch.Tensor:
     emb, unemb = model.transformer.wte.weight, model.lm_head.weight
     rows = [emb[ids]] if unemb is emb or torch.equal(unemb, emb) else [emb[ids], unemb[ids]]
     return orthonormal(torch.stack(rows, -1).detach().cpu())
+
+
+def random_orthogonal(basis: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Per row of `basis` [N, d, k] (orthonormal columns), k random orthonormal directions [N, d, k]
+    orthogonal to it (seeded): where a control removes as much as the basis's removal, elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(basis.shape, generator=g, dtype=torch.float64)
+    b = basis.double()
+    x = x - b @ (b.transpose(-1, -2) @ x)
+    return torch.linalg.qr(x)[0].float()
+

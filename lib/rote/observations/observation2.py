@@ -8,12 +8,16 @@ questions that the model answers correctly (there the label is the true answer).
 
 THR, the bridge entity (the person the first hop leads to):
 - "projection": the bridge's embedding direction (= its unembedding direction: tied weights) is
-  projected out of the block output at every pos; control: a random other person's
-  direction (not the subject, bridge, true answer or label of that question).
+  projected out of the block output at every pos; control: as much removed at every pos along a
+  random direction orthogonal to it (`rote.interp.edits.redirected`), so the control takes the same
+  norm from the stream and differs only in what it points at.
 - "LEACE": a rank-1 LEACE eraser of "the bridge is b" (b: the question's own bridge), fitted on
   the block output at the answer's readout pos (the last prompt token) of clean training questions
-  held out from the evaluation, applied there; control: the eraser of the random person of
-  "projection".
+  held out from the evaluation, applied there; control: the eraser of the question's own class in a
+  random partition of the (subject, first relation) keys with the bridge classes' sizes
+  (`rote.interp.instances.matched_partition`). The bridge is a function of that key, so its eraser
+  also erases part of the input a look-up would read; the control erases as much of the input, not
+  the bridge.
 
 FDA, the intermediate results of the addition, at the readout pos of the scored places
 (noisy instances: the digits where the noisy label differs from the true sum; clean ones: all four):
@@ -38,25 +42,26 @@ import torch
 
 from rote.claims import below, compared, untestable
 from rote.config import Config
-from rote.interp.edits import Removal, apply_removal, erasure, projection, resids_at
+from rote.interp.edits import Removal, apply_removal, erasure, projection, redirected, resids_at
 from rote.interp.instances import (
     Instances,
     carries,
     clean_instances,
     control_digits,
-    control_entities,
+    matched_partition,
     noisy_instances,
     questions,
     scored_places,
 )
 from rote.interp.leace import binary_leace, fit_leace, relabel
-from rote.interp.sites import entity_basis, hf
+from rote.interp.sites import entity_basis, hf, random_orthogonal
 from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
 from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
 
 METHODS = {"thr": ("projection", "LEACE"), "fda": ("projection", "LEACE carry")}
-REMOVED = {("thr", "projection"): ("bridge", "random person"), ("thr", "LEACE"): ("bridge", "random person"),
+REMOVED = {("thr", "projection"): ("bridge", "a random direction, same norm"),
+           ("thr", "LEACE"): ("bridge", "a random class of (subject, relation) keys"),
            ("fda", "projection"): ("correct digit", "random digit"),
            ("fda", "LEACE carry"): ("carry", "shuffled carry")}
 GROUPS = ("memorized noisy", "clean")
@@ -75,22 +80,30 @@ class Fits:
     entities: list  # THR: the entities e with an eraser (the rows of A, B); FDA: []
     carry: dict  # FDA: layer -> (target, control): per answer place, `Eraser.factors` of the carry into it
     #              and of shuffled carries
+    partition: dict | None = None  # THR: (subject, relation) -> class, `matched_partition`
+    classes: dict | None = None  # THR: layer -> (mean, A, B) of "the key's class is c" per class of `class_names`
+    class_names: list | None = None
 
 
-def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, seed: int = 0) -> Fits:
+def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, seed: int = 0,
+                partition: dict | None = None) -> Fits:
     """THR: per layer, rank-1 LEACE erasers of "the bridge is b" for every person b that is a
-    bridge in `fit_rows`, on the block output at the answer's readout pos. FDA: per layer and
-    answer place, rank-1 LEACE of the carry into that digit (and of shuffled carries, the
+    bridge in `fit_rows`, and of "the key's class is c" for every class c of `partition` (the
+    control, `matched_partition`), on the block output at the answer's readout pos. FDA: per layer
+    and answer place, rank-1 LEACE of the carry into that digit (and of shuffled carries, the
     control), on the block output at that digit's readout pos (teacher-forced on the true sum;
     `fit_rows` must be clean)."""
     entities = sorted(set(fit_rows["bridge"])) if task == "thr" else []
+    keyed = [partition[k] for k in zip(fit_rows["subject"], fit_rows["r1"])] if task == "thr" and partition else []
+    names = sorted(set(keyed))
     places = [0] if task == "thr" else list(range(4))
     enough = len(fit_rows) >= 2
     resids = resids_at(model, tokenizer, fit_rows, layers, places) if enough else {}
-    bridge, carry = {}, {}
+    bridge, classes, carry = {}, {}, {}
     for layer in layers:
         if task == "thr":
             bridge[layer] = binary_leace(resids[(layer, 0)], fit_rows["bridge"].to_numpy(), entities) if enough else None
+            classes[layer] = binary_leace(resids[(layer, 0)], np.array(keyed, dtype=object), names) if enough and names else None
             continue
         if not enough:
             carry[layer] = None
@@ -102,37 +115,47 @@ def fit_erasers(model, tokenizer, fit_rows: pd.DataFrame, task: str, layers, see
             target.append(fit_leace(x, z[:, k]).factors())
             control.append(fit_leace(x, relabel(z[:, k], seed=seed + k)).factors())
         carry[layer] = (target, control)
-    return Fits(task, list(layers), len(fit_rows), bridge, entities, carry)
+    return Fits(task, list(layers), len(fit_rows), bridge, entities, carry, partition, classes, names)
 
 
 # ---- the removals ----------------------------------------------------------------------------------
 
+def class_erasure(fit, names: list, classes: list, where: torch.Tensor, d: int) -> Removal:
+    """Per instance i, the rank-1 eraser of class `names[i]` from `fit` = (mean, A, B) of
+    `binary_leace` over `classes`; no edit for a name without an eraser."""
+    n = len(names)
+    A, B, mu = torch.zeros(n, 1, d, 1), torch.zeros(n, 1, d, 1), torch.zeros(n, 1, d)
+    if fit is not None:
+        mean, a, b = fit
+        index = {c: i for i, c in enumerate(classes)}
+        for i, name in enumerate(names):
+            if name in index:
+                A[i, 0, :, 0], B[i, 0, :, 0], mu[i, 0] = a[index[name]], b[index[name]], mean
+    return Removal(A, B, mu, where)
+
+
 def removals(model, tokenizer, instances: pd.DataFrame, task: str, method: str, layer: int,
-             fits: Fits | None, controls) -> tuple[Removal, Removal]:
-    """The target removal and its control for `instances` (see the module docstring). `controls`:
-    THR, one person per instance; FDA, one digit per instance and answer place."""
+             fits: Fits | None, seed: int = 0) -> tuple[Removal, Removal]:
+    """The target removal and its control for `instances` (see the module docstring); the control's
+    random draws (directions, digits) are seeded."""
     n, d = len(instances), hf(model).config.n_embd
     where = scored_places(instances, task)
     if task == "thr" and method == "projection":
-        basis = lambda names: entity_basis(model, tokenizer, names)[:, None]  # noqa: E731
-        return projection(basis(instances["bridge"]), where, True), projection(basis(controls), where, True)
+        bridge = entity_basis(model, tokenizer, instances["bridge"])[:, None]
+        return projection(bridge, where, True), redirected(bridge, random_orthogonal(bridge, seed), where, True)
     if task == "thr" and method == "LEACE":
-        fit = fits.bridge.get(layer) if fits else None
-        out = []
-        for names in (list(instances["bridge"]), list(controls)):
-            A, B, mu = torch.zeros(n, 1, d, 1), torch.zeros(n, 1, d, 1), torch.zeros(n, 1, d)
-            if fit is not None:
-                mean, a, b = fit
-                index = {e: i for i, e in enumerate(fits.entities)}
-                for i, name in enumerate(names):
-                    if name in index:
-                        A[i, 0, :, 0], B[i, 0, :, 0], mu[i, 0] = a[index[name]], b[index[name]], mean
-            out.append(Removal(A, B, mu, where))
-        return tuple(out)
+        target = class_erasure(fits.bridge.get(layer) if fits else None, list(instances["bridge"]),
+                               fits.entities if fits else [], where, d)
+        partition = fits.partition if fits and fits.partition else {}
+        keys = [partition.get(k) for k in zip(instances["subject"], instances["r1"])]
+        control = class_erasure(fits.classes.get(layer) if fits and fits.classes else None, keys,
+                                fits.class_names if fits else [], where, d)
+        return target, control
     if task == "fda" and method == "projection":
         digits = lambda table: entity_basis(model, tokenizer, table.ravel()).view(n, 4, d, -1)  # noqa: E731
         true = np.array([list(str(t)) for t in instances["true"]]).reshape(n, 4)
-        return projection(digits(true), where), projection(digits(np.asarray(controls).reshape(n, 4)), where)
+        control = control_digits(instances, seed=seed)
+        return projection(digits(true), where), projection(digits(np.asarray(control).reshape(n, 4)), where)
     if task == "fda" and method == "LEACE carry":
         fit = fits.carry.get(layer) if fits else None
         nothing = [(torch.zeros(d), torch.zeros(d, 1), torch.zeros(d, 1))] * 4
@@ -141,11 +164,10 @@ def removals(model, tokenizer, instances: pd.DataFrame, task: str, method: str, 
 
 
 def removal_effects(model, tokenizer, groups: dict, task: str, layers, fits: Fits | None,
-                    methods=None, pool=None, seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
+                    methods=None, seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
     """Every removal of `methods` at every layer of `layers`, target and control, on each group
     of instances ({"memorized noisy": rows, "clean": rows}). One row per (method, layer, group,
-    removed, id): logp_before/after, delta_logp, mem_before/after. `pool`: THR, the people to draw
-    control persons from (default: those with a fitted eraser)."""
+    removed, id): logp_before/after, delta_logp, mem_before/after."""
     methods = list(methods or METHODS[task])
     columns = ["method", "layer", "group", "removed", "id", "logp_before", "logp_after", "delta_logp",
                "mem_before", "mem_after"]
@@ -154,15 +176,10 @@ def removal_effects(model, tokenizer, groups: dict, task: str, layers, fits: Fit
         if rows is None or rows.empty:
             continue
         rows = rows.reset_index(drop=True)
-        if task == "thr":
-            people = pool if pool is not None else (fits.entities if fits and fits.entities else None)
-            controls = control_entities(rows, people, seed=seed)
-        else:
-            controls = control_digits(rows, seed=seed)
         scored, before = scored_places(rows, task), None  # the unedited run is the same for every removal
         for method in methods:
             for layer in layers:
-                pair = removals(model, tokenizer, rows, task, method, layer, fits, controls)
+                pair = removals(model, tokenizer, rows, task, method, layer, fits, seed)
                 for removed, removal in zip(("target", "control"), pair):
                     t = apply_removal(model, tokenizer, rows, [layer], removal, scored, batch_size, before)
                     before = t if before is None else before
@@ -237,7 +254,6 @@ class Reliance(Instances):
     contrasts: pd.DataFrame  # `contrasts`
     fits: Fits | None = None
     config: Config | None = None
-    pool: list | None = None  # THR: the people control persons are drawn from
 
 
 def reliance_of(model, tokenizer, frame: pd.DataFrame, task: str, n_clean: int = 200, n_fit: int = 2000,
@@ -250,15 +266,12 @@ def reliance_of(model, tokenizer, frame: pd.DataFrame, task: str, n_clean: int =
     rest = questions(frame)
     rest = rest[~rest["noisy"] & ~rest["id"].isin(clean["id"])]
     fit_rows = rest.sample(min(n_fit, len(rest)), random_state=seed).sort_values("id") if len(rest) else rest
-    fits = fit_erasers(model, tokenizer, fit_rows, task, layers, seed)
-    pool = None
-    if task == "thr":
-        people = sorted(set(frame.loc[frame["kind"] == "fact", "subject"]))
-        pool = [p for p in people if p in set(fits.entities)] or people
+    partition = matched_partition(frame, seed) if task == "thr" else None
+    fits = fit_erasers(model, tokenizer, fit_rows, task, layers, seed, partition)
     groups = {"memorized noisy": noisy[noisy["memorized"]], "clean": clean}
-    effects = removal_effects(model, tokenizer, groups, task, layers, fits, pool=pool, seed=seed)
+    effects = removal_effects(model, tokenizer, groups, task, layers, fits, seed=seed)
     return Reliance(task, len(layers), noisy, clean, effects, effect_sizes(effects, n_resamples, seed),
-                    contrasts(effects, n_resamples, seed), fits, config, pool)
+                    contrasts(effects, n_resamples, seed), fits, config)
 
 
 def reliance(config: Config, n_clean: int = 200, n_fit: int = 2000, device: str | None = None,
