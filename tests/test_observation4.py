@@ -3,6 +3,7 @@ are valid, the measures agree with plain torch, an identity change changes nothi
 baselines give what a look-up gives, the dependence rules and the verdict follow the numbers."""
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from rote.book import charts
+from rote.config import make_config
 from rote.interp.edits import plain_hooks
 from rote.interp.instances import scored_places
 from rote.observations import changes as changing
@@ -257,14 +259,19 @@ def test_distributed_encoding_runs_and_makes_its_claims():
     config, model, tok, frame = planted()
     frame = frame[frame["split"].eq("test") | ~frame["noisy"] | (frame["id"] < 200)]
     result = observation4.distributed_encoding_of(model, tok, frame, "fda", n_replacements=1, n_clean=10,
-                                                 n_fit=100, n_resamples=50, config=config)
+                                                 n_fit=100, n_resamples=50, config=config, lookup=(model, tok, frame))
     assert len(result.memorized) == frame["noisy"].sum() > 0
+    # the model as its own trained look-up: the same instances, changes and tests give the same input
+    # dependences; as its own control, "distributed" cannot hold
+    counts = result.counts.set_index(["group", "id"])["n_inputs"]
+    assert (counts.loc["memorized noisy"] == counts.loc[observation4.LOOKUP_MODEL]).all()
     assert set(result.changes["group"]) >= {"memorized noisy", "look-up on the whole input", "look-up on operand a"}
     assert set(result.survival["input"]) == set(observation4.INPUTS["fda"])
     assert set(result.two_changes["group"]) <= {"memorized noisy", "clean"} and len(result.two_changes)
     assert len(result.counts) == result.counts[["group", "id"]].drop_duplicates().shape[0]
     claims = observation4.distributed_claims(result, n_resamples=50)
     assert len(claims) == 5 and all(c.n == len(result.memorized) and c.task == "fda" for c in claims)
+    assert claims[0].verdict != "holds"
     assert len(result.same_sum) and set(result.same_sum["kind"]) <= {"swap", "offset"}
     charts.single_change_chart(result.survival, observation4.INPUTS["fda"]).to_dict()
     assert "note" not in observation4.survival_table(result) and "note" not in observation4.dependence_table(result)
@@ -280,3 +287,44 @@ def test_nothing_memorized_cannot_be_tested():
     assert {c.verdict for c in observation4.distributed_claims(result, n_resamples=20)} == {"cannot be tested"}
     charts.single_change_chart(result.survival).to_dict()
     charts.single_change_chart(pd.DataFrame()).to_dict()
+
+
+def test_the_trained_lookup_makes_distributed_fail_when_it_is_as_distributed():
+    """Planted counts: 80% of noisy labels distributed. Against a trained look-up at 10% the claim
+    holds; against one the measure calls 80% distributed, it does not; with no look-up it cannot be
+    tested."""
+    rng = np.random.default_rng(0)
+
+    def counts(group, share, n=60):
+        return pd.DataFrame({"group": group, "id": range(n), "n_changed": 3, "n_inputs": 2, "n_intermediate": 1,
+                             "distributed": rng.random(n) < share, "like_whole_lookup": False, "like_one_lookup": False})
+
+    config, model, tok, rows, frame = setup("thr")
+    noisy = rows.assign(memorized=True)
+    reliance = observation4.Reliance("thr", 2, noisy, rows.iloc[:0], pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    empty = pd.DataFrame(columns=["group", "id", "correct", "kept"])
+
+    def verdict(*parts):
+        c = pd.concat(parts, ignore_index=True)
+        result = observation4.Distributed("thr", 2, reliance, empty, empty, None, empty, empty, c, empty,
+                                          observation4.dependence_summary(c), empty)
+        return observation4.distributed_claims(result, n_resamples=200)[0].verdict
+
+    planted = counts("memorized noisy", 0.8)
+    assert verdict(planted, counts(observation4.LOOKUP_MODEL, 0.1)) == "holds"
+    assert verdict(planted, counts(observation4.LOOKUP_MODEL, 0.8)) in ("does not hold", "holds in part")
+    assert verdict(planted) == "cannot be tested"
+
+
+def test_lookup_model_config_is_the_model_on_random_labels_only():
+    for profile in ("tiny", "cpu"):
+        fda = make_config("fda", profile, noise=0.05, seed=2)
+        control = observation4.lookup_model_config(fda)
+        assert (control.noise, control.n_train, control.seed) == (0.95, min(fda.n_train, 500), 2)
+        assert replace(control, noise=fda.noise, n_train=fda.n_train) == fda  # nothing else changes
+        assert observation4.lookup_model_config(replace(fda, noise=0.1)) == control  # one look-up for every noise rate
+        thr = make_config("thr", profile, seed=1)
+        control = observation4.lookup_model_config(thr)
+        assert (control.noise, control.n_relations, control.two_hop_train_fraction) == (0.95, 4, 0.5)
+        assert replace(control, noise=thr.noise, n_relations=thr.n_relations,
+                       two_hop_train_fraction=thr.two_hop_train_fraction) == thr
