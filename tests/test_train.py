@@ -217,6 +217,24 @@ def test_get_or_train_finishes_an_interrupted_run(fda_run, use_home, tmp_path):
     _assert_same_weights(full, model.state_dict())
 
 
+def test_a_resumed_run_records_each_stretch_and_its_threads(fda_run, use_home, tmp_path):
+    home, config = fda_run
+    use_home(tmp_path / "segments")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run = _train(config, stop_after=30)  # stops at the evaluation of step 20
+        torch.set_num_threads(2)
+        _train(config)
+    finally:
+        torch.set_num_threads(threads)
+    segments = train_module.training_segments(run)
+    assert [(s["from_step"], s["to_step"], s["threads"]) for s in segments] == [(0, 20, 1), (20, config.max_steps, 2)]
+    assert all(s["device"] == "cpu" and s["torch"] == torch.__version__ for s in segments)
+    (run / "segments.json").write_text("{not json")  # unreadable: nothing recorded, not an error
+    assert train_module.training_segments(run) == []
+
+
 # ---------------------------------------------------------------- (d) stop_mem_noisy
 
 def test_stop_mem_noisy_without_noise_runs_to_max_steps():

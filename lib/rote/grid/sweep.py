@@ -147,7 +147,7 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
     every worker, a shared file system on a cluster."""
     import torch
 
-    from rote.runs.train import default_device, train
+    from rote.runs.train import default_device, train, training_segments
 
     before, threads_before = os.environ.get("ROTE_HOME"), torch.get_num_threads()
     os.environ["ROTE_HOME"] = str(rote_home)
@@ -178,7 +178,8 @@ def run_cell(cell: Cell, rote_home: str, records: str, threads: int = 1, gpu: bo
             "train_minutes": round(float(metrics["seconds"].iloc[-1]) / 60, 2),
             "train_wall_seconds_here": round(trained, 1), "analysis_seconds": seconds,
             "device": torch.cuda.get_device_name() if default_device() == "cuda" else f"{threads} CPU thread(s)",
-            "host": platform.node(), "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "training_segments": training_segments(run), "host": platform.node(), "torch": torch.__version__,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_cell(cell, Path(records), info, config, claim_records, run / "metrics.csv")
     return info
 

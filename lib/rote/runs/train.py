@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
+import platform
 import time
 import warnings
 from pathlib import Path
@@ -261,6 +263,17 @@ def restart(run: Path) -> str:
     return f"delete {run} and rerun (it trains again)"
 
 
+def training_segments(run: Path) -> list[dict]:
+    """How `run` was trained, one entry per stretch trained without a break (a resumed run has
+    several): from_step, to_step (the last evaluation it wrote), device, threads, host, torch. []
+    for a run that recorded none."""
+    try:
+        segments = json.loads((run / "segments.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return segments if isinstance(segments, list) else []
+
+
 def _train(config: Config, run: Path, device: str, stop_after: int | None, progress: bool,
            compile: bool | None) -> None:
     frame = load_dataset(config)
@@ -291,6 +304,13 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
     else:
         write_json(run / "config.json", dataclasses.asdict(config))
 
+    segments = [dict(seg, to_step=min(seg.get("to_step", step), step)) for seg in training_segments(run)
+                if isinstance(seg, dict) and seg.get("from_step", step) < step]
+    if step and not segments:  # resumed from a run that recorded none
+        segments = [{"from_step": 0, "to_step": step, "device": "not recorded"}]
+    segment = {"from_step": step, "to_step": step, "device": device, "threads": torch.get_num_threads(),
+               "host": platform.node(), "torch": torch.__version__}
+    segments.append(segment)
     steps_per_epoch = len(ids) // min(config.batch_size, len(ids))  # full batches only: static shapes
     amp = precision_context(config, model, device)
     bar = tqdm(total=config.max_steps, initial=step, desc=f"{config.task} {config_hash(config)}",
@@ -308,6 +328,8 @@ def _train(config: Config, run: Path, device: str, stop_after: int | None, progr
         predictions.append(said.assign(step=step)[["step", "id", "prediction"]])
         write_csv(run / "metrics.csv", pd.DataFrame(rows))
         write_csv(run / "noisy_predictions.csv", pd.concat(predictions, ignore_index=True))
+        segment["to_step"] = step
+        write_json(run / "segments.json", segments)
         with atomic_path(run / "state.pt") as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "seconds": row["seconds"]}, tmp)
