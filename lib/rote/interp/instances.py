@@ -247,4 +247,3 @@ def matched_partition(frame: pd.DataFrame, seed: int = 0) -> dict:
     classes = np.array([graph[k] for k in keys], dtype=object)
     shuffled = classes[np.random.default_rng(seed).permutation(len(keys))]
     return dict(zip(keys, shuffled))
-

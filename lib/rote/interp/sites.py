@@ -92,4 +92,3 @@ def random_orthogonal(basis: torch.Tensor, seed: int = 0) -> torch.Tensor:
     b = basis.double()
     x = x - b @ (b.transpose(-1, -2) @ x)
     return torch.linalg.qr(x)[0].float()
-

@@ -318,10 +318,10 @@ def distributed_encoding_of(model, tokenizer, frame: pd.DataFrame, task: str, n_
     lookups = [lookup_effects(noisy_changes, task, key) for key in LOOKUP_KEYS[task]]
     measured_all = pd.concat([measured, *lookups], ignore_index=True)
     inputs = input_dependence(measured_all, threshold)
-    intermediates = intermediate_dependence(rel.effects, task, threshold, fixed_tests(rel.contrasts, task))
+    tests = fixed_tests(rel.contrasts, task)
+    intermediates = intermediate_dependence(rel.effects, task, threshold, tests)
     counts = dependence_counts(inputs, intermediates, task)
     if lookup is not None:
-        tests = fixed_tests(rel.contrasts, task)
         counts = pd.concat([counts, lookup_model_counts(*lookup, task, tests, n_replacements, threshold, n_fit, seed)],
                            ignore_index=True)
     two = pd.concat([two_input_effects(model, tokenizer, rows, frame, task, group, n_replacements, seed)
