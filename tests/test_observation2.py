@@ -274,7 +274,7 @@ def planted_claim(readouts: dict, removals: dict, rows) -> str:
                                            "mem_after": after.argmax(1) == label}))
     effects = pd.concat(parts, ignore_index=True).assign(delta_logp=lambda t: t["logp_after"] - t["logp_before"])
     noisy = rows.assign(memorized=True)
-    result = observation2.Reliance("thr", 1, noisy, rows, effects, observation2.effect_sizes(effects, 300),
+    result = observation2.Reliance("thr", 2, noisy, rows, effects, observation2.effect_sizes(effects, 300),
                                    observation2.contrasts(effects, 300))
     (claim,) = [c for c in observation2.reliance_claims(result) if c.verdict != "cannot be tested"]
     return claim.verdict

@@ -216,8 +216,10 @@ def test_an_intermediate_result_is_read_from_one_test_fixed_on_clean_answers():
                                "delta_logp": d, "lo": d - 0.05, "hi": d + 0.05}
                               for m, ds in (("projection", (-0.3, -1.0)), ("LEACE", (-0.5, -0.02))) for layer, d in
                               enumerate(ds)])
-    assert observation4.fixed_tests(contrasts, "thr") == {"bridge": ("projection", 1)}
-    assert observation4.fixed_tests(contrasts.assign(delta_logp=-0.01, lo=-0.02, hi=0.0), "thr") == {}
+    assert observation4.fixed_tests(contrasts, "thr", 3) == {"bridge": ("projection", 1)}
+    assert observation4.fixed_tests(contrasts.assign(delta_logp=-0.01, lo=-0.02, hi=0.0), "thr", 3) == {}
+    # in a two-block model layer 1 is the last block, the answer's readout: not an intermediate layer
+    assert observation4.fixed_tests(contrasts, "thr", 2) == {"bridge": ("LEACE", 0)}
     # instance 0 is harmed by projection at layer 1 (the fixed test); instance 1 only by LEACE at layer 0 and
     # by projection at layer 0: any-of-four would count both, the fixed test counts instance 0 only
     rows = []
@@ -231,7 +233,7 @@ def test_an_intermediate_result_is_read_from_one_test_fixed_on_clean_answers():
     removals = pd.DataFrame(rows)
     anywhere = observation4.intermediate_dependence(removals, "thr").set_index("id")
     assert anywhere["depends"].tolist() == [True, True]
-    fixed = observation4.intermediate_dependence(removals, "thr", tests=observation4.fixed_tests(contrasts, "thr"))
+    fixed = observation4.intermediate_dependence(removals, "thr", tests=observation4.fixed_tests(contrasts, "thr", 3))
     fixed = fixed.set_index("id")
     assert fixed["depends"].tolist() == [True, False] and fixed["n_layers"].tolist() == [1, 1]
     # no informative test: no instance depends on the result
@@ -301,7 +303,7 @@ def test_the_trained_lookup_makes_distributed_fail_when_it_is_as_distributed():
 
     config, model, tok, rows, frame = setup("thr")
     noisy = rows.assign(memorized=True)
-    reliance = observation4.Reliance("thr", 2, noisy, rows.iloc[:0], pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    reliance = observation4.Reliance("thr", 3, noisy, rows.iloc[:0], pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     empty = pd.DataFrame(columns=["group", "id", "correct", "kept"])
 
     def verdict(*parts):

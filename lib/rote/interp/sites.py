@@ -92,3 +92,10 @@ def random_orthogonal(basis: torch.Tensor, seed: int = 0) -> torch.Tensor:
     b = basis.double()
     x = x - b @ (b.transpose(-1, -2) @ x)
     return torch.linalg.qr(x)[0].float()
+
+
+def intermediate_layers(n_layer: int) -> list[int]:
+    """The block layers whose output can carry an intermediate result: every block but the last,
+    whose output is the answer's readout (there, removing a clean question's correct digit removes
+    its answer, not a step towards it)."""
+    return list(range(n_layer - 1))

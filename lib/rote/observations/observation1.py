@@ -25,7 +25,7 @@ from rote.claims import exceeds, untestable
 from rote.config import Config
 from rote.interp.instances import Instances, clean_instances, control_answers, differing_places, memorized, noisy_instances
 from rote.interp.lens import logit_lens
-from rote.interp.sites import place_name
+from rote.interp.sites import intermediate_layers, place_name
 from rote.runs.data import load_dataset
 from rote.runs.model import load
 from rote.runs.train import default_device, get_or_train, run_dir
@@ -162,7 +162,7 @@ def per_instance_layers(result: LayerReadout, group: str = "memorized noisy") ->
     `correct_top` has a meaning)."""
     columns = ["id", "layer", "correct_above", "control_above", "correct_top", "control_top"]
     e = result.entries
-    e = e[(e["group"] == group) & (e["layer"] >= 0) & (e["layer"] < result.n_layer - 1)]
+    e = e[(e["group"] == group) & e["layer"].isin(intermediate_layers(result.n_layer))]
     if e.empty:
         return pd.DataFrame(columns=columns)
     nan = pd.Series(np.nan, index=e.index)

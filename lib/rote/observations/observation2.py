@@ -54,14 +54,14 @@ from rote.interp.instances import (
     scored_places,
 )
 from rote.interp.leace import binary_leace, fit_leace, relabel
-from rote.interp.sites import entity_basis, hf, random_orthogonal
+from rote.interp.sites import entity_basis, hf, intermediate_layers, random_orthogonal
 from rote.runs.data import load_dataset
 from rote.runs.train import get_or_train
 from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
 
 METHODS = {"thr": ("projection", "LEACE"), "fda": ("projection", "LEACE carry")}
-REMOVED = {("thr", "projection"): ("bridge", "a random direction, same norm"),
-           ("thr", "LEACE"): ("bridge", "a random class of (subject, relation) keys"),
+REMOVED = {("thr", "projection"): ("bridge", "random direction of the same norm"),
+           ("thr", "LEACE"): ("bridge", "random class of (subject, relation) keys"),
            ("fda", "projection"): ("correct digit", "random digit"),
            ("fda", "LEACE carry"): ("carry", "shuffled carry")}
 GROUPS = ("memorized noisy", "clean")
@@ -288,20 +288,25 @@ def reliance(config: Config, n_clean: int = 200, n_fit: int = 2000, device: str 
 MIN_CLEAN_EFFECT = 0.1  # nats: a removal informs only where it takes at least this much from clean answers
 
 
-def informative_layers(contrasts: pd.DataFrame, method: str, min_clean_effect: float = MIN_CLEAN_EFFECT) -> pd.Series:
-    """Per layer where removal `method` takes something from the clean reference (its paired
-    contrast's 95% interval below -`min_clean_effect` nats), that clean contrast."""
+def informative_layers(contrasts: pd.DataFrame, method: str, n_layer: int,
+                       min_clean_effect: float = MIN_CLEAN_EFFECT) -> pd.Series:
+    """Per intermediate layer (`rote.interp.sites.intermediate_layers`) where removal `method` takes
+    something from the clean reference (its paired contrast's 95% interval below
+    -`min_clean_effect` nats), that clean contrast."""
     c = contrasts
     if not len(c):
         return pd.Series(dtype=float)
-    clean = c[(c["comparison"] == "target - control") & (c["method"] == method) & (c["group"] == "clean")]
+    clean = c[(c["comparison"] == "target - control") & (c["method"] == method) & (c["group"] == "clean")
+              & c["layer"].isin(intermediate_layers(n_layer))]
     clean = clean.set_index("layer")
     return clean.loc[clean["hi"] < -min_clean_effect, "delta_logp"]
 
 
 def reliance_claims(result: Reliance, min_clean_effect: float = MIN_CLEAN_EFFECT, margin: float = 0.0) -> list:
-    """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at layers
-    where it removes something from the clean reference: there its paired contrast (target minus
+    """Observation 2 as claims (`rote.claims`), one per method. A removal counts only at
+    intermediate layers (every block but the last: there the correct digit of a clean question is its
+    answer, and removing it removes the answer, not a step towards it) where it removes something
+    from the clean reference: there its paired contrast (target minus
     control) on the correct answer's log-prob lies below -`min_clean_effect` nats (95% interval).
     The layer read is fixed on the clean reference alone, before the noisy instances are: the
     informative layer where the removal takes most from clean answers. There the claim holds when
@@ -315,18 +320,19 @@ def reliance_claims(result: Reliance, min_clean_effect: float = MIN_CLEAN_EFFECT
     for method in METHODS[result.task]:
         target, control = REMOVED[(result.task, method)]
         claim = f"removing the {target} ({method}) harms the memorized noisy label"
-        rule = (f"counts at layers where the clean reference's contrast lies below -{min_clean_effect:g} nats; read at "
-                f"the one where it is strongest on clean answers (chosen before the noisy instances are read); holds "
-                f"when the noisy label's contrast there lies below {0 - margin:g} (95% interval)")
+        rule = (f"counts at intermediate layers (not the last block) where the clean reference's contrast lies below "
+                f"-{min_clean_effect:g} nats; read at the one where it is strongest on clean answers (chosen before the "
+                f"noisy instances are read); holds when the noisy label's contrast there lies below {0 - margin:g} "
+                f"(95% interval)")
         base = dict(observation=2, task=result.task, claim=claim, control=f"removing a {control}", rule=rule)
         m = paired[paired["method"] == method] if len(paired) else paired
         clean = m[m["group"] == "clean"].set_index("layer") if len(m) else m
         noisy = m[m["group"] == "memorized noisy"].set_index("layer") if len(m) else m
-        informative = informative_layers(c, method, min_clean_effect).index
+        informative = informative_layers(c, method, result.n_layer, min_clean_effect).index
         usable = [layer for layer in informative if layer in noisy.index]
         if not usable:
             why = ("no memorized noisy instance" if len(noisy) == 0 else
-                   "uninformative: at no layer does it remove anything from the clean reference"
+                   "uninformative: at no intermediate layer does it remove anything from the clean reference"
                    + (f" (largest clean contrast {clean['delta_logp'].min():+.2f} nats)" if len(clean) else ""))
             out.append(untestable(why, statistic="noisy label's log-prob change (nats per token)", n=len(result.memorized),
                                   **base))
@@ -342,7 +348,8 @@ def reliance_claims(result: Reliance, min_clean_effect: float = MIN_CLEAN_EFFECT
                             statistic=f"noisy label's log-prob change (nats per token, layer {layer})", n=int(row["n"]),
                          note=(f"memorization accuracy {t['acc_before']:.0%} to {t['acc_after']:.0%} "
                                f"({control}: {k['acc_after']:.0%}); clean contrast there {cl['delta_logp']:+.2f} "
-                               f"[{cl['lo']:+.2f}, {cl['hi']:+.2f}]; informative at {len(usable)} of {len(clean)} layers"
+                               f"[{cl['lo']:+.2f}, {cl['hi']:+.2f}]; informative at {len(usable)} of "
+                               f"{len(intermediate_layers(result.n_layer))} intermediate layers"
                                + (f" (noisy contrast at the others, not tested: {others})" if others else "")),
                          **base))
     return out

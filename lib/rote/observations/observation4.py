@@ -48,7 +48,7 @@ from rote.claims import above, compared, untestable
 from rote.config import Config, validate
 from rote.interp.instances import matched_partition, noisy_instances
 from rote.interp.lens import logit_lens
-from rote.interp.sites import hf
+from rote.interp.sites import hf, intermediate_layers
 from rote.observations.changes import (
     INPUTS,
     LOOKUP_KEYS,
@@ -92,7 +92,7 @@ def input_dependence(effects: pd.DataFrame, threshold: float = 1.0) -> pd.DataFr
     return out[columns]
 
 
-def fixed_tests(contrasts: pd.DataFrame, task: str) -> dict:
+def fixed_tests(contrasts: pd.DataFrame, task: str, n_layer: int) -> dict:
     """Per intermediate result, the one removal test its dependence is read from, fixed on the clean
     reference before any noisy instance is read: of the methods that remove it, at the layers where
     they take something from clean answers (`rote.observations.observation2.informative_layers`),
@@ -102,7 +102,7 @@ def fixed_tests(contrasts: pd.DataFrame, task: str) -> dict:
     for (t, method), result in METHOD_RESULT.items():
         if t != task:
             continue
-        layers = informative_layers(contrasts, method)
+        layers = informative_layers(contrasts, method, n_layer)
         if len(layers) and (result not in best or layers.min() < best[result][2]):
             best[result] = (method, int(layers.idxmin()), float(layers.min()))
     return {result: (method, layer) for result, (method, layer, _) in best.items()}
@@ -261,10 +261,9 @@ def readout_layer(model, tokenizer, clean: pd.DataFrame, task: str) -> int | Non
     logit-lens readout: where `intermediate_moves` is summarized. None without clean questions."""
     if clean.empty:
         return None
-    n_layer = hf(model).config.n_layer
     lens = logit_lens(model, tokenizer, clean, teacher_forcing="label")
     rank = "bridge_rank" if task == "thr" else "true_rank"
-    blocks = lens[(lens["layer"] >= 0) & (lens["layer"] <= max(n_layer - 2, 0))]
+    blocks = lens[lens["layer"].isin(intermediate_layers(hf(model).config.n_layer) or [0])]
     share = blocks.assign(top=blocks[rank].eq(0).astype(float)).groupby("layer")["top"].mean()
     return int(share.idxmax())
 
@@ -318,7 +317,7 @@ def distributed_encoding_of(model, tokenizer, frame: pd.DataFrame, task: str, n_
     lookups = [lookup_effects(noisy_changes, task, key) for key in LOOKUP_KEYS[task]]
     measured_all = pd.concat([measured, *lookups], ignore_index=True)
     inputs = input_dependence(measured_all, threshold)
-    tests = fixed_tests(rel.contrasts, task)
+    tests = fixed_tests(rel.contrasts, task, rel.n_layer)
     intermediates = intermediate_dependence(rel.effects, task, threshold, tests)
     counts = dependence_counts(inputs, intermediates, task)
     if lookup is not None:
