@@ -129,7 +129,8 @@ def test_control_answers_follow_the_label_prior():
 
 def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
     """A Reliance whose contrasts at each layer are `clean_contrast[layer]` and `noisy_contrast[layer]`
-    (a number: one layer)."""
+    (a number: one layer), in a model one block deeper (its last block, the answer's readout, is
+    not an intermediate layer: every given layer is)."""
     clean_contrast, noisy_contrast = np.atleast_1d(clean_contrast), np.atleast_1d(noisy_contrast)
     rows, sizes = [], []
     for method in observation2.METHODS[task]:
@@ -144,7 +145,7 @@ def _reliance(clean_contrast, noisy_contrast, width=0.02, task="thr"):
                                   "acc_change_hi": 0.0, "delta_logp": v, "delta_logp_lo": v - width,
                                   "delta_logp_hi": v + width})
     noisy = pd.DataFrame({"id": range(100), "memorized": True})
-    return observation2.Reliance(task, len(clean_contrast), noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes),
+    return observation2.Reliance(task, len(clean_contrast) + 1, noisy, noisy, pd.DataFrame(), pd.DataFrame(sizes),
                                  pd.DataFrame(rows))
 
 
@@ -266,16 +267,16 @@ def test_digit_persistence_by_place_splits_on_the_true_digit():
 
 def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5), n=200):
     """A THR Distributed whose memorized noisy and clean instances are distributed on the given
-    shares (the whole-input look-up on none), and whose changed questions get their own answer on
+    shares (the trained look-up's labels on none), and whose changed questions get their own answer on
     one[0] / two[0] (noisy) and one[1] / two[1] (clean) of single- and two-input changes."""
     from rote.observations import observation4
     from rote.observations.observation2 import Reliance
     rng = np.random.default_rng(0)
     counts, changes, twos = [], [], []
     for group, share, j in (("memorized noisy", noisy_share, 0), ("clean", clean_share, 1),
-                            (observation4.lookup_name("whole input"), 0.0, 0)):
+                            (observation4.LOOKUP_MODEL, 0.0, 0)):
         counts.append(pd.DataFrame({"group": group, "id": range(n), "distributed": rng.random(n) < share}))
-        if group != observation4.lookup_name("whole input"):
+        if group != observation4.LOOKUP_MODEL:
             changes.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
                                          "correct": rng.random(3 * n) < one[j], "kept": False}))
             twos.append(pd.DataFrame({"group": group, "id": np.repeat(range(n), 3),
@@ -289,7 +290,7 @@ def _planted_distributed(noisy_share, clean_share, one=(0.5, 0.5), two=(0.9, 0.5
 
 def test_distributed_claims_need_most_labels_a_sensitive_clean_control_and_a_distance_effect():
     from rote.observations import observation4
-    # a whole-input look-up on noisy and clean alike: the look-up comparison alone would have "held"
+    # noisy and clean labels alike rarely distributed: the look-up comparison alone would have "held"
     look = observation4.distributed_claims(_planted_distributed(0.07, 0.07, one=(1, 1), two=(1, 1)), n_resamples=200)
     assert [c.verdict for c in look] == ["does not hold", "cannot be tested", "does not hold"]
     assert look[0].difference_lo > 0 and "measure finds only" in look[1].note

@@ -60,8 +60,8 @@ from rote.runs.train import get_or_train
 from rote.stats import Comparison, bootstrap_ci, bootstrap_diff_ci
 
 METHODS = {"thr": ("projection", "LEACE"), "fda": ("projection", "LEACE carry")}
-REMOVED = {("thr", "projection"): ("bridge", "random direction of the same norm"),
-           ("thr", "LEACE"): ("bridge", "random class of (subject, relation) keys"),
+REMOVED = {("thr", "projection"): ("bridge", "same-norm random direction"),
+           ("thr", "LEACE"): ("bridge", "same-size random key class"),
            ("fda", "projection"): ("correct digit", "random digit"),
            ("fda", "LEACE carry"): ("carry", "shuffled carry")}
 GROUPS = ("memorized noisy", "clean")
