@@ -257,15 +257,14 @@ def planted_world(seed: int = 0, n_key: int = 40, n_people: int = 24, alpha: flo
     return people, facts, rows, u, e, bridge, x
 
 
-def planted_claim(readouts: dict, removals: dict, rows) -> str:
+def planted_claim(x, readouts: dict, removals: dict, rows) -> str:
     """The LEACE or projection claim's verdict (`reliance_claims`) when each group's label is read
-    by `readouts[group]` (x [N, d] -> logits [N, V] and the label ids) from the planted stream,
+    by `readouts[group]` (v [N, d] -> logits [N, V] and the label ids) from the planted stream x,
     before and after the target and control `removals[method]` (edit fns on [N, 1, d])."""
     parts = []
     for group, (read, label) in readouts.items():
         for method, pair in removals.items():
             for removed, fn in zip(("target", "control"), pair):
-                x = planted_world()[-1]
                 before, after = (read(v).log_softmax(-1) for v in (x, fn(x[:, None])[:, 0]))
                 pick = lambda lp: lp.gather(1, label[:, None]).squeeze(1)  # noqa: E731
                 parts.append(pd.DataFrame({"method": method, "layer": 0, "group": group, "removed": removed,
@@ -301,8 +300,8 @@ def test_the_matched_key_class_control_fails_a_label_looked_up_by_its_key():
     own_class = [partition[k] for k in zip(facts["subject"], facts["r1"])]
     matched = edit(observation2.class_erasure(binary_leace(fit_x, keyed, names), own_class, names, where, d))
     readouts = {"clean": (lambda v: 8 * v @ u.T, bridge), "memorized noisy": (lambda v: 8 * v @ e.T, torch.arange(len(rows)))}
-    assert planted_claim(readouts, {"LEACE": (target, person)}, rows) == "holds"
-    assert planted_claim(readouts, {"LEACE": (target, matched)}, rows) in ("does not hold", "holds in part")
+    assert planted_claim(x, readouts, {"LEACE": (target, person)}, rows) == "holds"
+    assert planted_claim(x, readouts, {"LEACE": (target, matched)}, rows) in ("does not hold", "holds in part")
 
 
 def test_the_same_norm_control_fails_a_label_that_any_large_removal_harms():
@@ -322,5 +321,5 @@ def test_the_same_norm_control_fails_a_label_that_any_large_removal_harms():
     target, person = edit(projection(basis, where, True)), edit(projection(other, where, True))
     same_norm = edit(redirected(basis, random_orthogonal(basis[:, 0], seed=0)[:, None], where, True))
     readouts = {"clean": (lambda v: 8 * v @ u.T, bridge), "memorized noisy": (net, net(x).argmax(1))}
-    assert planted_claim(readouts, {"projection": (target, person)}, rows) == "holds"
-    assert planted_claim(readouts, {"projection": (target, same_norm)}, rows) in ("does not hold", "holds in part")
+    assert planted_claim(x, readouts, {"projection": (target, person)}, rows) == "holds"
+    assert planted_claim(x, readouts, {"projection": (target, same_norm)}, rows) in ("does not hold", "holds in part")

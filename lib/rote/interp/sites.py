@@ -85,7 +85,7 @@ def entity_basis(model, tokenizer, entities) -> torch.Tensor:
 
 
 def random_orthogonal(basis: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Per row of `basis` [N, d, k] (orthonormal columns), k random orthonormal directions [N, d, k]
+    """Per row of `basis` [..., d, k] (orthonormal columns), k random orthonormal directions [..., d, k]
     orthogonal to it (seeded): where a control removes as much as the basis's removal, elsewhere."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(basis.shape, generator=g, dtype=torch.float64)
