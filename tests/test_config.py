@@ -172,6 +172,15 @@ def test_equal_configs_have_equal_hashes(name, as_int, as_float):
     assert config_hash(a) == config_hash(b)
 
 
+def test_none_from_the_command_line_is_none():
+    """`-o stop_mem_noisy=None` (a sweep's or a bench's override) arrives as the string "None"."""
+    for name in ("stop_mem_noisy", "decay_when_train_acc"):
+        config = make_config("fda", "cpu", **{name: "None"})
+        assert getattr(config, name) is None
+        assert config == make_config("fda", "cpu", **{name: None})
+    assert make_config("fda", "cpu", stop_mem_noisy="0.9").stop_mem_noisy == 0.9
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32])
 def test_seed_out_of_range(seed):
     _one_line_value_error(lambda: make_config("fda", "tiny", seed=seed), "seed")

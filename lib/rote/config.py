@@ -115,7 +115,7 @@ def _int(value) -> int:
     return number
 
 
-_CAST = {"int": _int, "float": float, "str": str, "float | None": lambda v: v if v is None or v == "None" else float(v)}
+_CAST = {"int": _int, "float": float, "str": str, "float | None": lambda v: None if v is None or v == "None" else float(v)}
 
 
 # Per task and profile: the fields that differ from the defaults above.
