@@ -245,6 +245,13 @@ def local_workers(threads: int = 1, gpu: bool = False) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
+# Dask's nannies start each worker with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+# dynamic mmap threshold: every large tensor is mapped and unmapped anew, and a one-thread training
+# step runs 1.7x slower (bench/sweep_throughput.py). Workers here keep glibc's default.
+NO_MALLOC_TRIM = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+KEEP_MALLOC = '{"MALLOC_TRIM_THRESHOLD_": None}'  # the same, as a Slurm job's DASK_ environment variable
+
+
 def slurm_cluster(jobs: int = 1, threads: int = 1, memory: str = "8GB", walltime: str = "04:00:00",
                   options: list[str] | None = None, rote_home: str | None = None):
     """A dask-jobqueue SLURMCluster with `jobs` jobs, one Dask worker of `threads` torch threads
@@ -252,7 +259,8 @@ def slurm_cluster(jobs: int = 1, threads: int = 1, memory: str = "8GB", walltime
     what is submitted."""
     from dask_jobqueue import SLURMCluster
 
-    prologue = [f"export ROTE_HOME={shlex.quote(str(rote_home or home()))}", f"export OMP_NUM_THREADS={int(threads)}"]
+    prologue = [f"export ROTE_HOME={shlex.quote(str(rote_home or home()))}", f"export OMP_NUM_THREADS={int(threads)}",
+                f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(KEEP_MALLOC)}"]
     cluster = SLURMCluster(cores=1, processes=1, memory=memory, walltime=walltime,
                            job_cpu=threads, job_extra_directives=list(options or []),
                            job_script_prologue=prologue)
@@ -277,7 +285,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
         return Client(slurm_cluster(threads=threads, **slurm))
     # Dask's statistical profiler samples every worker thread 100 times a second: 8% of a core
     # beside a training loop on one thread (measured). The workers inherit this setting.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    with dask.config.set({"distributed.worker.profile.enabled": False, **NO_MALLOC_TRIM}):
         cluster = LocalCluster(n_workers=workers or local_workers(threads, gpu), threads_per_worker=1,
                                processes=True, memory_limit=0)
     return Client(cluster)
