@@ -224,12 +224,14 @@ def worker(task: str, steps: int, precision: str) -> None:
     print(json.dumps({"ms_per_step": 1000 * median, "tokens_per_s": config.batch_size * ids.shape[1] / median}), flush=True)
 
 
-def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1, precision: str | None = None) -> dict:
+def concurrent_workers(task: str, steps: int, n: int = 2, threads: int = 1, precision: str | None = None,
+                       environ: dict | None = None) -> dict:
     """`n` worker processes of `threads` torch threads each, stepping rote.runs.train's step of `precision`
     (default: the cpu profile's) at the same time (they start together once all have compiled): the
-    median of their ms per step and the sum of their tokens per second."""
+    median of their ms per step and the sum of their tokens per second. `environ`: more variables
+    for the workers."""
     precision = precision or rote.make_config(task, "cpu").precision
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(environ or {})}
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", task, "--precision", precision,
                                "--steps", str(steps)], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]

@@ -247,7 +247,7 @@ def local_workers(threads: int = 1, gpu: bool = False) -> int:
 
 # Dask's nannies start each worker with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
 # dynamic mmap threshold: every large tensor is mapped and unmapped anew, and a one-thread training
-# step runs 1.7x slower (bench/sweep_throughput.py). Workers here keep glibc's default.
+# step ran 1.7x slower in a sweep (bench/sweep_throughput.py compares). Workers here keep glibc's default.
 NO_MALLOC_TRIM = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 KEEP_MALLOC = '{"MALLOC_TRIM_THRESHOLD_": None}'  # the same, as a Slurm job's DASK_ environment variable
 
