@@ -8,7 +8,7 @@ accuracy over the seeds (a profile must hold on every seed) and the median minut
 in $ROTE_HOME like any other, so a second call only reads them.
 
     ROTE_HOME=/tmp/levers .venv/bin/python bench/regime_levers.py fda --noise 0.1 --seeds 0 1 2 \
-        --threads 1 --lever weight_decay=0.6 --lever weight_decay=0.6,stop_mem_noisy=None
+        --threads 1 --lever weight_decay=0.1 --lever stop_mem_noisy=0.99
 """
 from __future__ import annotations
 

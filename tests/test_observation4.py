@@ -323,10 +323,11 @@ def test_lookup_model_config_is_the_model_on_random_labels_only():
         fda = make_config("fda", profile, noise=0.05, seed=2)
         control = observation4.lookup_model_config(fda)
         assert (control.noise, control.n_train, control.seed) == (0.95, min(fda.n_train, 500), 2)
-        assert replace(control, noise=fda.noise, n_train=fda.n_train) == fda  # nothing else changes
+        assert control.stop_mem_noisy == 0.99  # it stops once it writes its labels, whatever the profile's stop
+        assert replace(control, noise=fda.noise, n_train=fda.n_train, stop_mem_noisy=fda.stop_mem_noisy) == fda
         assert observation4.lookup_model_config(replace(fda, noise=0.1)) == control  # one look-up for every noise rate
         thr = make_config("thr", profile, seed=1)
         control = observation4.lookup_model_config(thr)
         assert (control.noise, control.n_relations, control.two_hop_train_fraction) == (0.95, 4, 0.5)
-        assert replace(control, noise=thr.noise, n_relations=thr.n_relations,
+        assert replace(control, noise=thr.noise, n_relations=thr.n_relations, stop_mem_noisy=thr.stop_mem_noisy,
                        two_hop_train_fraction=thr.two_hop_train_fraction) == thr

@@ -173,9 +173,9 @@ def lookup_model_config(config: Config) -> Config:
     held set of inputs with random labels: 95% of its training questions noisy (FDA: 500 questions;
     THR: the world's people with 4 relations, half of its 800 two-hop questions in training, its
     one-hop facts clean). Too few clean questions to learn the task from: every label it writes is
-    looked up. It trains until it writes 99% of them or the recipe's steps run out; one config for
-    every noise rate."""
-    fields = dict(noise=0.95)
+    looked up. It trains until it writes 99% of them (whatever the recipe's own stop) or the recipe's
+    steps run out; one config for every noise rate."""
+    fields = dict(noise=0.95, stop_mem_noisy=0.99)
     if config.task == "fda":
         fields["n_train"] = min(config.n_train, 500)
     else:
