@@ -248,8 +248,7 @@ def local_workers(threads: int = 1, gpu: bool = False) -> int:
 # Dask's nannies start each worker with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
 # dynamic mmap threshold: every large tensor is mapped and unmapped anew, and a one-thread training
 # step ran 1.7x slower in a sweep (bench/sweep_throughput.py compares). Workers here keep glibc's default.
-NO_MALLOC_TRIM = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-KEEP_MALLOC = '{"MALLOC_TRIM_THRESHOLD_": None}'  # the same, as a Slurm job's DASK_ environment variable
+UNSET_IN_WORKERS = {"MALLOC_TRIM_THRESHOLD_": None}  # None: Dask's way to drop one of its variables
 
 
 def slurm_cluster(jobs: int = 1, threads: int = 1, memory: str = "8GB", walltime: str = "04:00:00",
@@ -260,7 +259,7 @@ def slurm_cluster(jobs: int = 1, threads: int = 1, memory: str = "8GB", walltime
     from dask_jobqueue import SLURMCluster
 
     prologue = [f"export ROTE_HOME={shlex.quote(str(rote_home or home()))}", f"export OMP_NUM_THREADS={int(threads)}",
-                f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(KEEP_MALLOC)}"]
+                f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(repr(UNSET_IN_WORKERS))}"]
     cluster = SLURMCluster(cores=1, processes=1, memory=memory, walltime=walltime,
                            job_cpu=threads, job_extra_directives=list(options or []),
                            job_script_prologue=prologue)
@@ -285,7 +284,8 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
         return Client(slurm_cluster(threads=threads, **slurm))
     # Dask's statistical profiler samples every worker thread 100 times a second: 8% of a core
     # beside a training loop on one thread (measured). The workers inherit this setting.
-    with dask.config.set({"distributed.worker.profile.enabled": False, **NO_MALLOC_TRIM}):
+    unset = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in UNSET_IN_WORKERS.items()}
+    with dask.config.set({"distributed.worker.profile.enabled": False, **unset}):
         cluster = LocalCluster(n_workers=workers or local_workers(threads, gpu), threads_per_worker=1,
                                processes=True, memory_limit=0)
     return Client(cluster)
