@@ -5,6 +5,7 @@
     python bench/thr_map.py --rerun 421a4a528e37     # train a recorded run again from its saved config
     python bench/thr_map.py --rerun --threads 1      # every run of the map, one thread each
     python bench/thr_map.py --robustness             # the profile's robustness check (4 runs)
+    python bench/thr_map.py --robustness --noise 0.02 0.05 0.1 --set weight_decay=0.5   # at three rates (12)
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.grid.regimes.record` writes its
@@ -14,7 +15,8 @@ A run on another thread count is another record (`<run>-<N>threads`) but the sam
 give it its own ROTE_HOME (`ROTE_HOME=/tmp/two python bench/thr_map.py --set seed=0 --threads 2`).
 `--robustness` does so itself: it trains seeds 0, 1 and 2 on one thread and seed 0 on two (the
 profile, or the profile with `--set`'s fields changed), as child processes using at most this
-machine's cores at once, records each and prints the check's outcome.
+machine's cores at once, records each and prints the check's outcome; with `--noise`, at each of
+those noise rates (the one-thread runs of every rate first, then the two-thread ones).
 """
 from __future__ import annotations
 
@@ -54,25 +56,31 @@ def run(config, note: str = "") -> dict:
 ROBUSTNESS = ((0, 1), (1, 1), (2, 1), (0, 2))  # (seed, torch threads) of the robustness check
 
 
-def robustness(pairs: list[str], note: str) -> None:
-    """Train the robustness check's runs of the profile with `pairs` changed, in child processes of
-    this script (a run on 2 threads in its own ROTE_HOME: the same config has one run directory),
-    at most as many threads at once as this machine has cores; then print the check's outcome."""
-    cores, pending, running = os.cpu_count() or 1, list(ROBUSTNESS), []
-    while pending or running:
+def robustness(pairs: list[str], note: str, noises: list[float] | None = None) -> None:
+    """Train the robustness check's runs of the profile with `pairs` changed, at each noise rate of
+    `noises` (none: the set-up's own), in child processes of this script (a run on 2 threads in its
+    own ROTE_HOME: the same config has one run directory), at most as many threads at once as this
+    machine has cores; then print the check's outcome per noise rate."""
+    rates = [[f"noise={rate}"] for rate in noises] if noises else [[]]  # --set pairs per noise rate
+    configs = [rote.make_config("thr", "cpu", **parse([*pairs, *rate])) for rate in rates]  # a bad value stops here
+    jobs = sorted(((rate, seed, threads) for rate in rates for seed, threads in ROBUSTNESS), key=lambda job: job[2])
+    cores, running = os.cpu_count() or 1, []
+    while jobs or running:
         running = [(threads, p) for threads, p in running if p.poll() is None]
-        if pending and (not running or sum(t for t, _ in running) + pending[0][1] <= cores):
-            seed, threads = pending.pop(0)
+        if jobs and (not running or sum(t for t, _ in running) + jobs[0][2] <= cores):
+            rate, seed, threads = jobs.pop(0)
             home = rote.store.home() if threads == 1 else rote.store.home() / f"threads-{threads}"
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ROTE_HOME": str(home)}
-            command = [sys.executable, __file__, "--set", *pairs, f"seed={seed}", "--threads", str(threads),
-                       "--note", f"{note or 'robustness check'}: seed {seed} on {threads} thread(s)"]
+            at = "".join(f" at {pair.partition('=')[2]} noise" for pair in rate)
+            command = [sys.executable, __file__, "--set", *pairs, *rate, f"seed={seed}", "--threads", str(threads),
+                       "--note", f"{note or 'robustness check'}{at}: seed {seed} on {threads} thread(s)"]
             running.append((threads, subprocess.Popen(command, env=env)))
         else:
             time.sleep(5)
     runs, curves = regimes.runs_map()
-    check = regimes.robustness_check(runs, curves, rote.make_config("thr", "cpu", **parse(pairs)))
-    print(check.round(3).to_string(), regimes.robustness_text(check), sep="\n")
+    for config in configs:
+        check = regimes.robustness_check(runs, curves, config)
+        print(check.round(3).to_string(), regimes.robustness_text(check), sep="\n")
 
 
 def main():
@@ -83,12 +91,18 @@ def main():
                         help="train recorded runs again from their saved configs (none: every run of the map)")
     parser.add_argument("--robustness", action="store_true",
                         help="the robustness check: seeds 0, 1, 2 on one thread and seed 0 on two")
+    parser.add_argument("--noise", nargs="+", type=float, default=None, metavar="RATE",
+                        help="with --robustness: check at each of these noise rates (none: --set's, or the profile's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.noise and not args.robustness:
+        parser.error("--noise is for --robustness; for one run give --set noise=RATE")
+    if args.noise and "noise" in parse(args.set or []):
+        parser.error("give the noise rates once: --noise or --set noise=RATE, not both")
     if args.robustness:
-        return robustness(args.set or [], args.note)
+        return robustness(args.set or [], args.note, args.noise)
     if args.set is not None:
         run(rote.make_config("thr", "cpu", **parse(args.set)), args.note)
     if args.rerun is not None:
@@ -98,4 +112,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except rote.config.ConfigError as err:
+        raise SystemExit(f"ConfigError: {err}") from None
