@@ -5,7 +5,8 @@
     python bench/thr_map.py --rerun 421a4a528e37     # train a recorded run again from its saved config
     python bench/thr_map.py --rerun --threads 1      # every run of the map, one thread each
     python bench/thr_map.py --robustness             # the profile's robustness check (4 runs)
-    python bench/thr_map.py --robustness --noise 0.02 0.05 0.1 --set weight_decay=0.5   # at three rates (12)
+    python bench/thr_map.py --robustness --noise 0.02 0.05 0.1 --set weight_decay=0.75 decay_weight_decay=0.5
+                                                     # the check at three rates (12 runs)
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.grid.regimes.record` writes its
@@ -71,7 +72,7 @@ def robustness(pairs: list[str], note: str, noises: list[float] | None = None) -
             rate, seed, threads = jobs.pop(0)
             home = rote.store.home() if threads == 1 else rote.store.home() / f"threads-{threads}"
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ROTE_HOME": str(home)}
-            at = "".join(f" at {pair.partition('=')[2]} noise" for pair in rate)
+            at = "".join(f" at {float(pair.partition('=')[2]):.0%} noise" for pair in rate)
             command = [sys.executable, __file__, "--set", *pairs, *rate, f"seed={seed}", "--threads", str(threads),
                        "--note", f"{note or 'robustness check'}{at}: seed {seed} on {threads} thread(s)"]
             running.append((threads, subprocess.Popen(command, env=env)))
