@@ -69,9 +69,10 @@ def test_config_hash_changes_with_every_field(base):
 
 
 def test_hash_defaults_keep_the_recorded_names():
-    """A `HASH_DEFAULTS` field at its value there leaves the hash alone: the THR cpu profile in fp32
-    is the regime map's run a04051fb5145; set away from it, it counts."""
-    thr = make_config("thr", "cpu", precision="fp32")
+    """The regime map's run a04051fb5145 (the THR cpu set-up with weight decay 1.0 and none in the
+    decay, in fp32) was recorded before `precision` and `kernels` existed: at their `HASH_DEFAULTS`
+    values they leave its hash alone; set away from them, they count."""
+    thr = make_config("thr", "cpu", precision="fp32", weight_decay=1.0, decay_weight_decay=0.0)
     assert config_hash(thr) == "a04051fb5145"
     from rote.grid.regimes import MAP_DIR
 
