@@ -5,8 +5,10 @@
     python bench/thr_map.py --rerun 421a4a528e37     # train a recorded run again from its saved config
     python bench/thr_map.py --rerun --threads 1      # every run of the map, one thread each
     python bench/thr_map.py --robustness             # the profile's robustness check (4 runs)
-    python bench/thr_map.py --robustness --noise 0.02 0.05 0.1 --set weight_decay=0.75 decay_weight_decay=0.5
+    python bench/thr_map.py --robustness --noise 0.02 0.05 0.1
                                                      # the check at three rates (12 runs)
+    python bench/thr_map.py --robustness --set weight_decay=1.0 decay_weight_decay=0
+                                                     # the former profile's check (4 runs)
 
 Each set-up is the THR `cpu` profile with the given fields changed. It trains like any run (in
 ROTE_HOME, resumable; a finished run is not trained again), then `rote.grid.regimes.record` writes its
