@@ -89,7 +89,8 @@ def test_observation0_with_other_parameters(tmp_path, task, noise, seed):
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(out), kernel_name="python3",
                                parameters={"task": task, "noise": noise, "seed": seed, "profile": "tiny"},
-                               cwd=str(REPO_ROOT / "book"), progress_bar=False)
+                               cwd=str(REPO_ROOT / "book"), progress_bar=False,
+                               config=build.kernel_config())
     text = outputs_text(out)
     assert f"In this {task.upper()} run ({noise:.0%} noise, seed {seed})" in text
     other = "FDA" if task == "thr" else "THR"
@@ -267,6 +268,7 @@ def test_papermill_with_a_bad_parameter_stops_with_one_line(tmp_path, parameters
     with pytest.raises(papermill.PapermillExecutionError) as err:
         papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(tmp_path / "out.ipynb"),
                                    kernel_name="python3", parameters={"profile": "tiny", **parameters},
-                                   cwd=str(REPO_ROOT / "book"), progress_bar=False)
+                                   cwd=str(REPO_ROOT / "book"), progress_bar=False,
+                                   config=build.kernel_config())
     assert err.value.ename == "ConfigError" and message in err.value.evalue
     assert err.value.traceback == [f"ConfigError: {err.value.evalue}"]  # no traceback through the library

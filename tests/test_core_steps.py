@@ -8,6 +8,7 @@ import os
 import papermill
 import pytest
 
+from rote.book import build
 from rote.store import REPO_ROOT
 
 SMALL = {"profile": "tiny", "noise": 0.1, "overrides": {"n_embd": 64, "max_steps": 1200, "eval_every": 100}}
@@ -36,7 +37,8 @@ def core_step(cells: list) -> dict:
 def test_the_core_step_on_the_page_gives_the_package_number(rote_home, tmp_path, chapter):
     out = tmp_path / f"{chapter}.ipynb"
     papermill.execute_notebook(str(REPO_ROOT / "book" / f"{chapter}.ipynb"), str(out), kernel_name="python3",
-                               parameters=SMALL, cwd=str(REPO_ROOT / "book"), progress_bar=False)
+                               parameters=SMALL, cwd=str(REPO_ROOT / "book"), progress_bar=False,
+                               config=build.kernel_config())
     cell = core_step(json.loads(out.read_text())["cells"])
     text = json.dumps(cell["outputs"])
     assert cell["outputs"] and "error" not in {o["output_type"] for o in cell["outputs"]}
