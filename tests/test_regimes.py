@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import rote
+from rote.book import tables
 from rote.grid import regimes
 from rote.runs.data import load_dataset
 from rote.runs.train import training_rows
@@ -149,7 +150,7 @@ def test_composes_first_with_margin(test, mem, expected):
 ])
 def test_why_a_run_is_without_margin(composed, there, fitted, held_out, expected):
     row = pd.Series({"composed_step": composed, "mem_noisy_there": there, "fitted_step": fitted,
-                     "held_out_there": held_out})
+                     "held_out_accuracy_there": held_out})
     assert regimes.why_without_margin(row) == expected
 
 
@@ -166,6 +167,7 @@ def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_pa
     assert list(zip(check["seed"], check["threads"], check["with_margin"])) == [(0, 1, True), (0, 2, False), (1, 1, True)]
     assert list(check["composed_step"]) == [200, 200, 200] and list(check["mem_noisy_there"]) == [0.1, 0.4, 0.1]
     assert list(check["fitted_step"]) == [300] * 3 and list(check["decay_from"]) == [0] * 3
+    assert [c for c in check.columns if tables.is_share(c)] == ["mem_noisy_there", "held_out_accuracy_there"]  # in percent
     text = regimes.robustness_text(check)
     assert text.startswith("Composed first with margin on 2 of 3 runs")
     assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.0% of the noise fitted).")

@@ -178,8 +178,8 @@ def robustness_check(runs: pd.DataFrame, curves: pd.DataFrame, config: Config, r
         rows.append({"run": name, "seed": recorded.seed, "threads": run["threads"],
                      "decay_from": decay_start(recorded, m.to_dict("records")) if recorded.schedule == "wsd" else None,
                      "composed_step": _at(composed, "step"), "mem_noisy_there": _at(composed, "mem_noisy"),
-                     "fitted_step": _at(fitted, "step"), "held_out_there": _at(fitted, "test_acc"),
-                     "with_margin": composes_first_with_margin(m), "minutes": float(run["minutes"])})
+                     "fitted_step": _at(fitted, "step"), "held_out_accuracy_there": _at(fitted, "test_acc"),
+                     "with_margin": composes_first_with_margin(m), "minutes": round(float(run["minutes"]), 1)})
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).astype({"threads": "Int64"}).sort_values(["seed", "threads"]).set_index("run")
@@ -207,7 +207,7 @@ def why_without_margin(row) -> str:
         return f"composed with {row.mem_noisy_there:.1%} of the noise fitted"
     if pd.isna(row.fitted_step):
         return f"Mem-Noisy never reached {FITTED:.0%}"
-    return f"held-out accuracy {row.held_out_there:.1%} where Mem-Noisy reached {FITTED:.0%}"
+    return f"held-out accuracy {row.held_out_accuracy_there:.1%} where Mem-Noisy reached {FITTED:.0%}"
 
 
 def thresholds_text() -> str:
