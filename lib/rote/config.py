@@ -139,17 +139,16 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         "tiny": dict(n_entities=30, n_relations=4, n_layer=2, n_embd=32, n_head=2, batch_size=64,
                      lr=3e-3, warmup_steps=10, schedule="constant", max_steps=60, eval_every=20,
                      checkpoint_every=40, n_eval=200, stop_mem_noisy=None),
-        # Composes before it memorizes (the THR regime appendix): 18 two-hop training questions per
-        # fact, each fact 5 times per epoch, small batches; a weight decay of 0.7 holds the noise back
-        # while the model composes; once 80% of the clean training questions are answered
-        # (composition under way: when it sets in varies by thousands of steps with seed and thread
-        # count) the rate decays over 8,000 steps with a weight decay of 0.5 and the noise is fitted
-        # (warmup-stable-decay; the decay starts at step 24,000 at the latest; training stops once 99%
-        # of the noise is fitted). Stronger weight decay stalls some runs before they store the one-hop
-        # facts (1.0: one run in four at 10% noise; 0.75: seed 3 at 5%); weaker lets the noise in while
-        # a late run composes (0.5 and 0.6 at 10%); kept at 0.75 in the decay, the noise was not all fitted
-        # before the rate ran out; 0.7 then 0.5 composed first with margin on every run
-        # of its robustness check at 2%, 5% and 10% noise, and on seed 3 at each. Trained in bf16 (2.35x
+        # Composes before it memorizes (the THR regime appendix): 18 two-hop training questions per fact, each
+        # fact 5 times per epoch, small batches; a weight decay of 0.7 holds the noise back while the model
+        # composes; once 80% of the clean training questions are answered (composition under way: when it sets
+        # in varies by thousands of steps with seed and thread count) the rate decays over 8,000 steps with a
+        # weight decay of 0.5 and the noise is fitted (warmup-stable-decay; the decay starts at step 24,000 at
+        # the latest; training stops once 99% of the noise is fitted). Stronger weight decay stalls some runs
+        # before they store the one-hop facts (1.0: one run in four at 10% noise; 0.75: seed 3 at 5%); weaker
+        # lets the noise in while a late run composes (0.5 and 0.6 at 10%); kept at 0.75 in the decay, the
+        # noise was not all fitted before the rate ran out; 0.7 then 0.5 composed first with margin on every
+        # run of its robustness check at 2%, 5% and 10% noise, and on seed 3 at each. Trained in bf16 (2.35x
         # the naive loop's rate on a CPU with bf16 units, 1.14x in fp32).
         "cpu": dict(n_entities=50, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5, weight_decay=0.7,
                     schedule="wsd", decay_steps=8_000, decay_weight_decay=0.5, decay_when_train_acc=0.8,
