@@ -87,10 +87,8 @@ def test_pages_open_with_their_result_and_cut_no_table(built):
 @pytest.mark.parametrize("task,noise,seed", [("thr", 0.1, 3), ("fda", 0.02, 7)])
 def test_observation0_with_other_parameters(tmp_path, task, noise, seed):
     out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(out), kernel_name="python3",
-                               parameters={"task": task, "noise": noise, "seed": seed, "profile": "tiny"},
-                               cwd=str(REPO_ROOT / "book"), progress_bar=False,
-                               config=build.kernel_config())
+    build.run_chapter(REPO_ROOT / "book" / "observation0.ipynb", out,
+                      {"task": task, "noise": noise, "seed": seed, "profile": "tiny"})
     text = outputs_text(out)
     assert f"In this {task.upper()} run ({noise:.0%} noise, seed {seed})" in text
     other = "FDA" if task == "thr" else "THR"
@@ -266,9 +264,6 @@ def test_a_chapter_and_the_build_make_the_same_configs_from_its_parameters():
                                                 ({"noise": 1.5}, "noise must be in [0, 1), got 1.5")])
 def test_papermill_with_a_bad_parameter_stops_with_one_line(tmp_path, parameters, message):
     with pytest.raises(papermill.PapermillExecutionError) as err:
-        papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(tmp_path / "out.ipynb"),
-                                   kernel_name="python3", parameters={"profile": "tiny", **parameters},
-                                   cwd=str(REPO_ROOT / "book"), progress_bar=False,
-                                   config=build.kernel_config())
+        build.run_chapter(REPO_ROOT / "book" / "observation0.ipynb", tmp_path / "out.ipynb", {"profile": "tiny", **parameters})
     assert err.value.ename == "ConfigError" and message in err.value.evalue
     assert err.value.traceback == [f"ConfigError: {err.value.evalue}"]  # no traceback through the library

@@ -5,7 +5,6 @@ itself, so a disagreement is a failed cell."""
 import json
 import os
 
-import papermill
 import pytest
 
 from rote.book import build
@@ -36,9 +35,7 @@ def core_step(cells: list) -> dict:
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_the_core_step_on_the_page_gives_the_package_number(rote_home, tmp_path, chapter):
     out = tmp_path / f"{chapter}.ipynb"
-    papermill.execute_notebook(str(REPO_ROOT / "book" / f"{chapter}.ipynb"), str(out), kernel_name="python3",
-                               parameters=SMALL, cwd=str(REPO_ROOT / "book"), progress_bar=False,
-                               config=build.kernel_config())
+    build.run_chapter(REPO_ROOT / "book" / f"{chapter}.ipynb", out, SMALL)
     cell = core_step(json.loads(out.read_text())["cells"])
     text = json.dumps(cell["outputs"])
     assert cell["outputs"] and "error" not in {o["output_type"] for o in cell["outputs"]}

@@ -185,10 +185,7 @@ PAPER_LINE = "profile paper needs a GPU and none was found"
 def test_papermill_with_the_paper_profile_stops_at_its_first_cell(tmp_path, monkeypatch):
     monkeypatch.delenv("ROTE_ALLOW_CPU", raising=False)
     with pytest.raises(papermill.PapermillExecutionError) as err:
-        papermill.execute_notebook(str(REPO_ROOT / "book" / "observation0.ipynb"), str(tmp_path / "out.ipynb"),
-                                   kernel_name="python3", parameters={"profile": "paper"},
-                                   cwd=str(REPO_ROOT / "book"), progress_bar=False,
-                                   config=build.kernel_config())
+        build.run_chapter(REPO_ROOT / "book" / "observation0.ipynb", tmp_path / "out.ipynb", {"profile": "paper"})
     assert err.value.ename == "DeviceError" and PAPER_LINE in err.value.evalue and "ROTE_ALLOW_CPU=1" in err.value.evalue
     assert err.value.traceback == [f"DeviceError: {err.value.evalue}"]
     assert not Path(os.environ["ROTE_HOME"]).exists()
