@@ -396,6 +396,24 @@ def test_a_broken_cache_entry_is_run_again_with_a_line_saying_so(tmp_path, monke
     assert build.notebook_error(cached) == ""
 
 
+def test_only_shows_the_other_chapters_cached_runs_not_their_sources(tmp_path, monkeypatch, capsys):
+    """A build of one chapter (`--only`) keeps the other pages executed where a run of theirs with the
+    same parameters is cached, and says in the terminal which pages have none."""
+    _stub_build(monkeypatch)
+    build.build("tiny", only=["data"], root=tmp_path)
+    capsys.readouterr()
+    build.build("tiny", only=["protocol"], root=tmp_path)
+    said = capsys.readouterr().out
+    page = json.loads((tmp_path / "_build" / "src" / "book" / "data.ipynb").read_text())
+    assert [c["source"] for c in page["cells"] if c.get("id") == "provenance"] == [["how it was run"]]
+    assert "data: not in --only; its cached run with these parameters reused" in said
+    assert "observation0: not in --only; never run with these parameters" in said
+    build.build("tiny", {"seed": 1}, only=["protocol"], root=tmp_path)  # another seed: data's run is not it
+    page = json.loads((tmp_path / "_build" / "src" / "book" / "data.ipynb").read_text())
+    assert "data: not in --only; never run with these parameters" in capsys.readouterr().out
+    assert not [c for c in page["cells"] if c.get("id") == "provenance"]
+
+
 def test_two_builds_of_one_root_are_serialized(tmp_path, monkeypatch):
     _stub_build(monkeypatch)
     (tmp_path / "_build").mkdir()

@@ -249,11 +249,14 @@ def _build(parameters: dict, configs: dict, root: Path) -> Path:
         shutil.copy(page, src / "book" / page.name)
     package = tree_hash([REPO_ROOT / "lib" / "rote", DATA_DIR])
     for notebook in chapters():
-        if notebook not in configs:
-            shutil.copy(notebook, src / "book" / notebook.name)
+        if notebook not in configs:  # not named in --only: its executed copy if one is cached, else its source
+            kept = cached_run(notebook, parameters, package, cache)
+            shutil.copy(kept or notebook, src / "book" / notebook.name)
+            print(f"{notebook.stem}: not in --only; " + ("its cached run with these parameters reused" if kept else
+                  "never run with these parameters, so its page shows the chapter without outputs"), flush=True)
             continue
         mine = chapter_parameters(notebook, parameters)
-        cached = cache / f"{notebook.stem}-{chapter_key(notebook, mine, configs[notebook], package)}.ipynb"
+        cached = cache_path(cache, notebook, mine, configs[notebook], package)
         t0 = time.perf_counter()
         broken = cached.exists() and notebook_error(cached)
         if broken:
@@ -274,6 +277,22 @@ def _build(parameters: dict, configs: dict, root: Path) -> Path:
                     "--keep-going", "--quiet"], check=True)
     print(f"book built in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return Path(root) / "_build" / "html"
+
+
+def cache_path(cache: Path, notebook: Path, parameters: dict, configs: list, package: str) -> Path:
+    """Where the executed copy of `notebook` with its `parameters` is kept (named by its `chapter_key`)."""
+    return cache / f"{notebook.stem}-{chapter_key(notebook, parameters, configs, package)}.ipynb"
+
+
+def cached_run(notebook: Path, parameters: dict, package: str, cache: Path) -> Path | None:
+    """The valid cached copy of `notebook` run with the build's `parameters` on the models as they
+    are now (None if there is none, or if the chapter refuses those parameters)."""
+    try:
+        configs = chapter_configs(notebook, parameters)
+    except (ValueError, OneLineError):
+        return None
+    cached = cache_path(cache, notebook, chapter_parameters(notebook, parameters), configs, package)
+    return cached if cached.exists() and not notebook_error(cached) else None
 
 
 def notebook_error(path: Path) -> str:
