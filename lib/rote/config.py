@@ -148,8 +148,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         # before they store the one-hop facts (1.0: one run in four at 10% noise; 0.75: seed 3 at 5%); weaker
         # lets the noise in while a late run composes (0.5 and 0.6 at 10%); kept at 0.75 in the decay, the
         # noise was not all fitted before the rate ran out; 0.7 then 0.5 composed first with margin on every
-        # run of its robustness check at 2%, 5% and 10% noise, and on seed 3 at each. Trained in bf16 (2.35x
-        # the naive loop's rate on a CPU with bf16 units, 1.14x in fp32).
+        # run of its robustness check at 2%, 5% and 10% noise, and on seeds 3, 4 and 5 at each. Trained in
+        # bf16 (2.35x the naive loop's rate on a CPU with bf16 units, 1.14x in fp32).
         "cpu": dict(n_entities=50, n_relations=20, two_hop_train_fraction=0.9, fact_repeats=5, weight_decay=0.7,
                     schedule="wsd", decay_steps=8_000, decay_weight_decay=0.5, decay_when_train_acc=0.8,
                     max_steps=32_000, eval_every=250, checkpoint_every=5_000, precision="bf16"),
