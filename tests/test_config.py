@@ -91,8 +91,8 @@ def test_make_config_applies_profile_and_overrides():
     assert tiny.n_train < Config().n_train and tiny.max_steps < Config().max_steps
     assert make_config("fda", "tiny", max_steps=7).max_steps == 7
     assert make_config("thr", "tiny").task == "thr"
-    assert make_config("fda", "cpu") == Config(n_embd=256, n_head=8, weight_decay=0.6, max_steps=10_000, precision="bf16",
-                                               stop_mem_noisy=None)
+    assert make_config("fda", "cpu") == Config(n_embd=256, n_head=8, lr=2e-3, weight_decay=0.6, max_steps=10_000,
+                                               precision="bf16", stop_mem_noisy=None)
 
 
 def _one_line_value_error(call, *needles):
