@@ -128,7 +128,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
         # 10,000 steps: 256 wide it passes 97% test accuracy before the noise is fitted, and fitting 10% noise
         # costs it 5-10 points at first; the weight decay, with the rest of the cosine after the noise is
         # fitted, wins most of them back. At 2e-3 it generalizes more slowly and fits the noise later than at
-        # 1e-3: at 10% noise it ends at 93.45-95.75% (1e-3: 90.6-95.9%), at 2% and 5% at 96.45-99.3%
+        # 1e-3: at 10% noise it ends at 93.45-95.75% (1e-3: 90.6-95.85%), at 2% and 5% at 96.45-99.3%
         # (bench/README.md, the lever frontier: stopping once 99% of the noise is fitted left 88-96%).
         # bf16 makes its steps about as fast as the narrow model's in fp32.
         "cpu": dict(n_embd=256, n_head=8, lr=2e-3, weight_decay=0.6, max_steps=10_000, precision="bf16", stop_mem_noisy=None),
