@@ -33,6 +33,13 @@ def test_a_table_shows_every_row_and_cell_whole_without_index():
     assert not re.search(r"<td>\d</td><td>25.0%", tables.html_table(frame.head(3)))  # no row index in front
 
 
+def test_a_share_shows_the_decimals_it_carries():
+    # accuracies over 2,000 questions are multiples of 0.05% (stored as float32): none is rounded across
+    # a threshold, and a share a chapter rounded to three decimals gets no invented digit
+    assert [tables.cell(x, share=True) for x in (0.9495000243186951, 0.9574999809265137, 0.957, 1.0, 0.0)] == [
+        "94.95%", "95.75%", "95.7%", "100.0%", "0.0%"]
+
+
 def test_a_multiindex_header_reads_as_words():
     frame = pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("units", "tens"), ("matter", "units")]))
     assert "<th>units tens</th>" in tables.html_table(frame)

@@ -394,8 +394,8 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     assert list(card.timings["regime"]) == ["generalize, then memorize"] * 2 + ["memorize only", "generalize, then memorize",
                                                                                 "neither"]
     assert list(card.timings["analysed step"]) == [200] * 5
-    assert card.timings["test accuracy"].iloc[2] == "88.0%"
-    assert card.timings["Mem-Noisy"].iloc[-1] == "16.0%"
+    assert card.timings["test accuracy"].iloc[2] == "88.00%"
+    assert card.timings["Mem-Noisy"].iloc[-1] == "16.00%"
 
 
 def test_scorecard_reads_the_committed_records_then_those_of_your_sweeps():

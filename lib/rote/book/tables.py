@@ -32,7 +32,9 @@ def is_share(name) -> bool:
 
 
 def cell(value, share: bool = False) -> str:
-    """One cell as text: a dash for a missing number, percent for a share, at most three decimals."""
+    """One cell as text: a dash for a missing number, at most three decimals, and a share in percent with
+    the decimals it carries, one or two (an accuracy over 2,000 questions, 94.95%, is not shown as 95.0%;
+    a share a chapter rounded to 0.957 is not shown as 95.70%)."""
     if value is None or (isinstance(value, float) and value != value) or value is pd.NA or value is pd.NaT:
         return "–"
     if isinstance(value, bool):
@@ -41,7 +43,8 @@ def cell(value, share: bool = False) -> str:
         return f"{int(value):,}"
     if isinstance(value, numbers.Real):
         if share and 0 <= value <= 1:
-            return f"{value:.1%}"
+            text = f"{value:.2%}"
+            return text[:-2] + "%" if text.endswith("0%") else text
         text = f"{value:,.3f}".rstrip("0").rstrip(".")
         return "0" if text in ("-0", "") else text
     return str(value)

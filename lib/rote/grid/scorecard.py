@@ -92,8 +92,8 @@ def run_regime(cell, records: Path | None = None) -> dict:
         return {}
     metrics = pd.read_csv(path)
     last = metrics.iloc[-1]
-    return {"regime": analysed_regime(metrics), "analysed step": int(last["step"]), "test accuracy": f"{last['test_acc']:.1%}",
-            "Mem-Noisy": f"{last['mem_noisy']:.1%}"}
+    return {"regime": analysed_regime(metrics), "analysed step": int(last["step"]), "test accuracy": f"{last['test_acc']:.2%}",
+            "Mem-Noisy": f"{last['mem_noisy']:.2%}"}
 
 
 def claim_records(cells: list, records: Path | None = None) -> pd.DataFrame:
