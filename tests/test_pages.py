@@ -40,6 +40,11 @@ def test_a_share_shows_the_decimals_it_carries():
         "94.95%", "95.75%", "95.7%", "100.0%", "0.0%"]
 
 
+def test_a_count_column_reads_as_instances_and_a_config_field_keeps_its_name():
+    assert [tables.header(c) for c in ("n", "n_layer", "share_noisy", "lo")] == [
+        "instances", "n layer", "share noisy", "95% CI low"]
+
+
 def test_a_multiindex_header_reads_as_words():
     frame = pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("units", "tens"), ("matter", "units")]))
     assert "<th>units tens</th>" in tables.html_table(frame)

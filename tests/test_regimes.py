@@ -173,3 +173,14 @@ def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_pa
     assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.00% of the noise fitted).")
     check = regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path)
     assert "not run" in regimes.robustness_text(check)
+
+
+def test_the_map_table_names_its_counts_and_shows_accuracies_in_percent():
+    runs, _ = regimes.runs_map()
+    html = tables.html_table(regimes.runs_table(runs))
+    for name in ("people", "relations", "layers", "width", "final held out accuracy", "peak held out accuracy"):
+        assert f"<th>{name}</th>" in html
+    assert "<th>instances" not in html  # not "instances layer"
+    row = runs.iloc[0]
+    final = tables.cell(row["final_test"], share=True)
+    assert final.endswith("%") and f"<td>{final}</td>" in html

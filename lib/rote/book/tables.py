@@ -14,7 +14,7 @@ import pandas as pd
 
 FOLD_AFTER = 30  # rows: a longer table is folded (a <details> block the reader opens)
 WORDS = {"acc": "accuracy", "logp": "log-prob", "mem": "Mem", "nbr": "neighbour", "eta2": "eta²", "ci": "CI",
-         "lo": "95% CI low", "hi": "95% CI high", "n": "instances", "id": "id", "thr": "THR", "fda": "FDA",
+         "lo": "95% CI low", "hi": "95% CI high", "id": "id", "thr": "THR", "fda": "FDA",
          "pct": "%", "std": "sd"}
 
 
@@ -22,6 +22,8 @@ def header(name) -> str:
     """A column's name in words: `share_correct_above_noisy` -> "share correct above noisy"."""
     if not isinstance(name, str):
         return " ".join(header(part) for part in name) if isinstance(name, tuple) else str(name)
+    if name == "n":  # a count of instances (n_layer, a config field, keeps its n)
+        return "instances"
     return " ".join(WORDS.get(word, word) for word in name.replace("_", " ").split())
 
 

@@ -224,8 +224,15 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
                "schedule", "weight_decay", "max_steps", "seed", "threads", "regime", "with_margin",
                "mem_noisy_at_test_50", "mem_noisy_at_test_90", "min_to_test_95", "mem_noisy_at_test_95", "min_to_mem_99",
                "test_at_mem_99", "peak_test", "final_test", "final_mem_noisy", "final_facts", "epochs", "minutes", "note"]
-    table = runs[[c for c in columns if c in runs]]
+    table = runs[[c for c in columns if c in runs]].rename(columns=READING)
     return table.astype({"threads": "Int64"} if "threads" in table else {}).set_index("run")  # counts, not 1.0
+
+
+# runs_table's headers: counts named for what they count, and the held-out two-hop accuracies as accuracies
+# (shown in percent)
+READING = {"n_entities": "people", "n_relations": "relations", "n_layer": "layers", "n_embd": "width",
+           "test_at_mem_99": "held_out_accuracy_at_mem_99", "peak_test": "peak_held_out_accuracy",
+           "final_test": "final_held_out_accuracy", "final_facts": "final_facts_accuracy"}
 
 
 def _minutes(value: float) -> str:
