@@ -348,6 +348,22 @@ def test_matches_equals_greedy_decoding_thr(thr_run, use_home):
     assert matches(model, tok, prompts, greedy).all()
 
 
+def test_answers_do_not_depend_on_how_the_questions_are_chunked(fda_run, use_home, monkeypatch):
+    """The evaluation runs its questions in chunks of `BATCH`: every chunk, the last short one
+    included, answers as one question at a time does."""
+    home, config = fda_run
+    use_home(home)
+    model, tok = load(rote.run_dir(config) / "final")
+    rows = load_dataset(config).sample(60, random_state=3)
+    prompts, true = list(rows["prompt"]), list(rows["true"])
+    one_by_one = [_manual_greedy(model, tok, p, 4) for p in prompts]
+    assert len(set(one_by_one)) >= 10  # answers that differ, so a misplaced chunk shows
+    monkeypatch.setattr(rote.runs.evaluate, "BATCH", 7)
+    assert greedy_answers(model, tok, prompts, 4) == one_by_one
+    targets = [a if i % 2 else t for i, (a, t) in enumerate(zip(one_by_one, true))]
+    assert matches(model, tok, prompts, targets).tolist() == [a == t for a, t in zip(one_by_one, targets)]
+
+
 def test_matches_empty():
     config = make_config("fda", "tiny")
     tok = build_tokenizer(config)
