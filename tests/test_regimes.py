@@ -184,3 +184,4 @@ def test_the_map_table_names_its_counts_and_shows_accuracies_in_percent():
     row = runs.iloc[0]
     final = tables.cell(row["final_test"], share=True)
     assert final.endswith("%") and f"<td>{final}</td>" in html
+    assert "<th>noise rate</th>" in html and f"<td>{tables.cell(row['noise'], share=True)}</td>" in html

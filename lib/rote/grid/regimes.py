@@ -228,9 +228,9 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.astype({"threads": "Int64"} if "threads" in table else {}).set_index("run")  # counts, not 1.0
 
 
-# runs_table's headers: counts named for what they count, and the held-out two-hop accuracies as accuracies
-# (shown in percent)
-READING = {"n_entities": "people", "n_relations": "relations", "n_layer": "layers", "n_embd": "width",
+# runs_table's headers: counts named for what they count, and the noise rate and the held-out two-hop
+# accuracies as what they are (shown in percent)
+READING = {"noise": "noise_rate", "n_entities": "people", "n_relations": "relations", "n_layer": "layers", "n_embd": "width",
            "test_at_mem_99": "held_out_accuracy_at_mem_99", "peak_test": "peak_held_out_accuracy",
            "final_test": "final_held_out_accuracy", "final_facts": "final_facts_accuracy"}
 
