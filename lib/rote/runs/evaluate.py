@@ -12,7 +12,9 @@ import torch
 
 from rote.runs.model import encode
 
-BATCH = 128  # questions per forward pass: on 2 CPU cores 1.3-1.6x faster than 2,048 (bench/README.md), same answers
+# Questions a forward pass: on 2 cores an evaluation is 1.2-1.4x faster than at 2,048, with the same answers
+# (bench/evaluation_speed.py).
+BATCH = 128
 
 
 @torch.no_grad()
