@@ -12,20 +12,17 @@ sizes must give the same scores and answers, and those of the reference run's la
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from rote.config import Config
 from rote.runs import evaluate
 from rote.runs.data import load_dataset
 from rote.runs.model import load
+from rote.runs.reference import reference_runs
 
-REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 BASELINE = 2048
 
 
@@ -44,9 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     used = evaluate.BATCH
     print(f"| task | {BASELINE:,} a pass (s) | {used:,} a pass (s) | ratio | same answers |\n|---|---|---|---|---|")
-    for task in ("fda", "thr"):
-        run = REFERENCE / f"{task}-cpu"
-        config = Config(**json.loads((run / "config.json").read_text()))
+    for run, config in reference_runs().items():
         sets = evaluate.evaluation_sets(load_dataset(config), config.n_eval, config.seed)
         model, tokenizer = load(run / "final")
         last = pd.read_csv(run / "metrics.csv").iloc[-1]
@@ -60,7 +55,7 @@ def main() -> None:
                 outputs[batch] = scores, said
         same = outputs[BASELINE] == outputs[used] and all(outputs[used][0][k] == last[k] for k in outputs[used][0])
         slow, fast = statistics.median(seconds[BASELINE]), statistics.median(seconds[used])
-        print(f"| {task} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x | {'yes' if same else 'NO'} |")
+        print(f"| {config.task} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x | {'yes' if same else 'NO'} |")
     evaluate.BATCH = used
 
 
