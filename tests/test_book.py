@@ -114,7 +114,7 @@ def test_provenance_gives_the_analysed_models_step_scores_and_regime(tmp_path, m
     (run / "metrics.csv").write_text("step,seconds,test_acc,mem_noisy\n0,0,0.1,0.0\n100,60,0.95,0.5\n200,120,0.88,0.99\n")
     line = build.provenance([trained, untrained], {"task": "both", "profile": "tiny"})
     assert (f"FDA run `{rote.config_hash(trained)}` (trained in 2.0 min; analysed model at step 200: test accuracy "
-            "88.00%, Mem-Noisy 99.00%, out of regime (memorize only))") in line
+            "88.0%, Mem-Noisy 99.0%, out of regime (memorize only))") in line
     assert f"THR run `{rote.config_hash(untrained)}` (not trained)" in line
 
 

@@ -31,6 +31,12 @@ def test_a_table_shows_every_row_and_cell_whole_without_index():
     short = tables.html_table(frame.head(3).set_index("n"))
     assert not short.startswith("<details") and "<th>instances</th>" in short  # a named index becomes a column
     assert not re.search(r"<td>\d</td><td>25.0%", tables.html_table(frame.head(3)))  # no row index in front
+    assert not re.search(r"<td>\d+</td><td>25.0%", tables.html_table(frame[frame.n > 50]))  # nor row numbers
+    labelled = tables.html_table(frame.head(2).set_index(pd.Index(["lr", "seed"])))  # row labels are kept
+    assert "<th>index</th>" in labelled and "<td>lr</td><td>25.0%</td>" in labelled
+    # a config field may wrap after an underscore, so one long name does not widen its column
+    field = tables.html_table(pd.DataFrame({"field": ["two_hop_train_fraction"]}))
+    assert "<td>two_<wbr>hop_<wbr>train_<wbr>fraction</td>" in field
 
 
 def test_a_share_shows_the_decimals_it_carries():
@@ -38,6 +44,32 @@ def test_a_share_shows_the_decimals_it_carries():
     # a threshold, and a share a chapter rounded to three decimals gets no invented digit
     assert [tables.cell(x, share=True) for x in (0.9495000243186951, 0.9574999809265137, 0.957, 1.0, 0.0)] == [
         "94.95%", "95.75%", "95.7%", "100.0%", "0.0%"]
+    # in a table, a column of shares has one number of decimals, the most any of its shares carries
+    column = tables.html_table(pd.DataFrame({"test_accuracy": [0.993, 0.9905, 1.0], "share_kept": [0.5, 0.25, 0.125]}))
+    assert re.findall(r"<td>(.*?)</td>", column) == ["99.30%", "50.0%", "99.05%", "25.0%", "100.00%", "12.5%"]
+
+
+def test_a_value_and_its_interval_share_one_cell():
+    frame = pd.DataFrame({"group": ["noisy", "clean"], "share_kept": [0.25, 0.5], "share_kept_lo": [0.2, 0.4],
+                          "share_kept_hi": [0.3, 0.6], "delta_logp": [-1.5, 0.25], "lo": [-2.0, math.nan],
+                          "hi": [-1.0, math.nan], "rescue_driving": [0.1, 0.2], "driving_lo": [0.0, 0.1],
+                          "driving_hi": [0.2, 0.3], "epochs": [1, 2]})
+    html = tables.html_table(frame)
+    heads = re.findall(r"<th>(.*?)</th>", html)
+    assert heads == ["group", "share kept [95% CI]", "delta log-prob [95% CI]", "rescue driving [95% CI]", "epochs"]
+    first, second = (re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", html)[1:])
+    assert first == ["noisy", "25.0% [20.0%, 30.0%]", "-1.5 [-2, -1]", "0.1 [0, 0.2]", "1"]
+    assert second[2] == "0.25"  # no interval: the value alone
+
+
+def test_a_difference_of_shares_is_a_number_and_a_column_is_in_one_format():
+    assert [tables.is_share(c) for c in ("accuracy", "acc_change", "Mem-Noisy", "mem_noisy_there", "noise_rate",
+                                         "share heuristic - share dedicated", "diff", "mean_rank")] == [
+        True, False, True, True, True, False, False, False]
+    # a share column that also holds a negative number is a contrast: every cell a number, none in percent
+    frame = pd.DataFrame({"accuracy": [-0.004, 0.25], "accuracy_lo": [-0.012, 0.2], "accuracy_hi": [0.0, 0.3]})
+    assert "%" not in tables.html_table(frame).split("<tbody>")[1]
+    assert "<td>25.0% [20.0%, 30.0%]</td>" in tables.html_table(frame.tail(1))
 
 
 def test_a_count_column_reads_as_instances_and_a_config_field_keeps_its_name():

@@ -58,7 +58,8 @@ def test_analysed_regime_is_that_of_the_last_evaluation(test, mem, expected):
     assert regimes.in_regime(m) == (expected in regimes.REGIMES[:2])
     last = m.iloc[-1]
     said = regimes.analysed_model(m)
-    assert said.startswith(f"step {int(last['step'])}: test accuracy {last['test_acc']:.2%}, Mem-Noisy {last['mem_noisy']:.2%}, ")
+    assert said.startswith(f"step {int(last['step'])}: test accuracy {tables.cell(last['test_acc'], share=True)}, "
+                           f"Mem-Noisy {tables.cell(last['mem_noisy'], share=True)}, ")
     assert said.endswith(f"{'in regime' if regimes.in_regime(m) else 'out of regime'} ({expected})")
 
 
@@ -144,9 +145,9 @@ def test_composes_first_with_margin(test, mem, expected):
 
 @pytest.mark.parametrize("composed,there,fitted,held_out,expected", [
     (float("nan"), float("nan"), float("nan"), float("nan"), "held-out accuracy never reached 90%"),
-    (200, 0.4, 300, 0.95, "composed with 40.00% of the noise fitted"),
+    (200, 0.4, 300, 0.95, "composed with 40.0% of the noise fitted"),
     (200, 0.1, float("nan"), float("nan"), "Mem-Noisy never reached 99%"),
-    (200, 0.1, 300, 0.89, "held-out accuracy 89.00% where Mem-Noisy reached 99%"),
+    (200, 0.1, 300, 0.89, "held-out accuracy 89.0% where Mem-Noisy reached 99%"),
 ])
 def test_why_a_run_is_without_margin(composed, there, fitted, held_out, expected):
     row = pd.Series({"composed_step": composed, "mem_noisy_there": there, "fitted_step": fitted,
@@ -170,7 +171,7 @@ def test_robustness_check_reads_every_seed_and_thread_count_of_one_set_up(tmp_pa
     assert [c for c in check.columns if tables.is_share(c)] == ["mem_noisy_there", "held_out_accuracy_there"]  # in percent
     text = regimes.robustness_text(check)
     assert text.startswith("Composed first with margin on 2 of 3 runs")
-    assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.00% of the noise fitted).")
+    assert text.endswith("Without margin: seed 0 on 2 threads (composed with 40.0% of the noise fitted).")
     check = regimes.robustness_check(runs, all_curves, rote.make_config("thr", "tiny"), tmp_path)
     assert "not run" in regimes.robustness_text(check)
 

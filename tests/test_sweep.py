@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import rote
+from rote.book import tables
 from rote.claims import Claim
 from rote.config import ConfigError
 from rote.grid import scorecard, sweep
@@ -394,8 +395,10 @@ def test_scorecard_counts_verdicts_of_saved_records(tmp_path):
     assert list(card.timings["regime"]) == ["generalize, then memorize"] * 2 + ["memorize only", "generalize, then memorize",
                                                                                 "neither"]
     assert list(card.timings["analysed step"]) == [200] * 5
-    assert card.timings["test accuracy"].iloc[2] == "88.00%"
-    assert card.timings["Mem-Noisy"].iloc[-1] == "16.00%"
+    assert card.timings["test accuracy"].iloc[2] == pytest.approx(0.88)
+    assert card.timings["Mem-Noisy"].iloc[-1] == pytest.approx(0.16)
+    shown = tables.html_table(card.timings)  # shares in percent, as in every table
+    assert "<th>test accuracy</th>" in shown and "<td>88.0%</td>" in shown and "<td>16.0%</td>" in shown
 
 
 def test_scorecard_reads_the_committed_records_then_those_of_your_sweeps():

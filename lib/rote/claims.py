@@ -168,6 +168,17 @@ def _plain(record: dict) -> dict:
 
 # ---- rendered for a chapter -----------------------------------------------------------------------------
 
+def places(share: float) -> int:
+    """The decimals a share carries in percent, one or two: 0.9495 -> 2 (94.95%, an accuracy over 2,000
+    questions, not rounded across a threshold), 0.957 -> 1 (95.7%, no invented digit)."""
+    return 1 if f"{share:.2%}".endswith("0%") else 2
+
+
+def percent(share: float, decimals: int | None = None) -> str:
+    """A share in percent with `decimals`, else with the decimals it carries (`places`)."""
+    return f"{share:.{places(share) if decimals is None else decimals}%}"
+
+
 def _num(x: float, percent: bool) -> str:
     if x != x:
         return "n/a"

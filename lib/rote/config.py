@@ -298,4 +298,4 @@ def profile_table() -> pd.DataFrame:
         for profile in PROFILES:
             values = dataclasses.asdict(_profile_config(task, profile, {}))  # no GPU needed to read it
             columns[f"{task} {profile}"] = {k: ("" if k in unused[task] else v) for k, v in values.items()}
-    return pd.DataFrame(columns).drop(index="task")
+    return pd.DataFrame(columns).drop(index="task").rename_axis("field")

@@ -1,6 +1,6 @@
 """Tables as a reader sees them: every row and every cell whole (no pandas display limit cuts one),
-no row index, headers in words, shares in percent, a dash where there is no number, and a long
-table folded into a block the reader opens.
+no row index, headers in words, shares in percent, a value and its 95% interval in one cell, a dash
+where there is no number, and a long table folded into a block the reader opens.
 
 Importing this module makes it the HTML of every DataFrame a chapter displays (an IPython
 formatter), so a bare `frame` at the end of a cell is shown the same way as `show(frame)`.
@@ -11,6 +11,8 @@ import numbers
 from html import escape
 
 import pandas as pd
+
+from rote.claims import percent, places
 
 FOLD_AFTER = 30  # rows: a longer table is folded (a <details> block the reader opens)
 WORDS = {"acc": "accuracy", "logp": "log-prob", "mem": "Mem", "nbr": "neighbour", "eta2": "eta²", "ci": "CI",
@@ -27,16 +29,54 @@ def header(name) -> str:
     return " ".join(WORDS.get(word, word) for word in name.replace("_", " ").split())
 
 
+DIFFERENCE = ("change", "diff", "difference", "delta", "minus", "-")  # words of a column that holds differences
+
+
 def is_share(name) -> bool:
-    """Whether a column holds shares (shown in percent): its name says share, rate or accuracy."""
+    """Whether a column holds shares (shown in percent): its name says share, rate, accuracy or Mem
+    (Mem-Noisy, Mem-Corrected), and not that it is a change or difference (a difference of shares is a number)."""
     words = header(name).split()
-    return any(w in ("share", "rate", "accuracy", "Mem") for w in words)
+    return (any(w in ("share", "rate", "accuracy") or w.startswith("Mem") for w in words)
+            and not any(w in DIFFERENCE for w in words))
 
 
-def cell(value, share: bool = False) -> str:
+def intervals(columns) -> list[tuple[int, ...]]:
+    """`columns` grouped as shown: a value followed by its interval's low and high end (`x`, `x_lo`, `x_hi`;
+    `x`, `lo`, `hi`; `rescue_x`, `x_lo`, `x_hi`) is one group of three, every other column a group of one."""
+    names = [c if isinstance(c, str) else "" for c in columns]
+    groups, i = [], 0
+    while i < len(names):
+        low = names[i + 1] if i + 2 < len(names) else ""
+        if (low == "lo" or low.endswith("_lo")) and names[i + 2] == low[:-2] + "hi" and not names[i].endswith(("lo", "hi")):
+            groups.append((i, i + 1, i + 2))
+            i += 3
+        else:
+            groups.append((i,))
+            i += 1
+    return groups
+
+
+def percent_places(frame: pd.DataFrame, group: tuple[int, ...]) -> int | None:
+    """How a group of columns shows its shares: None (as numbers) unless its value's name says it is a
+    share and every number in it lies in [0, 1] (a column that also holds -0.004 is a difference);
+    else in percent, every cell with the decimals the column carries (99.30% above 99.05%)."""
+    if not is_share(frame.columns[group[0]]):
+        return None
+    values = pd.concat([pd.to_numeric(frame.iloc[:, j], errors="coerce") for j in group]).dropna()
+    if not ((values >= 0) & (values <= 1)).all():
+        return None
+    return max((places(v) for v in values), default=1)
+
+
+def interval_cell(values: tuple, decimals: int | None) -> str:
+    """A value with its 95% interval, `0.25 [0.2, 0.3]`; the value alone where the interval is missing."""
+    value, *ends = (cell(v, decimals is not None, decimals) for v in values)
+    return value if len(ends) != 2 or "–" in ends or value == "–" else f"{value} [{ends[0]}, {ends[1]}]"
+
+
+def cell(value, share: bool = False, decimals: int | None = None) -> str:
     """One cell as text: a dash for a missing number, at most three decimals, and a share in percent with
-    the decimals it carries, one or two (an accuracy over 2,000 questions, 94.95%, is not shown as 95.0%;
-    a share a chapter rounded to 0.957 is not shown as 95.70%)."""
+    `decimals`, else the decimals it carries (`rote.claims.percent`)."""
     if value is None or (isinstance(value, float) and value != value) or value is pd.NA or value is pd.NaT:
         return "–"
     if isinstance(value, bool):
@@ -45,21 +85,31 @@ def cell(value, share: bool = False) -> str:
         return f"{int(value):,}"
     if isinstance(value, numbers.Real):
         if share and 0 <= value <= 1:
-            text = f"{value:.2%}"
-            return text[:-2] + "%" if text.endswith("0%") else text
+            return percent(value, decimals)
         text = f"{value:,.3f}".rstrip("0").rstrip(".")
         return "0" if text in ("-0", "") else text
     return str(value)
 
 
+def breakable(text: str) -> str:
+    """`text` as HTML that may wrap after an underscore (a config field, two_hop_train_fraction, is one
+    long word that would widen its column); the text itself, as copied, is unchanged."""
+    return escape(text).replace("_", "_<wbr>")
+
+
 def html_table(frame: pd.DataFrame, caption: str = "", fold_after: int = FOLD_AFTER) -> str:
-    """`frame` as an HTML table: every row, no index (a named index becomes columns), headers in
-    words; folded into a <details> block past `fold_after` rows."""
+    """`frame` as an HTML table: every row, no row numbers (a named index or row labels become columns), headers in
+    words, a value and its interval in one cell (`intervals`); folded into a <details> block past
+    `fold_after` rows."""
     if frame.index.names != [None] or not isinstance(frame.index, pd.RangeIndex):
-        frame = frame.reset_index() if any(n is not None for n in frame.index.names) else frame.reset_index(drop=True)
-    shares = [is_share(c) for c in frame.columns]
-    head = "".join(f"<th>{escape(header(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{escape(cell(v, s))}</td>" for v, s in zip(row, shares)) + "</tr>"
+        labels = any(n is not None for n in frame.index.names) or not pd.api.types.is_integer_dtype(frame.index)
+        frame = frame.reset_index() if labels else frame.reset_index(drop=True)  # row labels stay, row numbers go
+    groups = intervals(frame.columns)
+    decimals = [percent_places(frame, g) for g in groups]
+    head = "".join(f"<th>{escape(header(frame.columns[g[0]]) + (' [95% CI]' if len(g) == 3 else ''))}</th>"
+                   for g in groups)
+    body = "".join("<tr>" + "".join(f"<td>{breakable(interval_cell(tuple(row[j] for j in g), s))}</td>"
+                                    for g, s in zip(groups, decimals)) + "</tr>"
                    for row in frame.itertuples(index=False, name=None))
     table = ('<div class="rote-table-wrap"><table class="rote-table">'
              + (f"<caption>{escape(caption)}</caption>" if caption else "")

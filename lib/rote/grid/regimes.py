@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rote.claims import percent
 from rote.config import Config, config_hash
 from rote.runs.data import load_dataset
 from rote.runs.train import first_row
@@ -69,11 +70,11 @@ def in_regime(metrics: pd.DataFrame) -> bool:
 
 
 def analysed_model(metrics: pd.DataFrame) -> str:
-    """"step 7,400: test accuracy 95.75%, Mem-Noisy 100.00%, in regime (generalize, then memorize)": the
+    """"step 7,400: test accuracy 95.75%, Mem-Noisy 100.0%, in regime (generalize, then memorize)": the
     analysed model's evaluation and regime, as the pages and the scorecard say it."""
     last, regime_ = metrics.iloc[-1], analysed_regime(metrics)
     judged = "in regime" if regime_ in REGIMES[:2] else "out of regime"
-    return (f"step {int(last['step']):,}: test accuracy {last['test_acc']:.2%}, Mem-Noisy {last['mem_noisy']:.2%}, "
+    return (f"step {int(last['step']):,}: test accuracy {_share(last['test_acc'])}, Mem-Noisy {_share(last['mem_noisy'])}, "
             f"{judged} ({regime_})")
 
 
@@ -204,10 +205,10 @@ def why_without_margin(row) -> str:
     if pd.isna(row.composed_step):
         return f"held-out accuracy never reached {COMPOSED:.0%}"
     if row.mem_noisy_there > MARGIN:
-        return f"composed with {row.mem_noisy_there:.2%} of the noise fitted"
+        return f"composed with {_share(row.mem_noisy_there)} of the noise fitted"
     if pd.isna(row.fitted_step):
         return f"Mem-Noisy never reached {FITTED:.0%}"
-    return f"held-out accuracy {row.held_out_accuracy_there:.2%} where Mem-Noisy reached {FITTED:.0%}"
+    return f"held-out accuracy {_share(row.held_out_accuracy_there)} where Mem-Noisy reached {FITTED:.0%}"
 
 
 def thresholds_text() -> str:
@@ -240,11 +241,12 @@ def _minutes(value: float) -> str:
 
 
 def _share(value: float) -> str:
-    return "-" if pd.isna(value) else f"{value:.2%}"
+    """A share as the tables show it (`rote.claims.percent`): 95.75%, 100.0%; a dash if missing."""
+    return "–" if pd.isna(value) else percent(value)
 
 
 def _then(name: str, value: float) -> str:
-    return "" if pd.isna(value) else f" ({name} then {value:.2%})"
+    return "" if pd.isna(value) else f" ({name} then {_share(value)})"
 
 
 def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
@@ -253,7 +255,7 @@ def summary(runs: pd.DataFrame, config: Config | None = None) -> str:
     counts = runs["regime"].value_counts()
     parts = [f"{len(runs)} runs: " + ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts) + "."]
     best = runs.sort_values(["peak_test", "final_test"], ascending=False).iloc[0]
-    parts.append(f"Highest held-out two-hop accuracy: {best['peak_test']:.2%} (run {best['run']}, "
+    parts.append(f"Highest held-out two-hop accuracy: {_share(best['peak_test'])} (run {best['run']}, "
                  f"{best['n_entities']} people x {best['n_relations']} relations, {best['two_hop_per_fact']:g} two-hop "
                  f"questions per fact, {best['n_layer']} layers x {best['n_embd']}; {best['regime']}).")
     if config is not None:

@@ -52,7 +52,7 @@ class Scorecard:
     cells: list  # the grid's cells
     verdicts: pd.DataFrame  # per cell and observation: the run's verdict (`run_verdicts`)
     claims: pd.DataFrame  # every claim record of the cells with records (`claim_records`)
-    timings: pd.DataFrame  # per cell with records: training minutes and analysis seconds
+    timings: pd.DataFrame  # per cell with records: its analysed model's regime and scores, training and analysis minutes
 
 
 def record_dir(cell, records: Path | None = None) -> Path:
@@ -77,23 +77,24 @@ def scorecard(cells: list, records: Path | None = None, run_sweep: bool = False)
             info = json.loads(path.read_text())
             timings.append({"task": cell.task.upper(), "noise": f"{cell.noise:.0%}", "seed": cell.seed,
                             "config": info["config_hash"], **run_regime(cell, records),
-                            "training minutes": info["train_minutes"],
-                            "analysis seconds": sum(info["analysis_seconds"].values()), "trained on": info["device"]})
+                            "training minutes": round(info["train_minutes"], 1),
+                            "analysis minutes": round(sum(info["analysis_seconds"].values()) / 60, 1),
+                            "trained on": info["device"]})
     columns = ["task", "noise", "seed", "config", "regime", "analysed step", "test accuracy", "Mem-Noisy",
-               "training minutes", "analysis seconds", "trained on"]
+               "training minutes", "analysis minutes", "trained on"]
     return Scorecard(cells, run_verdicts(cells, records), claim_records(cells, records), pd.DataFrame(timings, columns=columns))
 
 
 def run_regime(cell, records: Path | None = None) -> dict:
     """The regime of a cell's analysed model (`rote.grid.regimes.analysed_regime`), with the step, test
-    accuracy and Mem-Noisy (as percentages) of its evaluation, the last; {} when the cell has no metrics."""
+    accuracy and Mem-Noisy (shares in [0, 1]) of its evaluation, the last; {} when the cell has no metrics."""
     path = record_dir(cell, records) / "metrics.csv"
     if not path.exists():
         return {}
     metrics = pd.read_csv(path)
     last = metrics.iloc[-1]
-    return {"regime": analysed_regime(metrics), "analysed step": int(last["step"]), "test accuracy": f"{last['test_acc']:.2%}",
-            "Mem-Noisy": f"{last['mem_noisy']:.2%}"}
+    return {"regime": analysed_regime(metrics), "analysed step": int(last["step"]), "test accuracy": float(last["test_acc"]),
+            "Mem-Noisy": float(last["mem_noisy"])}
 
 
 def claim_records(cells: list, records: Path | None = None) -> pd.DataFrame:

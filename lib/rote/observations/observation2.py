@@ -374,8 +374,9 @@ def effects_table(result: Reliance, digits: int = 3) -> pd.DataFrame:
 
 
 def contrasts_table(result: Reliance, digits: int = 3) -> pd.DataFrame:
-    """`result.contrasts`, rounded: `delta_logp` [lo, hi] is the log-prob contrast, `acc` [acc_lo,
-    acc_hi] the accuracy contrast."""
+    """`result.contrasts`, rounded: `delta_logp` [lo, hi] is the log-prob contrast, `acc_change`
+    [acc_change_lo, acc_change_hi] the accuracy contrast (a difference of accuracy changes, not an accuracy)."""
     if result.contrasts.empty:
         return pd.DataFrame({"note": ["no contrasts: nothing was removed"]})
-    return result.contrasts.round(digits)
+    return result.contrasts.rename(columns={"acc": "acc_change", "acc_lo": "acc_change_lo",
+                                            "acc_hi": "acc_change_hi"}).round(digits)
