@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import papermill
 import pytest
 
 import rote
 from rote import parameters
-from rote.book import build
+from rote.book import build, tables
 from rote.book import check as bookcheck
 from rote.config import ConfigError
 from rote.grid import scorecard
@@ -178,6 +179,22 @@ def test_bookcheck_flags_a_chart_wider_than_its_column_and_a_title_cut_off(tmp_p
     assert not pages["wide.html"].ok and "900 px wide" in pages["wide.html"].problems()
     assert pages["cut.html"].cut == ["chart 1 'a title that runs past its svg': text cut off: 'a title that runs past its svg'"]
     assert not pages["cut.html"].ok and not pages["cut.html"].wide
+
+
+def test_bookcheck_flags_an_open_table_wider_than_its_column_and_lets_a_folded_one_scroll(tmp_path):
+    needs_chromium()
+    css = (REPO_ROOT / "_static" / "rote.css").read_text()  # the book's table style: wrapped cells, a scrolling box
+    page = ('<html><head><style>{css}</style></head><body><article class="bd-article" style="width: 400px; padding: 0 20px">'
+            "{table}</article></body></html>")
+    narrow = tables.html_table(pd.DataFrame({"share_kept": [0.25], "epochs": [3]}), "narrow")
+    wide = pd.DataFrame([[f"column{i:02d}value" for i in range(12)]], columns=[f"column{i:02d}" for i in range(12)])
+    (tmp_path / "fits.html").write_text(page.format(css=css, table=narrow))
+    (tmp_path / "wide.html").write_text(page.format(css=css, table=tables.html_table(wide, "too wide")))
+    (tmp_path / "folded.html").write_text(page.format(css=css, table=tables.html_table(wide, "folded", fold_after=0)))
+    pages = {p.path: p for p in bookcheck.check_book(tmp_path)}
+    assert pages["fits.html"].ok and pages["fits.html"].tables[0]["column"] == 400
+    assert not pages["wide.html"].ok and pages["wide.html"].wide[0].startswith("table 'too wide' is ")
+    assert pages["folded.html"].ok and pages["folded.html"].tables == []
 
 
 def test_bookcheck_flags_a_pick_that_changes_nothing(tmp_path):

@@ -5,7 +5,8 @@
 Headless Chromium (Debian's `chromium`, driven by playwright's Python API) loads every page from a
 local server; any request to another host is blocked and reported. On each page every chart
 placeholder must hold a drawn Vega view (an svg with marks) that fits the text column (with its
-controls, at a laptop's 1280 px), no text of a chart (titles, labels) may be cut off at the edge of
+controls, at a laptop's 1280 px), so must every table shown open (a folded one may scroll
+sideways), no text of a chart (titles, labels) may be cut off at the edge of
 its svg or of the column, and the console must stay free of errors. Where a chart lets the reader
 pick an instance (marks of a view named `pick`, as `charts.explorer_chart`), one other instance is
 clicked and the rest of the chart must change. A full-page screenshot of each page is saved for a
@@ -53,6 +54,18 @@ MEASURE = """([chart, column, slack]) => Array.from(document.querySelectorAll(ch
             width: Math.round(to - from), column: Math.round(right - left),
             over: Math.round(Math.max(to - right, left - from)), cut: cut};
   }).filter(m => m)"""
+# Per table shown open (a folded table, one the reader opens, may scroll sideways): its width against
+# the content box of its column.
+TABLES = """([column]) => Array.from(document.querySelectorAll("table.rote-table"))
+  .filter(t => !t.closest("details"))
+  .map(t => {
+    const col = t.closest(column), style = getComputedStyle(col), box = col.getBoundingClientRect();
+    const inner = box.width - parseFloat(style.borderLeftWidth) - parseFloat(style.paddingLeft)
+      - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight);
+    const caption = t.querySelector("caption");
+    return {title: caption ? caption.textContent : "", width: Math.round(t.scrollWidth), column: Math.round(inner),
+            over: Math.round(t.scrollWidth - inner)};
+  })"""
 PICKABLE = "g.pick_marks path"  # the marks of a view named "pick" (rote.book.charts.PICK)
 # What a chart shows outside its pick view: its texts and the shapes of its marks.
 SHOWN = """c => Array.from(c.querySelectorAll("svg text, svg path"))
@@ -77,13 +90,16 @@ class Page:
     external: list = field(default_factory=list)
     redirect: str | None = None  # where a redirect-only page sends the reader
     sizes: list = field(default_factory=list)  # per drawn chart: title, width, column, over (px), cut (texts)
+    tables: list = field(default_factory=list)  # per table shown open: title (its caption), width, column, over (px)
     picks: list = field(default_factory=list)  # per chart with a pick view: picked before and after a click, changed
 
     @property
     def wide(self) -> list[str]:
-        """The charts wider than their column."""
-        return [f"chart {i} {s['title']!r} is {s['width']} px wide, its column {s['column']} px"
-                for i, s in enumerate(self.sizes, 1) if s["over"] > SLACK]
+        """The charts and the tables shown open that are wider than their column."""
+        return ([f"chart {i} {s['title']!r} is {s['width']} px wide, its column {s['column']} px"
+                 for i, s in enumerate(self.sizes, 1) if s["over"] > SLACK]
+                + [f"table {t['title']!r} is {t['width']} px wide, its column {t['column']} px"
+                   for t in self.tables if t["over"] > SLACK])
 
     @property
     def cut(self) -> list[str]:
@@ -219,6 +235,7 @@ def check_book(html: Path, screenshots: Path | None = None, timeout_ms: int = 20
             seen.drawn = page.evaluate(f"Array.from(document.querySelectorAll({CHART!r}))"
                                        f".filter(c => c.querySelector({DRAWN!r})).length")
             seen.sizes = page.evaluate(MEASURE, [CHART, COLUMN, SLACK])
+            seen.tables = page.evaluate(TABLES, [COLUMN])
             if seen.drawn:
                 seen.picks = click_picks(page)
             if seen.picks:  # a picked instance may draw wider or longer texts than the first
@@ -235,7 +252,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("html", nargs="?", default="_build/html", type=Path)
     parser.add_argument("--screenshots", type=Path, help="default: _build/screenshots beside the html folder")
-    parser.add_argument("--sizes", action="store_true", help="print each chart's width and its column's")
+    parser.add_argument("--sizes", action="store_true", help="print each chart's and open table's width and its column's")
     args = parser.parse_args(argv)
     if not (args.html / "index.html").exists():
         raise SystemExit(f"error: no built book at {args.html} (run make book first)")
@@ -247,6 +264,8 @@ def main(argv=None) -> None:
               + ("" if page.ok else f" -- {page.problems()}"))
         for i, size in enumerate(page.sizes if args.sizes else [], 1):
             print(f"    chart {i} {size['title']!r}: {size['width']} px in a column of {size['column']} px")
+        for size in page.tables if args.sizes else []:
+            print(f"    table {size['title']!r}: {size['width']} px in a column of {size['column']} px")
     bad = [p for p in results if not p.ok]
     if bad:
         raise SystemExit(f"{len(bad)} of {len(results)} pages have problems")
