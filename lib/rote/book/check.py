@@ -5,8 +5,8 @@
 Headless Chromium (Debian's `chromium`, driven by playwright's Python API) loads every page from a
 local server; any request to another host is blocked and reported. On each page every chart
 placeholder must hold a drawn Vega view (an svg with marks) that fits the text column (with its
-controls, at a laptop's 1280 px), so must every table shown open (a folded one may scroll
-sideways), no text of a chart (titles, labels) may be cut off at the edge of
+controls, at a laptop's 1280 px), as must every table shown open (a folded one may scroll
+sideways); no text of a chart (titles, labels) may be cut off at the edge of
 its svg or of the column, and the console must stay free of errors. Where a chart lets the reader
 pick an instance (marks of a view named `pick`, as `charts.explorer_chart`), one other instance is
 clicked and the rest of the chart must change. A full-page screenshot of each page is saved for a
