@@ -179,16 +179,16 @@ def percent(share: float, decimals: int | None = None) -> str:
     return f"{share:.{places(share) if decimals is None else decimals}%}"
 
 
-def _num(x: float, percent: bool) -> str:
+def _num(x: float, share: bool) -> str:
     if x != x:
         return "n/a"
-    return f"{x:.1%}" if percent else f"{x:+.2f}" if x < 0 else f"{x:.2f}"
+    return f"{x:.1%}" if share else f"{x:+.2f}" if x < 0 else f"{x:.2f}"
 
 
-def _with_ci(x, lo, hi, percent: bool) -> str:
+def _with_ci(x, lo, hi, share: bool) -> str:
     if lo != lo or hi != hi:
-        return _num(x, percent)
-    return f"{_num(x, percent)} [{_num(lo, percent)}, {_num(hi, percent)}]"
+        return _num(x, share)
+    return f"{_num(x, share)} [{_num(lo, share)}, {_num(hi, share)}]"
 
 
 def is_share(c: Claim) -> bool:

@@ -32,16 +32,21 @@ DRAWN = "svg g[class*='mark-']"  # a Vega view drawn as svg, with its marks
 COLUMN = "article.bd-article, article, main, body"  # the text column a chart must fit (sphinx-book-theme's first)
 VIEWPORT = {"width": 1280, "height": 900}
 SLACK = 1  # px of rounding allowed at an edge
+# The left and right edge (px) of an element's content box: what a chart or a table must fit in its column.
+CONTENT_BOX = """el => {
+    const style = getComputedStyle(el), box = el.getBoundingClientRect();
+    return [box.left + parseFloat(style.borderLeftWidth) + parseFloat(style.paddingLeft),
+            box.right - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight)];
+  }"""
 # Per top-level chart: its width (svg or canvas and any controls) against the content box of its column,
 # and the texts of its svg that reach past the svg or the column.
-MEASURE = """([chart, column, slack]) => Array.from(document.querySelectorAll(chart))
+MEASURE = "([chart, column, slack]) => { const contentBox = " + CONTENT_BOX + """;
+  return Array.from(document.querySelectorAll(chart))
   .filter(c => !(c.parentElement && c.parentElement.closest(chart)))
   .map(c => {
     const view = c.querySelector("svg.marks, canvas") || c.querySelector("svg, canvas");
     if (!view) return null;
-    const col = c.closest(column), style = getComputedStyle(col), box = col.getBoundingClientRect();
-    const left = box.left + parseFloat(style.borderLeftWidth) + parseFloat(style.paddingLeft);
-    const right = box.right - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight);
+    const [left, right] = contentBox(c.closest(column));
     const parts = [view, ...c.querySelectorAll(".vega-bindings")].map(e => e.getBoundingClientRect());
     const from = Math.min(...parts.map(r => r.left)), to = Math.max(...parts.map(r => r.right));
     const svg = view.getBoundingClientRect(), title = view.querySelector(".root > g > g > .role-title text");
@@ -53,19 +58,18 @@ MEASURE = """([chart, column, slack]) => Array.from(document.querySelectorAll(ch
     return {title: lines.length ? lines.join(" ") : title ? title.textContent : "",
             width: Math.round(to - from), column: Math.round(right - left),
             over: Math.round(Math.max(to - right, left - from)), cut: cut};
-  }).filter(m => m)"""
+  }).filter(m => m); }"""
 # Per table shown open (a folded table, one the reader opens, may scroll sideways): its width against
 # the content box of its column.
-TABLES = """([column]) => Array.from(document.querySelectorAll("table.rote-table"))
+TABLES = "([column]) => { const contentBox = " + CONTENT_BOX + """;
+  return Array.from(document.querySelectorAll("table.rote-table"))
   .filter(t => !t.closest("details"))
   .map(t => {
-    const col = t.closest(column), style = getComputedStyle(col), box = col.getBoundingClientRect();
-    const inner = box.width - parseFloat(style.borderLeftWidth) - parseFloat(style.paddingLeft)
-      - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight);
+    const [left, right] = contentBox(t.closest(column)), inner = right - left;
     const caption = t.querySelector("caption");
     return {title: caption ? caption.textContent : "", width: Math.round(t.scrollWidth), column: Math.round(inner),
             over: Math.round(t.scrollWidth - inner)};
-  })"""
+  }); }"""
 PICKABLE = "g.pick_marks path"  # the marks of a view named "pick" (rote.book.charts.PICK)
 # What a chart shows outside its pick view: its texts and the shapes of its marks.
 SHOWN = """c => Array.from(c.querySelectorAll("svg text, svg path"))
